@@ -1,0 +1,40 @@
+"""evq: an embedded asyncio job queue whose ledger is one SQLite file.
+
+Every job transition is an event appended to an append-only log in the same transaction
+that updates the job's current state; handlers, the CLI and replay all read that log.
+"""
+
+from .clock import Clock, FakeClock, SystemClock
+from .context import Context, EnqueueRequest
+from .errors import (
+    ContextClosed,
+    DuplicateJob,
+    EvqError,
+    InvalidInput,
+    InvalidName,
+    InvalidPayload,
+    InvalidTime,
+    JobStateConflict,
+    LeaseLost,
+    LedgerError,
+    OutcomeAlreadySet,
+    PayloadTooLarge,
+    UnknownJob,
+    UnrecoverableError,
+)
+from .events import Event, EventKind
+from .jobs import Job, JobDefinition, JobRecord, JobState
+from .ledger.connection import Durability
+from .retry import Exponential, Fixed
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Clock", "Context", "ContextClosed", "Durability", "DuplicateJob", "EnqueueRequest",
+    "Event", "EventKind", "EvqError", "Exponential", "FakeClock", "Fixed", "InvalidInput",
+    "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition", "JobRecord",
+    "JobState", "JobStateConflict", "LeaseLost", "LedgerError", "OutcomeAlreadySet",
+    "PayloadTooLarge", "SystemClock", "UnknownJob", "UnrecoverableError", "Worker",
+    "__version__",
+]

@@ -1,0 +1,155 @@
+"""Reading the ledger for people: event lines and job timelines.
+
+Read-only, short transactions, so it runs beside workers without holding them up or
+pinning the WAL. The CLI prints what these functions return.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import UnknownJob
+from .events import Event, event_from_row
+from .jobs import JobRecord
+from .ledger import connection, sql
+
+_CHUNK = 2000
+
+
+def open_ledger(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to an existing ledger (typed error if it is not one)."""
+    conn = connection.connect(path, read_only=True)
+    connection.require_schema(conn, path)
+    return conn
+
+
+def resolve_job_id(conn: sqlite3.Connection, text: str) -> str:
+    """A full job id from an id or a unique prefix of one (like git's short hashes)."""
+    if conn.execute(sql.EVENTS_FOR_JOB + " LIMIT 1", (text,)).fetchone():
+        return text
+    upper = text[:-1] + chr(ord(text[-1]) + 1) if text else "~"
+    found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, upper))]
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        raise UnknownJob(f"no job with id or id prefix {text!r} in this ledger")
+    raise UnknownJob(f"{text!r} matches more than one job; give more of the id")
+
+
+def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[Event]:
+    """Every event after `after`, oldest first, read in short chunks."""
+    while True:
+        rows = conn.execute(sql.EVENTS_AFTER, (after, _CHUNK)).fetchall()
+        for row in rows:
+            yield _event(row)
+        if len(rows) < _CHUNK:
+            return
+        after = rows[-1][0]
+
+
+def last_events(conn: sqlite3.Connection, limit: int) -> list[Event]:
+    return [_event(r) for r in conn.execute(sql.LAST_EVENTS, (limit,))]
+
+
+def job_events(conn: sqlite3.Connection, job_id: str) -> list[Event]:
+    return [_event(r) for r in conn.execute(sql.EVENTS_FOR_JOB, (job_id,))]
+
+
+def job_record(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
+    return JobRecord.from_row(tuple(row)) if row else None
+
+
+def _event(row: Any) -> Event:
+    return event_from_row(tuple(row), json.loads(row[8]))
+
+
+# --- formatting ------------------------------------------------------------------------
+def fmt_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def event_json(event: Event) -> str:
+    return json.dumps({
+        "position": event.position, "at": event.at.isoformat(), "kind": event.kind,
+        "job_id": event.job_id, "queue": event.queue, "job": event.job,
+        "attempt": event.attempt, "worker": event.worker, "data": event.data, "v": event.v,
+    }, ensure_ascii=False)
+
+
+def event_line(event: Event) -> str:
+    """One event on one line: position, time, kind, job, attempt, worker, the gist."""
+    who = f"{event.job}#{event.job_id[:8]}" if event.job_id else "-"
+    parts = [f"{event.position:>7}", fmt_time(event.at), f"{event.kind:<9}", who]
+    if event.attempt is not None:
+        parts.append(f"attempt={event.attempt}")
+    if event.worker:
+        parts.append(f"worker={event.worker}")
+    gist = describe(event)
+    if gist:
+        parts.append(gist)
+    return "  ".join(parts)
+
+
+def describe(event: Event) -> str:
+    """A short human reading of an event's data."""
+    data = event.data
+    kind = event.kind
+    if kind == "enqueue":
+        text = f"payload={_short(data.get('payload'))}"
+        if data.get("run_at") and data["run_at"] > event.timestamp + 0.0005:
+            text += f" run_in={data['run_at'] - event.timestamp:.3f}s"
+        if data.get("priority"):
+            text += f" priority={data['priority']}"
+        return text
+    if kind in ("error", "rescue"):
+        error = data.get("error") or {}
+        text = f"{error.get('type')}: {error.get('message')}"
+        if data.get("retry_at") is not None:
+            text += f" -> retry in {data.get('retry_in', 0):.3f}s"
+        else:
+            text += " -> no retry"
+        return text
+    if kind == "success":
+        return f"result={_short(data.get('result'))}"
+    if kind in ("expire", "fail", "cancel", "delete", "requeue"):
+        text = f"reason={data.get('reason')}"
+        if kind == "requeue" and data.get("run_at") is not None:
+            text += f" run_in={data['run_at'] - event.timestamp:.3f}s"
+        return text
+    return ""
+
+
+def history_lines(record: JobRecord | None, events: list[Event]) -> list[str]:
+    """A job's timeline: a header with its current state, then one line per event with
+    the time since the previous one, errors with their traceback."""
+    if not events:
+        return []
+    first = events[0]
+    state = record.state.value if record else "deleted (removed from the current state)"
+    lines = [f"job {first.job_id}  {first.job}  queue={first.queue}  state={state}"]
+    if record is not None and record.result is not None:
+        lines.append(f"result: {_short(record.result, 200)}")
+    previous = first.at
+    for event in events:
+        wait = (event.at - previous).total_seconds()
+        previous = event.at
+        attempt = f"#{event.attempt}" if event.attempt is not None else "  "
+        who = f" by {event.worker}" if event.worker else ""
+        gist = describe(event)
+        lines.append(f"  {fmt_time(event.at)}  +{wait:8.3f}s  {event.kind:<9} {attempt:>3}"
+                     f"{who}{'  ' + gist if gist else ''}")
+        trace = (event.data.get("error") or {}).get("traceback") if event.kind == "error" else ""
+        if trace:
+            lines.extend("        | " + line for line in trace.rstrip().splitlines())
+    return lines
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

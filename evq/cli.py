@@ -1,0 +1,190 @@
+"""The `evq` command: demo, events, history, jobs, replay, verify, schema, migrate.
+
+Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
+1 a check failed (verify), 2 bad usage or input (unknown job, no ledger at that path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from . import audit, demo
+from .errors import EvqError
+from .ledger import connection, replay, schema
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _db(args: argparse.Namespace) -> Path:
+    value = args.db or os.environ.get("EVQ_DB")
+    if not value:
+        raise EvqError("no ledger given: pass --db PATH or set EVQ_DB")
+    return Path(value)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    path = Path(args.db or os.environ.get("EVQ_DB") or "evq-demo.db")
+    ids = asyncio.run(demo.run_demo(path, _out))
+    _out("\ntimelines read back from the ledger:\n")
+    for line in demo.timelines(path, ids):
+        _out(line)
+    _out(f"see it again: evq events --db {path}   or   evq history {ids[1][:8]} --db {path}")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        events = (audit.last_events(conn, args.limit) if args.limit
+                  else audit.iter_events(conn))
+        for event in events:
+            if args.job and event.job_id != args.job:
+                continue
+            if args.kind and event.kind not in args.kind.split(","):
+                continue
+            _out(audit.event_json(event) if args.json else audit.event_line(event))
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        job_id = audit.resolve_job_id(conn, args.job_id)
+        events = audit.job_events(conn, job_id)
+        if args.json:
+            for event in events:
+                _out(audit.event_json(event))
+        else:
+            for line in audit.history_lines(audit.job_record(conn, job_id), events):
+                _out(line)
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        from .ledger import sql
+        from .jobs import JobRecord
+
+        for row in conn.execute(sql.LIST_JOBS):
+            job = JobRecord.from_row(tuple(row))
+            if args.state and job.state.value != args.state:
+                continue
+            if args.queue and job.queue != args.queue:
+                continue
+            _out(f"{job.id}  {job.state.value:<9}  {job.queue:<12}  {job.name:<20}  "
+                 f"attempt={job.attempt} errors={job.errors}")
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    source = _db(args)
+    audit.open_ledger(source).close()
+    target = Path(args.to)
+    if target.exists():
+        raise EvqError(f"{target} already exists; replay writes a new file")
+    count = replay.replay_into(source, target, args.upto)
+    _out(f"replayed {count} events from {source} into {target}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    path = _db(args)
+    audit.open_ledger(path).close()
+    result = replay.check(path)
+    if result.ok:
+        _out(f"ok: {result.events} events; replay equals the stored projection")
+        return EXIT_OK
+    _out(f"MISMATCH after replaying {result.events} events:")
+    for row in result.only_stored[:20]:
+        _out(f"  stored, not rebuilt:  {row}")
+    for row in result.only_rebuilt[:20]:
+        _out(f"  rebuilt, not stored:  {row}")
+    return EXIT_CHECK_FAILED
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    _out(schema.schema_sql())
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    path = _db(args)
+    conn = connection.connect(path)
+    try:
+        before = connection.migrate(conn)
+    finally:
+        conn.close()
+    _out(f"{path}: schema version {before} -> {schema.LATEST_VERSION}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], text: str
+                ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--db", help="the ledger file (default: $EVQ_DB)")
+        p.set_defaults(run=run)
+        return p
+
+    command("demo", cmd_demo, "run a short tour on a ledger file (default evq-demo.db)")
+    p = command("events", cmd_events, "print the event log, oldest first")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.add_argument("--job", help="only this job id")
+    p.add_argument("--kind", help="only these kinds, comma-separated")
+    p.add_argument("--limit", type=int, default=0, help="only the newest N events")
+    p = command("history", cmd_history, "one job's timeline")
+    p.add_argument("job_id", help="a job id or a unique prefix of one")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p = command("jobs", cmd_jobs, "current jobs")
+    p.add_argument("--state")
+    p.add_argument("--queue")
+    p = command("replay", cmd_replay, "rebuild the projection from the events into a new file")
+    p.add_argument("--to", required=True, help="the new ledger file")
+    p.add_argument("--upto", type=int, help="replay only up to this position")
+    command("verify", cmd_verify, "check that replaying the events gives the stored state")
+    command("schema", cmd_schema, "print the schema SQL")
+    command("migrate", cmd_migrate, "create or upgrade the schema of a ledger file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The CLI is an application, so it may configure logging: warnings and up, to stderr
+    # (errors only for the demo, whose failures are on purpose and shown in its output).
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(40 if args.command == "demo" else 30),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    try:
+        code: int = args.run(args)
+        return code
+    except EvqError as exc:
+        print(f"evq: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

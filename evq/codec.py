@@ -1,0 +1,158 @@
+"""JSON in and out, and the checks every input passes before anything is written.
+
+Payloads, results and event data are JSON only (no pickle). A value is accepted only if it
+round-trips exactly: no NaN/Infinity, no integers beyond 64 bits, string keys only, no lone
+surrogates, nothing JSON cannot represent. attrs instances are turned into plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import attrs
+
+from .errors import InvalidName, InvalidPayload, InvalidTime, PayloadTooLarge
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
+
+T = TypeVar("T")
+
+
+def check_name(value: object, what: str) -> str:
+    """Return `value` if it is a valid queue/job/worker name, else raise InvalidName."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise InvalidName(
+            f"{what} name {value!r} is not valid: use 1 to 128 characters from "
+            "letters, digits, '_', '.', ':' and '-', not starting with punctuation "
+            "other than '_'"
+        )
+    return value
+
+
+def to_jsonable(value: Any, what: str = "payload") -> Any:
+    """Check `value` and return its plain-JSON form (attrs instances become dicts)."""
+    return _plain(value, what, "$")
+
+
+def _plain(value: Any, what: str, path: str) -> Any:
+    if value is None or value is True or value is False or isinstance(value, str):
+        if isinstance(value, str):
+            _check_text(value, what, path)
+        return value
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidPayload(
+                f"{what} at {path}: integer {value} is outside the 64-bit range JSON "
+                "readers agree on; send it as a string"
+            )
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidPayload(
+                f"{what} at {path}: {value} is not a JSON number; send None or a string"
+            )
+        return value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidPayload(
+                    f"{what} at {path}: key {key!r} is a {type(key).__name__}; JSON "
+                    "objects have string keys only, so it would come back changed"
+                )
+            _check_text(key, what, path)
+            out[key] = _plain(item, what, f"{path}.{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
+    if attrs.has(type(value)):
+        return {
+            field.name: _plain(getattr(value, field.name), what, f"{path}.{field.name}")
+            for field in attrs.fields(type(value))
+        }
+    raise InvalidPayload(
+        f"{what} at {path}: a {type(value).__name__} is not JSON; use dicts, lists, "
+        "str, int, float, bool, None or an attrs class"
+    )
+
+
+def _check_text(text: str, what: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPayload(
+            f"{what} at {path}: the text holds a lone surrogate, which UTF-8 cannot store"
+        ) from None
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of an already-checked value."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode(value: Any, what: str = "payload", limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
+    """Check a value and its encoded size; return its plain-JSON form."""
+    plain = to_jsonable(value, what)
+    size = len(dumps(plain).encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{what} is {size} bytes encoded, over the limit of {limit}; store the data "
+            "elsewhere and pass a reference, or raise max_payload_bytes on the Context"
+        )
+    return plain
+
+
+def decode_as(cls: type[T] | None, value: Any) -> Any:
+    """Rebuild a payload: an attrs class from its dict, anything else as stored."""
+    if cls is None or not attrs.has(cls) or not isinstance(value, dict):
+        return value
+    attrs.resolve_types(cls)
+    kwargs = {}
+    for field in attrs.fields(cls):
+        if field.name in value:
+            item = value[field.name]
+            ftype = field.type
+            if isinstance(ftype, type) and attrs.has(ftype):
+                item = decode_as(ftype, item)
+            kwargs[field.name] = item
+    return cls(**kwargs)
+
+
+def parse_time(value: object, what: str = "run_at") -> float:
+    """A timestamp from a datetime, an ISO-8601 string or epoch seconds."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidTime(
+                f"{what} {value!r} is not an ISO-8601 time such as 2026-01-31T12:00:00Z"
+            ) from None
+        return parse_time(moment, what)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidTime(f"{what} {value!r} is not a finite timestamp")
+        return float(value)
+    raise InvalidTime(
+        f"{what} {value!r} is not a time: pass a datetime, an ISO-8601 string or epoch seconds"
+    )
+
+
+def check_delay(value: object, what: str = "delay") -> float:
+    """Seconds to wait: a finite, non-negative number (or a timedelta)."""
+    seconds = getattr(value, "total_seconds", None)
+    if callable(seconds):
+        value = seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTime(f"{what} {value!r} is not a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidTime(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)

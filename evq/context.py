@@ -1,0 +1,426 @@
+"""The Context: one ledger file opened by this process, the job definitions registered on
+it, enqueueing, reading jobs back, and event subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import structlog
+
+from . import codec
+from .clock import Clock, SystemClock
+from .errors import ContextClosed, DuplicateJob, InvalidInput, LedgerError, UnknownJob
+from .events import Event, event_from_row
+from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
+from .ledger import connection, ops, sql
+from .ledger.connection import Durability
+from .ledger.tx import AppendedRow, Tx
+from .ledger.writer import Writer
+from .outcomes import RetryPolicy
+from .retry import Backoff, no_delay
+from .subscribers import Dispatcher, EventHandler
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+    from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+_WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue"})
+_log = structlog.get_logger("evq")
+
+
+@attrs.frozen
+class EnqueueRequest:
+    """One job for `Context.enqueue_many`."""
+
+    job: str | JobDefinition[Any]
+    payload: Any = None
+    delay: float | None = None
+    run_at: datetime | str | float | None = None
+    priority: int | None = None
+
+
+class Context:
+    """An open evq ledger. Use it as `async with Context("jobs.db") as ctx:`.
+
+    durability: "process" (default; survives any process crash) or "power" (also power
+    loss). poll_interval: how often, in seconds, this process looks for commits made by
+    other processes (workers in this process wake at once on its own enqueues).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        durability: Durability | str = Durability.PROCESS,
+        max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES,
+        poll_interval: float = 0.005,
+        busy_timeout: float = 10.0,
+        sync_handler_threads: int = 8,
+    ) -> None:
+        self.path = Path(path)
+        self.clock: Clock = clock or SystemClock()
+        try:
+            self.durability = Durability(durability)
+        except ValueError:
+            raise InvalidInput(
+                f"durability must be 'process' or 'power', got {durability!r}") from None
+        self.max_payload_bytes = max_payload_bytes
+        self.poll_interval = codec.check_delay(poll_interval, "poll_interval")
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._definitions: dict[str, JobDefinition[Any]] = {}
+        self._dispatcher = Dispatcher(self.path)
+        self._writer: Writer | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._watch_conn: sqlite3.Connection | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watchers = 0
+        self._wake_callbacks: list[Callable[[], None]] = []
+        self._sync_threads = sync_handler_threads
+        self._sync_executor: ThreadPoolExecutor | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> Context:
+        if self._writer is not None:
+            return self
+        writer = Writer(self.path, self.clock, self.durability, self._committed,
+                        self._busy_timeout_ms)
+        await writer.open()
+        self._writer = writer
+        self._reader = await connection.open_reader(self.path)
+        head = await self._head()
+        await self._dispatcher.open(head)
+        return self
+
+    async def close(self) -> None:
+        """Commit what was handed over, deliver pending events, release the file."""
+        if self._writer is None:
+            return
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        await self._writer.close()
+        await self._dispatcher.close()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._watch_conn is not None:
+            self._watch_conn.close()
+            self._watch_conn = None
+        if self._sync_executor is not None:
+            self._sync_executor.shutdown(wait=False)
+            self._sync_executor = None
+        self._writer = None
+
+    async def __aenter__(self) -> Context:
+        return await self.open()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            raise ContextClosed(
+                "the evq context is not open: use `async with Context(path) as ctx:`")
+        return self._writer
+
+    # --- definitions -------------------------------------------------------------------
+    def job(
+        self,
+        name: str | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        payload_type: type | None = None,
+        max_attempts: int | None = 3,
+        backoff: Backoff | None = None,
+        lease: float = 60.0,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Callable[[Handler], JobDefinition[Any]]:
+        """Decorator: register the function as the handler of job `name` (default: the
+        function's name). The handler takes (payload) or (payload, job)."""
+
+        def register(handler: Handler) -> JobDefinition[Any]:
+            return self.define(
+                name or getattr(handler, "__name__", ""), handler, queue=queue,
+                payload_type=payload_type, max_attempts=max_attempts, backoff=backoff,
+                lease=lease, timeout=timeout, priority=priority)
+
+        return register
+
+    def define(self, name: str, handler: Handler | None = None, **options: Any
+               ) -> JobDefinition[Any]:
+        """Register a job definition; `handler=None` for a producer-only process."""
+        if options.get("backoff") is None:
+            options.pop("backoff", None)
+        definition: JobDefinition[Any] = JobDefinition(name, handler, context=self, **options)
+        if name in self._definitions:
+            raise DuplicateJob(f"job {name!r} is already defined on this context")
+        self._definitions[name] = definition
+        return definition
+
+    @property
+    def definitions(self) -> Mapping[str, JobDefinition[Any]]:
+        return dict(self._definitions)
+
+    def definition(self, name: str) -> JobDefinition[Any]:
+        try:
+            return self._definitions[name]
+        except KeyError:
+            known = ", ".join(sorted(self._definitions)) or "none"
+            raise UnknownJob(
+                f"no job named {name!r} is defined on this context (defined: {known}); "
+                "register it with @ctx.job or ctx.define"
+            ) from None
+
+    def retry_policy(self, name: str, max_attempts: int | None) -> RetryPolicy:
+        """The retry policy of a job by name; rescue uses it for jobs of any process."""
+        definition = self._definitions.get(name)
+        return RetryPolicy(max_attempts, definition.backoff if definition else no_delay)
+
+    # --- enqueue -----------------------------------------------------------------------
+    def prepare(
+        self,
+        job: str | JobDefinition[Any],
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | str | float | None = None,
+        priority: int | None = None,
+        now: float | None = None,
+    ) -> ops.NewJob:
+        """Validate one job to enqueue. Raises a typed error; writes nothing."""
+        definition = self.definition(job if isinstance(job, str) else job.name)
+        plain = codec.encode(payload, "payload", self.max_payload_bytes)
+        if definition.payload_type is not None and attrs.has(definition.payload_type):
+            if not isinstance(payload, (definition.payload_type, dict)):
+                raise codec.InvalidPayload(
+                    f"job {definition.name!r} takes a {definition.payload_type.__name__} "
+                    f"payload, got {type(payload).__name__}")
+            try:
+                codec.decode_as(definition.payload_type, plain)
+            except Exception as exc:
+                raise codec.InvalidPayload(
+                    f"payload does not fit {definition.payload_type.__name__}: {exc}"
+                ) from None
+        if delay is not None and run_at is not None:
+            raise InvalidInput("give delay or run_at, not both")
+        moment = self.clock.now() if now is None else now
+        if run_at is not None:
+            when = codec.parse_time(run_at)
+        else:
+            when = moment + (codec.check_delay(delay) if delay is not None else 0.0)
+        level = definition.priority if priority is None else priority
+        if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
+            raise InvalidInput(f"priority must be an integer, got {priority!r}")
+        return ops.NewJob(uuid.uuid4().hex, definition.queue, definition.name, plain, when,
+                          level, definition.max_attempts)
+
+    async def enqueue(
+        self,
+        job: str | JobDefinition[Any],
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | str | float | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Add a job; returns its id once the enqueue event is committed."""
+        new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
+        ids = await self.writer.run(functools.partial(ops.enqueue, jobs=(new,)))
+        return ids[0]
+
+    async def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
+                           ) -> list[str]:
+        """Add many jobs in one transaction: all of them or, on any bad one, none."""
+        jobs = []
+        for item in requests:
+            request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
+            jobs.append(self.prepare(request.job, request.payload, delay=request.delay,
+                                     run_at=request.run_at, priority=request.priority))
+        if not jobs:
+            return []
+        return await self.writer.run(functools.partial(ops.enqueue, jobs=jobs))
+
+    def enqueue_in(
+        self,
+        conn: sqlite3.Connection,
+        job: str | JobDefinition[Any],
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | str | float | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Enqueue inside the caller's own open transaction on the same file (plain
+        `sqlite3`): the job commits or rolls back with the caller's own rows."""
+        if not conn.in_transaction:
+            raise InvalidInput(
+                "enqueue_in needs a transaction that is open on `conn`: write your own "
+                "rows first (or execute BEGIN), then enqueue, then commit")
+        files = {row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"}
+        if str(self.path.resolve()) not in {str(Path(f).resolve()) for f in files if f}:
+            raise InvalidInput(
+                f"the connection is not on this context's ledger {self.path}; open it on "
+                "the same file")
+        new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
+        tx = Tx(conn, self.clock.now())
+        conn.execute(sql.SAVEPOINT)
+        try:
+            ops.enqueue(tx, (new,))
+        except BaseException:
+            conn.execute(sql.ROLLBACK_TO)
+            conn.execute(sql.RELEASE)
+            raise
+        conn.execute(sql.RELEASE)
+        return new.id
+
+    # --- other transitions -------------------------------------------------------------
+    async def cancel(self, job_id: str, reason: str | None = None) -> None:
+        """Cancel a pending job (raises JobStateConflict if it is not pending)."""
+        await self.writer.run(functools.partial(ops.cancel, job_id=job_id, reason=reason))
+
+    async def delete(self, job_id: str, reason: str | None = None) -> None:
+        """Remove a job that is not running from the current state; its events stay."""
+        await self.writer.run(functools.partial(ops.delete, job_id=job_id, reason=reason))
+
+    async def rescue_expired(self, rescuer: str = "evq") -> int:
+        """Put back (or expire) jobs whose lease ran out; workers also do this."""
+        return await self.writer.run(functools.partial(
+            ops.rescue_expired, policy_for=self.retry_policy, rescuer=rescuer))
+
+    # --- reads -------------------------------------------------------------------------
+    async def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self._reader is None:
+            raise ContextClosed("the evq context is not open")
+        cursor = await self._reader.execute(query, tuple(params))
+        rows = list(await cursor.fetchall())
+        await cursor.close()
+        return rows
+
+    async def _head(self) -> int:
+        return int((await self._read(sql.HEAD_POSITION))[0][0])
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._read(sql.GET_JOB, (job_id,))
+        return JobRecord.from_row(tuple(rows[0])) if rows else None
+
+    async def jobs(self) -> list[JobRecord]:
+        return [JobRecord.from_row(tuple(r)) for r in await self._read(sql.LIST_JOBS)]
+
+    async def history(self, job_id: str) -> list[Event]:
+        """Every event of one job, in ledger order."""
+        rows = await self._read(sql.EVENTS_FOR_JOB, (job_id,))
+        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows]
+
+    async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = await self._read(sql.EVENTS_AFTER, (after, limit))
+        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}
+
+    # --- events ------------------------------------------------------------------------
+    def add_event_handler(self, handler: EventHandler, kinds: Iterable[str] | None = None
+                          ) -> Callable[[], None]:
+        """Call `handler(event)` for each committed event (of `kinds`, if given), in
+        ledger order, from this process and every other one on the file. Returns a
+        function that unsubscribes."""
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        remove = self._dispatcher.add(handler, kinds)
+        self._watch()
+        return remove
+
+    async def flush_events(self) -> None:
+        """Wait until every event committed so far has reached the handlers."""
+        self._dispatcher.poke()
+        await self._dispatcher.flush()
+
+    def _committed(self, rows: list[AppendedRow]) -> None:
+        self._dispatcher.committed(rows)
+        if any(row[2] in _WAKING_KINDS for row in rows):
+            self.wake_workers()
+
+    # --- waking workers ----------------------------------------------------------------
+    def wake_workers(self) -> None:
+        for callback in list(self._wake_callbacks):
+            callback()
+
+    def on_wake(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Register a callback run when jobs may have become claimable."""
+        self._wake_callbacks.append(callback)
+        self._watch()
+
+        def remove() -> None:
+            if callback in self._wake_callbacks:
+                self._wake_callbacks.remove(callback)
+
+        return remove
+
+    def _watch(self) -> None:
+        """Start noticing other connections' commits (cheap `PRAGMA data_version`)."""
+        if self._watch_task is None and self._writer is not None:
+            self._watch_conn = connection.connect(self.path, busy_timeout_ms=1000)
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch_loop(), name="evq-watch")
+
+    async def _watch_loop(self) -> None:
+        conn = self._watch_conn
+        assert conn is not None
+        seen = conn.execute(sql.DATA_VERSION).fetchone()[0]
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                version = conn.execute(sql.DATA_VERSION).fetchone()[0]
+            except sqlite3.Error as exc:
+                _log.warning("evq.watch_failed", error=str(exc))
+                continue
+            if version != seen:
+                seen = version
+                self._dispatcher.poke()
+                self.wake_workers()
+
+    def sync_executor(self) -> ThreadPoolExecutor:
+        """Threads for synchronous handlers, so they never block the event loop."""
+        if self._sync_executor is None:
+            self._sync_executor = ThreadPoolExecutor(
+                self._sync_threads, thread_name_prefix="evq-handler")
+        return self._sync_executor
+
+    def worker(self, **options: Any) -> Worker:
+        """A Worker on this context; see `evq.Worker` for the options."""
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+    async def drain(self, **options: Any) -> int:
+        """Run a worker until no job is due, then return how many jobs it ran."""
+        return await self.worker(**options).run(until_idle=True)
+
+
+@contextlib.asynccontextmanager
+async def open_context(path: str | Path, **options: Any) -> AsyncIterator[Context]:
+    async with Context(path, **options) as ctx:
+        yield ctx
+
+
+__all__ = ["Context", "EnqueueRequest", "LedgerError", "open_context"]

@@ -1,0 +1,79 @@
+"""The event envelope and the catalogue of event kinds.
+
+Kinds are stable snake_case strings. `data` shapes carry a version (`Event.v`) so that old
+ledgers always replay; the README documents each kind's data.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+
+class EventKind(str, enum.Enum):
+    """Every kind of event evq writes."""
+
+    DEPLOY = "deploy"
+    ENQUEUE = "enqueue"
+    REJECT = "reject"
+    DEQUEUE = "dequeue"
+    RUN = "run"
+    HEARTBEAT = "heartbeat"
+    ORPHAN = "orphan"
+    ERROR = "error"
+    SUCCESS = "success"
+    FAIL = "fail"
+    REQUEUE = "requeue"
+    DEFER = "defer"
+    RESCUE = "rescue"
+    EXPIRE = "expire"
+    CANCEL = "cancel"
+    DELETE = "delete"
+    SCHEDULE = "schedule"
+    SCHEDULE_ORPHAN = "schedule_orphan"
+    GROUP_DELETE = "group_delete"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_KINDS = frozenset({"success", "fail", "expire", "cancel"})
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """One committed row of the ledger, as handlers and readers see it."""
+
+    position: int
+    at: datetime
+    kind: str
+    job_id: str | None
+    queue: str | None
+    job: str | None
+    attempt: int | None
+    worker: str | None
+    data: dict[str, Any]
+    v: int = 1
+
+    @property
+    def timestamp(self) -> float:
+        return self.at.timestamp()
+
+
+def event_from_row(row: tuple[Any, ...], data: dict[str, Any]) -> Event:
+    """Build an Event from (position, at, kind, job_id, queue, job, attempt, worker, ..., v)."""
+    return Event(
+        position=row[0],
+        at=datetime.fromtimestamp(row[1], timezone.utc),
+        kind=row[2],
+        job_id=row[3],
+        queue=row[4],
+        job=row[5],
+        attempt=row[6],
+        worker=row[7],
+        data=data,
+        v=row[9] if len(row) > 9 else 1,
+    )

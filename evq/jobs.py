@@ -1,0 +1,228 @@
+"""Job definitions (what a job is and how it is retried), the `Job` handle a handler
+receives (with Joystick's explicit outcomes), and `JobRecord`, a job's current state as
+read from the ledger."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
+import structlog
+
+from .codec import check_delay, check_name
+from .errors import InvalidInput, OutcomeAlreadySet
+from .outcomes import Planned, RetryPolicy, describe_error
+from .retry import Backoff, Exponential
+
+if TYPE_CHECKING:
+    from .context import Context
+
+P = TypeVar("P")
+Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+class JobState(str, enum.Enum):
+    """Where a job is. pending includes jobs scheduled for later (see JobRecord.scheduled)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+def _check_attempts(instance: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidInput(f"max_attempts must be an integer >= 1 or None, got {value!r}")
+
+
+def _check_seconds(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and (check_delay(value, attribute.name) <= 0):
+        raise InvalidInput(f"{attribute.name} must be > 0 seconds, got {value!r}")
+
+
+@attrs.define(eq=False)
+class JobDefinition(Generic[P]):
+    """A kind of job: its name, handler and rules. Create it with `Context.job`.
+
+    A definition without a handler can still be enqueued (a producer-only process);
+    only workers that have the handler run it.
+    """
+
+    name: str = attrs.field(validator=lambda i, a, v: check_name(v, "job"))
+    handler: Handler | None
+    queue: str = attrs.field(default=DEFAULT_QUEUE, validator=lambda i, a, v: check_name(v, "queue"))
+    payload_type: type[P] | None = None
+    max_attempts: int | None = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=_check_attempts)
+    backoff: Backoff = attrs.field(factory=Exponential)
+    lease: float = attrs.field(default=DEFAULT_LEASE_SECONDS, validator=_check_seconds)
+    timeout: float | None = attrs.field(default=None, validator=_check_seconds)
+    priority: int = 0
+    context: Context | None = attrs.field(default=None, repr=False)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.backoff)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    @property
+    def handler_arity(self) -> int:
+        """How many positional arguments the handler takes: payload, then job."""
+        if self.handler is None:
+            return 0
+        params = [
+            p for p in inspect.signature(self.handler).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        return min(2, len(params))
+
+    async def enqueue(
+        self,
+        payload: P | Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | str | float | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Add one job of this kind; returns its id once committed."""
+        if self.context is None:
+            raise InvalidInput(f"job {self.name!r} is not registered on a Context")
+        return await self.context.enqueue(
+            self.name, payload, delay=delay, run_at=run_at, priority=priority)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the handler directly (handy in unit tests of the handler itself)."""
+        if self.handler is None:
+            raise InvalidInput(f"job {self.name!r} has no handler in this process")
+        return self.handler(*args, **kwargs)
+
+
+@attrs.define(eq=False)
+class Job:
+    """What a handler knows about the job it runs, and how it can end it explicitly.
+
+    Returning from the handler is success; raising is an error. The explicit outcomes
+    (Joystick's `completed`, `failed`, `requeue`, `delete`) take effect when the handler
+    returns; choose at most one.
+    """
+
+    id: str
+    name: str
+    queue: str
+    attempt: int
+    errors: int
+    max_attempts: int | None
+    priority: int
+    enqueued_at: datetime
+    payload: Any
+    worker: str
+    log: Any = attrs.field(repr=False)
+    _outcome: Planned | None = attrs.field(default=None, repr=False)
+
+    @property
+    def outcome(self) -> Planned | None:
+        return self._outcome
+
+    def _choose(self, planned: Planned) -> None:
+        if self._outcome is not None:
+            raise OutcomeAlreadySet(
+                f"job {self.id} already chose {self._outcome.kind!r}; a handler ends a "
+                "job one way only"
+            )
+        self._outcome = planned
+
+    def completed(self, result: Any = None) -> None:
+        """End the job as succeeded with `result` (same as returning it)."""
+        self._choose(Planned("success", {"result": result}))
+
+    def failed(self, reason: str | BaseException | None = None) -> None:
+        """End the job as failed for good, without retrying."""
+        if isinstance(reason, BaseException):
+            error = describe_error(reason)
+        else:
+            error = {"type": "Failed", "message": reason or "", "traceback": ""}
+        self._choose(Planned("fail", {"reason": "handler", "error": error}))
+
+    def requeue(self, delay: float = 0.0) -> None:
+        """Put the job back to run again after `delay` seconds; no attempt is used up."""
+        seconds = check_delay(delay)
+        self._choose(Planned("requeue", {"reason": "handler", "delay": seconds}))
+
+    def delete(self) -> None:
+        """Remove the job from the current state (its events stay in the ledger)."""
+        self._choose(Planned("delete", {"reason": "handler"}))
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+@attrs.frozen
+class JobRecord:
+    """A job's current state: one row of the projection."""
+
+    id: str
+    queue: str
+    name: str
+    state: JobState
+    priority: int
+    run_at: datetime
+    attempt: int
+    errors: int
+    max_attempts: int | None
+    lease_until: datetime | None
+    worker: str | None
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    error: dict[str, Any] | None
+    idempotency_key: str | None
+    group: str | None
+    enqueue_position: int
+    updated_position: int
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
+        (id_, queue, name, state, priority, run_at, attempt, errors, max_attempts,
+         lease_until, worker, enqueued_at, started_at, finished_at, result, error,
+         key, group, enqueue_position, updated_position) = row
+        return cls(
+            id_, queue, name, JobState(state), priority, _time(run_at), attempt, errors,  # type: ignore[arg-type]
+            max_attempts, _time(lease_until), worker, _time(enqueued_at),  # type: ignore[arg-type]
+            _time(started_at), _time(finished_at), _json_or_none(result),
+            _json_or_none(error), key, group, enqueue_position, updated_position,
+        )
+
+    def scheduled(self, now: datetime | None = None) -> bool:
+        """True for a pending job whose run_at is still ahead."""
+        moment = now or datetime.now(timezone.utc)
+        return self.state is JobState.PENDING and self.run_at > moment
+
+
+def log_for(**context: Any) -> Any:
+    return structlog.get_logger("evq").bind(**context)

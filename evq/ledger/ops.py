@@ -1,0 +1,148 @@
+"""The ledger's intent-level operations. Each runs inside one transaction (`Tx`) and only
+appends events (the triggers maintain the projection). The same functions serve the
+async group-committing writer, the synchronous producer and enqueue inside a caller's
+own transaction, so all of them write exactly the same events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from ..outcomes import Planned, RetryPolicy, after_failure
+from . import sql
+from .tx import Tx
+
+
+@attrs.frozen
+class NewJob:
+    """A job to enqueue, already validated: ids, names, times and JSON are final."""
+
+    id: str
+    queue: str
+    name: str
+    payload: Any
+    run_at: float
+    priority: int
+    max_attempts: int | None
+    key: str | None = None
+    group: str | None = None
+
+    def event_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "payload": self.payload,
+            "run_at": self.run_at,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+        }
+        if self.key is not None:
+            data["key"] = self.key
+        if self.group is not None:
+            data["group"] = self.group
+        return data
+
+
+@attrs.frozen
+class Claimed:
+    """A job this worker now holds, with what its handler needs."""
+
+    id: str
+    queue: str
+    name: str
+    attempt: int
+    errors: int
+    max_attempts: int | None
+    priority: int
+    run_at: float
+    enqueued_at: float
+    payload: Any
+    lease_until: float
+
+
+def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
+    for job in jobs:
+        tx.append("enqueue", job.id, job.queue, job.name, data=job.event_data())
+    return [job.id for job in jobs]
+
+
+def claim(
+    tx: Tx,
+    queues_json: str,
+    names_json: str,
+    limit: int,
+    worker: str,
+    lease_seconds: Callable[[str], float],
+) -> list[Claimed]:
+    """Take up to `limit` due jobs: a dequeue and a run event each, in this transaction."""
+    rows = tx.rows(sql.CLAIM_DUE, (tx.now, queues_json, names_json, limit))
+    claimed = []
+    for (job_id, queue, name, attempt, errors, max_attempts, priority, run_at,
+         enqueued_at, enqueue_data) in rows:
+        lease_until = tx.now + lease_seconds(name)
+        tx.append("dequeue", job_id, queue, name, attempt + 1, worker,
+                  {"lease_until": lease_until})
+        tx.append("run", job_id, queue, name, attempt + 1, worker)
+        claimed.append(Claimed(
+            job_id, queue, name, attempt + 1, errors, max_attempts, priority, run_at,
+            enqueued_at, json.loads(enqueue_data)["payload"], lease_until,
+        ))
+    return claimed
+
+
+def next_due(tx: Tx, queues_json: str, names_json: str) -> float | None:
+    value = tx.one(sql.NEXT_DUE, (queues_json, names_json))[0]
+    return None if value is None else float(value)
+
+
+def next_lease_expiry(tx: Tx) -> float | None:
+    value = tx.one(sql.NEXT_LEASE_EXPIRY)[0]
+    return None if value is None else float(value)
+
+
+@attrs.frozen
+class Attempt:
+    """Who holds which attempt of which job: the fencing token of every report."""
+
+    job_id: str
+    queue: str
+    name: str
+    attempt: int
+    worker: str
+
+
+def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> None:
+    """Append the outcome events of an attempt; refused (LeaseLost) if it is not held."""
+    for step in planned:
+        tx.append(step.kind, held.job_id, held.queue, held.name, held.attempt,
+                  held.worker, step.data)
+
+
+def rescue_expired(
+    tx: Tx,
+    policy_for: Callable[[str, int | None], RetryPolicy],
+    rescuer: str,
+    limit: int = 500,
+) -> int:
+    """Put back (or expire) every job whose lease ran out; returns how many."""
+    rows = tx.rows(sql.EXPIRED_LEASES, (tx.now, limit))
+    for job_id, queue, name, attempt, errors, max_attempts, holder in rows:
+        error = {"type": "LeaseExpired",
+                 "message": f"worker {holder} stopped renewing its lease", "traceback": ""}
+        for step in after_failure("rescue", error, errors, policy_for(name, max_attempts),
+                                  tx.now, extra={"reason": "lease_expired", "holder": holder}):
+            tx.append(step.kind, job_id, queue, name, attempt, rescuer, step.data)
+    return len(rows)
+
+
+def cancel(tx: Tx, job_id: str, reason: str | None) -> None:
+    row = tx.one(sql.GET_JOB, (job_id,))
+    queue, name = (row[1], row[2]) if row else (None, None)
+    tx.append("cancel", job_id, queue, name, data={"reason": reason})
+
+
+def delete(tx: Tx, job_id: str, reason: str | None) -> None:
+    row = tx.one(sql.GET_JOB, (job_id,))
+    queue, name = (row[1], row[2]) if row else (None, None)
+    tx.append("delete", job_id, queue, name, data={"reason": reason})

@@ -1,0 +1,226 @@
+"""The ledger's schema: versioned migrations, including the triggers that define every
+job transition.
+
+Writers only append to `evq_events`. For each event kind, a BEFORE INSERT trigger refuses
+the transition when the job is not in a state that allows it (this is the fencing of stale
+workers, done by the database itself), and an AFTER INSERT trigger folds the event into
+`evq_jobs`. Replay inserts the same events into a fresh schema, so the write path and the
+replay run the one definition. Decisions (retry or not, when) are made by the writer and
+recorded in the event's data, which keeps the fold a pure function of the events.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION_KEY = "schema_version"
+
+# Error texts raised by the triggers; the ledger maps them to typed errors.
+STALE = "evq:stale"
+NOT_PENDING = "evq:not_pending"
+UNKNOWN_JOB = "evq:unknown_job"
+RUNNING = "evq:running"
+APPEND_ONLY = "evq:append_only"
+
+_V1_TABLES = """
+CREATE TABLE IF NOT EXISTS evq_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE evq_events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       REAL    NOT NULL,
+    kind     TEXT    NOT NULL,
+    job_id   TEXT,
+    queue    TEXT,
+    job      TEXT,
+    attempt  INTEGER,
+    worker   TEXT,
+    data     TEXT    NOT NULL DEFAULT '{}',
+    v        INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX evq_events_by_job ON evq_events (job_id, position);
+
+CREATE TABLE evq_jobs (
+    id               TEXT    PRIMARY KEY,
+    queue            TEXT    NOT NULL,
+    name             TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    run_at           REAL    NOT NULL,
+    attempt          INTEGER NOT NULL,
+    errors           INTEGER NOT NULL,
+    max_attempts     INTEGER,
+    lease_until      REAL,
+    worker           TEXT,
+    enqueued_at      REAL    NOT NULL,
+    started_at       REAL,
+    finished_at      REAL,
+    result           TEXT,
+    error            TEXT,
+    idempotency_key  TEXT,
+    job_group        TEXT,
+    enqueue_position INTEGER NOT NULL,
+    updated_position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX evq_jobs_due ON evq_jobs (queue, priority DESC, run_at, enqueue_position)
+    WHERE state = 'pending';
+CREATE INDEX evq_jobs_leases ON evq_jobs (lease_until) WHERE state = 'running';
+CREATE INDEX evq_jobs_by_state ON evq_jobs (state, queue);
+"""
+
+_V1_GUARDS = f"""
+CREATE TRIGGER evq_events_no_update BEFORE UPDATE ON evq_events
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+
+CREATE TRIGGER evq_events_no_delete BEFORE DELETE ON evq_events
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+
+-- A claim takes a pending job and opens the next attempt; nobody else holds it then.
+CREATE TRIGGER evq_guard_dequeue BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'dequeue' AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs
+    WHERE id = NEW.job_id AND state = 'pending' AND attempt + 1 = NEW.attempt)
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+-- Only the holder of the current attempt may report on it.
+CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
+WHEN NEW.kind IN ('run', 'heartbeat', 'success', 'error', 'fail', 'requeue', 'defer')
+ AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs
+    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+      AND worker IS NEW.worker)
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+-- A lease may only be rescued once it has run out.
+CREATE TRIGGER evq_guard_rescue BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'rescue' AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs
+    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+      AND (lease_until <= NEW.at OR json_extract(NEW.data, '$.reason') <> 'lease_expired'))
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+-- Expiry closes an attempt that has just errored or been rescued, in the same commit.
+CREATE TRIGGER evq_guard_expire BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'expire' AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs
+    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt)
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+CREATE TRIGGER evq_guard_cancel BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'cancel' AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'pending')
+BEGIN
+    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
+    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    SELECT RAISE(ABORT, '{NOT_PENDING}');
+END;
+
+-- Delete: by the handler holding the attempt, or by anyone when the job is not running.
+CREATE TRIGGER evq_guard_delete BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'delete'
+BEGIN
+    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
+    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE NEW.attempt IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
+          AND attempt = NEW.attempt AND worker IS NEW.worker);
+    SELECT RAISE(ABORT, '{RUNNING}')
+    WHERE NEW.attempt IS NULL AND EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
+END;
+"""
+
+_V1_FOLD = """
+CREATE TRIGGER evq_apply_enqueue AFTER INSERT ON evq_events WHEN NEW.kind = 'enqueue'
+BEGIN
+    INSERT INTO evq_jobs (id, queue, name, state, priority, run_at, attempt, errors,
+        max_attempts, enqueued_at, idempotency_key, job_group, enqueue_position,
+        updated_position)
+    VALUES (NEW.job_id, NEW.queue, NEW.job, 'pending',
+        json_extract(NEW.data, '$.priority'), json_extract(NEW.data, '$.run_at'), 0, 0,
+        json_extract(NEW.data, '$.max_attempts'), NEW.at,
+        json_extract(NEW.data, '$.key'), json_extract(NEW.data, '$.group'),
+        NEW.position, NEW.position);
+END;
+
+CREATE TRIGGER evq_apply_dequeue AFTER INSERT ON evq_events WHEN NEW.kind = 'dequeue'
+BEGIN
+    UPDATE evq_jobs SET state = 'running', attempt = NEW.attempt, worker = NEW.worker,
+        lease_until = json_extract(NEW.data, '$.lease_until'), started_at = NULL,
+        updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_apply_run AFTER INSERT ON evq_events WHEN NEW.kind = 'run'
+BEGIN
+    UPDATE evq_jobs SET started_at = NEW.at, updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_apply_heartbeat AFTER INSERT ON evq_events WHEN NEW.kind = 'heartbeat'
+BEGIN
+    UPDATE evq_jobs SET lease_until = json_extract(NEW.data, '$.lease_until'),
+        updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_apply_success AFTER INSERT ON evq_events WHEN NEW.kind = 'success'
+BEGIN
+    UPDATE evq_jobs SET state = 'succeeded', result = NEW.data -> '$.result',
+        lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+-- error and rescue count a failed attempt; with retry_at the job waits for its next try,
+-- without it the job stays closed until the expire or fail event of the same commit.
+CREATE TRIGGER evq_apply_error AFTER INSERT ON evq_events
+WHEN NEW.kind IN ('error', 'rescue')
+BEGIN
+    UPDATE evq_jobs SET errors = errors + 1, error = NEW.data -> '$.error',
+        state = CASE WHEN json_extract(NEW.data, '$.retry_at') IS NULL THEN state
+                     ELSE 'pending' END,
+        run_at = coalesce(json_extract(NEW.data, '$.retry_at'), run_at),
+        lease_until = NULL, updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_apply_requeue AFTER INSERT ON evq_events
+WHEN NEW.kind IN ('requeue', 'defer')
+BEGIN
+    UPDATE evq_jobs SET state = 'pending', run_at = json_extract(NEW.data, '$.run_at'),
+        lease_until = NULL, updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_apply_close AFTER INSERT ON evq_events
+WHEN NEW.kind IN ('expire', 'fail', 'cancel')
+BEGIN
+    UPDATE evq_jobs SET
+        state = CASE NEW.kind WHEN 'expire' THEN 'expired' WHEN 'fail' THEN 'failed'
+                ELSE 'cancelled' END,
+        error = coalesce(NEW.data -> '$.error', error),
+        lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_apply_delete AFTER INSERT ON evq_events WHEN NEW.kind = 'delete'
+BEGIN
+    DELETE FROM evq_jobs WHERE id = NEW.job_id;
+END;
+"""
+
+# Each entry upgrades the schema by one version; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD,)
+
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def schema_sql() -> str:
+    """The whole schema as one SQL script, as `evq schema` prints it."""
+    parts = [f"-- evq schema, migration {i + 1}\n{sql.strip()}\n" for i, sql in enumerate(MIGRATIONS)]
+    parts.append(
+        f"INSERT OR REPLACE INTO evq_meta (key, value) VALUES "
+        f"('{SCHEMA_VERSION_KEY}', '{LATEST_VERSION}');\n"
+    )
+    return "\n".join(parts)

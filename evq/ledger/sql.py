@@ -1,0 +1,114 @@
+"""Every statement evq runs against the ledger, named. No SQL text lives elsewhere
+(the schema and its triggers are in schema.py)."""
+
+from __future__ import annotations
+
+# --- pragmas -------------------------------------------------------------------------
+# No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); the writer runs
+# TRUNCATE checkpoints deliberately. trusted_schema stays at its default: SQLite 3.40 does
+# not mark its JSON functions innocuous, so OFF would refuse the projection triggers; evq
+# registers no SQL functions of its own, so a hostile schema gains nothing from it.
+CONNECTION_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA wal_autocheckpoint = 0",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_size_limit = 67108864",
+)
+SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
+SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
+DATA_VERSION = "PRAGMA data_version"
+CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
+
+# --- transactions --------------------------------------------------------------------
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+BEGIN = "BEGIN"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+SAVEPOINT = "SAVEPOINT evq_op"
+RELEASE = "RELEASE evq_op"
+ROLLBACK_TO = "ROLLBACK TO evq_op"
+
+# --- schema bookkeeping --------------------------------------------------------------
+META_TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evq_meta'"
+GET_META = "SELECT value FROM evq_meta WHERE key = ?"
+SET_META = "INSERT OR REPLACE INTO evq_meta (key, value) VALUES (?, ?)"
+
+# --- the one way in --------------------------------------------------------------------
+APPEND_EVENT = (
+    "INSERT INTO evq_events (at, kind, job_id, queue, job, attempt, worker, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# --- claiming ------------------------------------------------------------------------
+# Due jobs in the served queues whose names this worker can run: priority first
+# (higher runs first), then run_at, then enqueue order. The payload is read from the
+# enqueue event, so it is stored once.
+CLAIM_DUE = """
+SELECT j.id, j.queue, j.name, j.attempt, j.errors, j.max_attempts, j.priority,
+       j.run_at, j.enqueued_at, e.data
+FROM evq_jobs AS j JOIN evq_events AS e ON e.position = j.enqueue_position
+WHERE j.state = 'pending' AND j.run_at <= ?
+  AND j.queue IN (SELECT value FROM json_each(?))
+  AND j.name IN (SELECT value FROM json_each(?))
+ORDER BY j.priority DESC, j.run_at, j.enqueue_position
+LIMIT ?
+"""
+NEXT_DUE = """
+SELECT min(run_at) FROM evq_jobs
+WHERE state = 'pending'
+  AND queue IN (SELECT value FROM json_each(?))
+  AND name IN (SELECT value FROM json_each(?))
+"""
+
+# --- leases --------------------------------------------------------------------------
+EXPIRED_LEASES = """
+SELECT id, queue, name, attempt, errors, max_attempts, worker
+FROM evq_jobs WHERE state = 'running' AND lease_until <= ?
+ORDER BY lease_until LIMIT ?
+"""
+NEXT_LEASE_EXPIRY = "SELECT min(lease_until) FROM evq_jobs WHERE state = 'running'"
+
+# --- reads ---------------------------------------------------------------------------
+JOB_COLUMNS = (
+    "id, queue, name, state, priority, run_at, attempt, errors, max_attempts, "
+    "lease_until, worker, enqueued_at, started_at, finished_at, result, error, "
+    "idempotency_key, job_group, enqueue_position, updated_position"
+)
+GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
+FIND_JOB_IDS_BY_PREFIX = (
+    "SELECT DISTINCT job_id FROM evq_events WHERE job_id >= ? AND job_id < ? LIMIT 2"
+)
+LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM evq_jobs ORDER BY enqueue_position"
+COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state"
+COUNT_UNFINISHED = (
+    "SELECT count(*) FROM evq_jobs WHERE state IN ('pending', 'running')"
+)
+
+EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
+EVENTS_AFTER = (
+    f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? ORDER BY position LIMIT ?"
+)
+EVENTS_BETWEEN = (
+    f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? AND position < ? "
+    "ORDER BY position"
+)
+EVENTS_FOR_JOB = f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE job_id = ? ORDER BY position"
+LAST_EVENTS = (
+    f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM evq_events "
+    "ORDER BY position DESC LIMIT ?) ORDER BY position"
+)
+HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM evq_events"
+
+# --- replay --------------------------------------------------------------------------
+ATTACH_SOURCE = "ATTACH DATABASE ? AS source"
+DETACH_SOURCE = "DETACH DATABASE source"
+REPLAY_EVENTS = (
+    f"INSERT INTO main.evq_events ({EVENT_COLUMNS}) "
+    f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position <= ? ORDER BY position"
+)
+PROJECTION_ONLY_IN_MAIN = (
+    f"SELECT {JOB_COLUMNS} FROM main.evq_jobs EXCEPT SELECT {JOB_COLUMNS} FROM source.evq_jobs"
+)
+PROJECTION_ONLY_IN_SOURCE = (
+    f"SELECT {JOB_COLUMNS} FROM source.evq_jobs EXCEPT SELECT {JOB_COLUMNS} FROM main.evq_jobs"
+)

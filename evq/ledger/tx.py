@@ -1,0 +1,84 @@
+"""A transaction on a ledger connection, as operations see it: append events, run named
+queries. It records what it appended so that the committer can hand the very same
+events to subscribers after the commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from ..codec import dumps
+from ..errors import JobStateConflict, LeaseLost, LedgerError, UnknownJob
+from . import schema, sql
+
+# (position, at, kind, job_id, queue, job, attempt, worker, data-dict)
+AppendedRow = tuple[int, float, str, str | None, str | None, str | None, int | None,
+                    str | None, dict[str, Any]]
+
+
+class Tx:
+    """Appends events inside a transaction someone else opened and will commit."""
+
+    __slots__ = ("conn", "now", "appended")
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+        self.appended: list[AppendedRow] = []
+
+    def append(
+        self,
+        kind: str,
+        job_id: str | None = None,
+        queue: str | None = None,
+        job: str | None = None,
+        attempt: int | None = None,
+        worker: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> int:
+        """Append one event; the triggers refuse it if the transition is not allowed."""
+        body = data if data is not None else {}
+        try:
+            cursor = self.conn.execute(
+                sql.APPEND_EVENT,
+                (self.now, kind, job_id, queue, job, attempt, worker, dumps(body)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise refusal(exc, kind, job_id, attempt) from None
+        position = cursor.lastrowid
+        assert position is not None
+        self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker, body))
+        return position
+
+    def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self.conn.execute(query, tuple(params)).fetchall()
+
+    def one(self, query: str, params: Iterable[Any] = ()) -> Any:
+        return self.conn.execute(query, tuple(params)).fetchone()
+
+
+def refusal(exc: sqlite3.IntegrityError, kind: str, job_id: str | None,
+            attempt: int | None) -> Exception:
+    """Turn a trigger's refusal into the typed error a caller can act on."""
+    text = str(exc)
+    if schema.STALE in text:
+        return LeaseLost(
+            f"{kind} refused for job {job_id} attempt {attempt}: this worker no longer "
+            "holds that attempt (its lease ran out and it was rescued, or it was "
+            "cancelled); the ledger is unchanged"
+        )
+    if schema.UNKNOWN_JOB in text:
+        return UnknownJob(f"no job {job_id} in the ledger (it may have been deleted)")
+    if schema.NOT_PENDING in text:
+        return JobStateConflict(
+            f"{kind} refused: job {job_id} is not pending any more; see `evq history "
+            f"{job_id}`"
+        )
+    if schema.RUNNING in text:
+        return JobStateConflict(
+            f"{kind} refused: job {job_id} is running; cancel it or wait for it to end"
+        )
+    if "UNIQUE constraint failed: evq_jobs.id" in text:
+        return JobStateConflict(f"a job with id {job_id} already exists")
+    return LedgerError(f"the ledger refused {kind} for job {job_id}: {text}")

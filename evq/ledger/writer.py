@@ -1,0 +1,194 @@
+"""The process's one writer: group commit on a dedicated thread.
+
+Coroutines hand it operations (functions of a `Tx`); it runs every operation waiting at
+that moment in one `BEGIN IMMEDIATE ... COMMIT`, each inside its own savepoint so that a
+refused operation (say, a fenced report) leaves the others intact, then resolves each
+caller's future and hands the committed events on. One thread hop per batch, however
+many jobs the batch carries: that is where evq's speed comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from ..clock import Clock
+from ..errors import ContextClosed
+from . import connection, sql
+from .tx import AppendedRow, Tx
+
+T = TypeVar("T")
+Op = Callable[[Tx], Any]
+OnCommit = Callable[[list[AppendedRow]], None]
+
+# Checkpoint once the WAL passes this size; TRUNCATE holds writers off while it runs,
+# which is what makes it safe with SQLite 3.40's WAL-reset bug.
+CHECKPOINT_WAL_BYTES = 8 * 1024 * 1024
+CHECKPOINT_BUSY_MS = 200
+BEGIN_RETRIES = 30
+
+_log = structlog.get_logger("evq.writer")
+
+
+class Writer:
+    def __init__(
+        self,
+        path: str | Path,
+        clock: Clock,
+        durability: connection.Durability,
+        on_commit: OnCommit,
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        self._path = str(path)
+        self._wal_path = self._path + "-wal"
+        self._clock = clock
+        self._durability = durability
+        self._busy_timeout_ms = busy_timeout_ms
+        self._on_commit = on_commit
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._executor, self._connect)
+        self._task = loop.create_task(self._loop(), name="evq-writer")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = connection.connect(
+            self._path, durability=self._durability, busy_timeout_ms=self._busy_timeout_ms,
+            check_same_thread=False,
+        )
+        connection.migrate(conn)
+        return conn
+
+    async def run(self, op: Callable[[Tx], T]) -> T:
+        """Run `op` in the next group commit and return its result once committed.
+
+        If the caller is cancelled while waiting, the operation still commits: once
+        handed over, a decided outcome is never lost.
+        """
+        if self._closing or self._task is None:
+            raise ContextClosed("the evq context is closed; open it with `async with`")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Commit everything already handed over, then close the connection."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._task = None
+        conn = self._conn
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._close_conn, conn)
+        self._executor.shutdown(wait=True)
+
+    def _close_conn(self, conn: sqlite3.Connection) -> None:
+        self._checkpoint(conn, force=True)
+        conn.close()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._queue:
+                if self._closing:
+                    return
+                continue
+            batch, self._queue = self._queue, []
+            try:
+                results, appended = await loop.run_in_executor(
+                    self._executor, self._commit, [op for op, _ in batch])
+            except BaseException as exc:  # the commit itself failed: nobody's op landed
+                _log.error("evq.commit_failed", error=repr(exc), ops=len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception)
+                                             else RuntimeError(repr(exc)))
+                continue
+            for (_, future), (ok, value) in zip(batch, results):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            if appended:
+                self._on_commit(appended)
+            if self._queue:
+                self._wake.set()
+
+    def _commit(self, ops: list[Op]) -> tuple[list[tuple[bool, Any]], list[AppendedRow]]:
+        conn = self._conn
+        assert conn is not None
+        self._begin(conn)
+        tx = Tx(conn, self._clock.now())
+        results: list[tuple[bool, Any]] = []
+        try:
+            for op in ops:
+                mark = len(tx.appended)
+                conn.execute(sql.SAVEPOINT)
+                try:
+                    value = op(tx)
+                except Exception as exc:
+                    conn.execute(sql.ROLLBACK_TO)
+                    conn.execute(sql.RELEASE)
+                    del tx.appended[mark:]
+                    results.append((False, exc))
+                else:
+                    conn.execute(sql.RELEASE)
+                    results.append((True, value))
+            conn.execute(sql.COMMIT)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(sql.ROLLBACK)
+            raise
+        self.commits += 1
+        self._checkpoint(conn)
+        return results, tx.appended
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        # busy_timeout already waits; this loop only covers a lock held even longer.
+        for attempt in range(BEGIN_RETRIES):
+            try:
+                conn.execute(sql.BEGIN_IMMEDIATE)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                _log.warning("evq.writer_busy", attempt=attempt + 1, thread=threading.get_ident())
+        conn.execute(sql.BEGIN_IMMEDIATE)
+
+    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
+        try:
+            size = os.path.getsize(self._wal_path)
+        except OSError:
+            return
+        if size < CHECKPOINT_WAL_BYTES and not (force and size > 0):
+            return
+        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=CHECKPOINT_BUSY_MS))
+        try:
+            conn.execute(sql.CHECKPOINT_TRUNCATE).fetchall()
+        except sqlite3.OperationalError as exc:  # readers still on old frames: next time
+            _log.debug("evq.checkpoint_deferred", error=str(exc))
+        finally:
+            conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=self._busy_timeout_ms))

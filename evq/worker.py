@@ -1,0 +1,312 @@
+"""The worker: claims due jobs in batches, runs their handlers with a concurrency limit,
+keeps their leases alive, and reports each outcome through the group-committing writer.
+
+A claim also rescues jobs whose lease ran out (in any process), so crashed workers' jobs
+come back with no extra moving part. Stopping is graceful: no new claims, running jobs
+get `grace` seconds, and those still running then are put back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+
+from . import codec
+from .errors import InvalidInput, LeaseLost, UnrecoverableError
+from .jobs import Job, JobDefinition
+from .ledger import ops
+from .ledger.tx import Tx
+from .outcomes import Planned, after_failure, describe_error
+
+if TYPE_CHECKING:
+    from .context import Context
+
+_counter = itertools.count(1)
+Plan = Callable[[float], list[Planned]]
+
+
+def default_worker_name() -> str:
+    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
+    return f"{host or 'host'}:{os.getpid()}:{next(_counter)}"
+
+
+@attrs.define(eq=False)
+class _Running:
+    claimed: ops.Claimed
+    held: ops.Attempt
+    lease: float
+    lease_until: float
+    task: asyncio.Task[None] | None = None
+    reporting: bool = False
+
+
+class Worker:
+    """Runs the jobs of `queues` (default: every queue with a handler in this process).
+
+    concurrency: handlers running at once. grace: seconds running jobs get to finish
+    when the worker is stopped. batch_size: most jobs claimed per transaction.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 10,
+        name: str | None = None,
+        grace: float = 30.0,
+        batch_size: int = 100,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInput(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if isinstance(queues, str):
+            queues = [q.strip() for q in queues.split(",") if q.strip()]
+        self.ctx = ctx
+        self.queues = None if queues is None else sorted(
+            {codec.check_name(q, "queue") for q in queues})
+        self.concurrency = concurrency
+        self.name = codec.check_name(name or default_worker_name(), "worker")
+        self.grace = codec.check_delay(grace, "grace")
+        self.batch_size = max(1, int(batch_size))
+        self.jobs_done = 0
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._finished_since_claim = False
+        self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no new claims; running jobs finish within `grace`."""
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def run(self, *, until_idle: bool = False, handle_signals: bool = False) -> int:
+        """Serve jobs until stopped (or, with until_idle, until no job is due and none is
+        running). Returns the number of jobs this call ran to an outcome."""
+        ctx = self.ctx
+        definitions = {
+            name: d for name, d in ctx.definitions.items()
+            if d.handler is not None and (self.queues is None or d.queue in self.queues)
+        }
+        queues = self.queues or sorted({d.queue for d in definitions.values()})
+        claim = functools.partial(
+            self._claim_op, queues_json=json.dumps(queues),
+            names_json=json.dumps(sorted(definitions)),
+            lease_for=lambda name: definitions[name].lease)
+        self._stopping = False
+        start_count = self.jobs_done
+        remove_wake = ctx.on_wake(self._wake.set)
+        signals = self._install_signals() if handle_signals else []
+        heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
+        self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                free = self.concurrency - len(self._running)
+                claimed: list[ops.Claimed] = []
+                next_at: float | None = None
+                if free > 0:
+                    self._finished_since_claim = False
+                    claimed, next_at = await ctx.writer.run(
+                        functools.partial(claim, limit=min(free, self.batch_size)))
+                    for job in claimed:
+                        self._start(job, definitions[job.name])
+                    if len(claimed) == min(free, self.batch_size) and free > len(claimed):
+                        continue
+                if (until_idle and not claimed and not self._running
+                        and not self._finished_since_claim):
+                    break
+                if until_idle and next_at is not None and not self._running:
+                    next_at = None if next_at > ctx.clock.now() else next_at
+                await self._wait(next_at if free > len(claimed) else None)
+        finally:
+            for sig in signals:
+                asyncio.get_running_loop().remove_signal_handler(sig)
+            remove_wake()
+            await self._finish_running()
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+            self._log.info("evq.worker_stopped", jobs=self.jobs_done - start_count)
+        return self.jobs_done - start_count
+
+    def _install_signals(self) -> list[signal.Signals]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+        return installed
+
+    async def _wait(self, next_at: float | None) -> None:
+        if self._wake.is_set():
+            return
+        clock = self.ctx.clock
+        waiters = [asyncio.ensure_future(self._wake.wait())]
+        if next_at is not None:
+            delay = next_at - clock.now()
+            if delay <= 0:
+                waiters[0].cancel()
+                return
+            waiters.append(asyncio.ensure_future(clock.sleep(delay)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    # --- operations run inside the writer's transaction ---------------------------------
+    def _claim_op(self, tx: Tx, *, queues_json: str, names_json: str, limit: int,
+                  lease_for: Callable[[str], float]) -> tuple[list[ops.Claimed], float | None]:
+        ops.rescue_expired(tx, self.ctx.retry_policy, self.name)
+        claimed = ops.claim(tx, queues_json, names_json, limit, self.name, lease_for)
+        if len(claimed) == limit:
+            return claimed, None
+        candidates = [t for t in (ops.next_due(tx, queues_json, names_json),
+                                  ops.next_lease_expiry(tx)) if t is not None]
+        return claimed, min(candidates) if candidates else None
+
+    @staticmethod
+    def _report_op(tx: Tx, *, held: ops.Attempt, plan: Plan) -> None:
+        ops.report(tx, held, plan(tx.now))
+
+    @staticmethod
+    def _heartbeat_op(tx: Tx, *, runs: list[_Running]) -> list[str]:
+        lost = []
+        for run in runs:
+            lease_until = tx.now + run.lease
+            try:
+                ops.report(tx, run.held, [Planned("heartbeat", {"lease_until": lease_until})])
+            except LeaseLost:
+                lost.append(run.held.job_id)
+            else:
+                run.lease_until = lease_until
+        return lost
+
+    # --- running one job ---------------------------------------------------------------
+    def _start(self, claimed: ops.Claimed, definition: JobDefinition[Any]) -> None:
+        held = ops.Attempt(claimed.id, claimed.queue, claimed.name, claimed.attempt, self.name)
+        run = _Running(claimed, held, definition.lease, claimed.lease_until)
+        self._running[claimed.id] = run
+        run.task = asyncio.get_running_loop().create_task(self._execute(run, definition))
+
+    async def _execute(self, run: _Running, definition: JobDefinition[Any]) -> None:
+        claimed = run.claimed
+        log = self._log.bind(job_id=claimed.id, queue=claimed.queue, job=claimed.name,
+                             attempt=claimed.attempt)
+        job = Job(claimed.id, claimed.name, claimed.queue, claimed.attempt, claimed.errors,
+                  claimed.max_attempts, claimed.priority,
+                  datetime.fromtimestamp(claimed.enqueued_at, timezone.utc),
+                  claimed.payload, self.name, log)
+        try:
+            try:
+                plan = await self._call(definition, job, log)
+            except asyncio.CancelledError:
+                # Stopped past its grace period: hand the job back now, not at lease end.
+                await self._report(run, lambda now: [Planned(
+                    "requeue", {"reason": "worker_stopped", "run_at": now})], log)
+                raise
+            await self._report(run, plan, log)
+            self.jobs_done += 1
+        finally:
+            # Only now is the slot free: the outcome is committed (or refused).
+            self._running.pop(claimed.id, None)
+            self._finished_since_claim = True
+            self._wake.set()
+
+    async def _call(self, definition: JobDefinition[Any], job: Job, log: Any) -> Plan:
+        policy = definition.retry_policy
+        errors = job.errors
+        try:
+            payload = codec.decode_as(definition.payload_type, job.payload)
+            job.payload = payload
+            args = (payload, job)[: definition.handler_arity]
+            assert definition.handler is not None
+            if definition.is_async:
+                pending = definition.handler(*args)
+            else:
+                pending = asyncio.get_running_loop().run_in_executor(
+                    self.ctx.sync_executor(), functools.partial(definition.handler, *args))
+            if definition.timeout is not None:
+                result = await asyncio.wait_for(pending, definition.timeout)
+            else:
+                result = await pending
+        except UnrecoverableError as exc:
+            log.warning("evq.job_failed", error=repr(exc))
+            error = describe_error(exc)
+            return lambda now: after_failure("error", error, errors, policy, now, retryable=False)
+        except (Exception, asyncio.TimeoutError) as exc:
+            log.warning("evq.job_error", error=repr(exc))
+            error = describe_error(exc)
+            return lambda now: after_failure("error", error, errors, policy, now)
+        chosen = job.outcome or Planned("success", {"result": result})
+        return self._plan_outcome(chosen, errors, policy, log)
+
+    def _plan_outcome(self, chosen: Planned, errors: int, policy: Any, log: Any) -> Plan:
+        data = dict(chosen.data)
+        if chosen.kind == "success":
+            try:
+                data["result"] = codec.encode(data["result"], "result",
+                                              self.ctx.max_payload_bytes)
+            except codec.InvalidPayload as exc:
+                log.warning("evq.bad_result", error=str(exc))
+                error = describe_error(exc)
+                return lambda now: after_failure("error", error, errors, policy, now,
+                                                 retryable=False)
+            log.debug("evq.job_succeeded")
+            return lambda now: [Planned("success", data)]
+        if chosen.kind == "requeue":
+            delay = data.pop("delay")
+            return lambda now: [Planned("requeue", {**data, "run_at": now + delay})]
+        if chosen.kind == "fail":
+            return lambda now: [Planned("error", {"error": data["error"], "errors": errors + 1,
+                                                  "retry_at": None}),
+                                Planned("fail", {"reason": "handler"})]
+        return lambda now: [Planned(chosen.kind, data)]
+
+    async def _report(self, run: _Running, plan: Plan, log: Any) -> None:
+        run.reporting = True
+        try:
+            await self.ctx.writer.run(functools.partial(self._report_op, held=run.held, plan=plan))
+        except LeaseLost as exc:
+            log.warning("evq.lease_lost", error=str(exc))
+
+    async def _heartbeats(self) -> None:
+        clock = self.ctx.clock
+        while True:
+            runs = list(self._running.values())
+            shortest = min((r.lease for r in runs), default=10.0)
+            await clock.sleep(shortest / 3)
+            now = clock.now()
+            due = [r for r in self._running.values()
+                   if not r.reporting and r.lease_until - now < r.lease * 2 / 3]
+            if due:
+                lost = await self.ctx.writer.run(functools.partial(self._heartbeat_op, runs=due))
+                for job_id in lost:
+                    self._log.warning("evq.lease_lost", job_id=job_id)
+
+    async def _finish_running(self) -> None:
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
