@@ -78,8 +78,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
-        from .ledger import sql
         from .jobs import JobRecord
+        from .ledger import sql
 
         for row in conn.execute(sql.LIST_JOBS):
             job = JobRecord.from_row(tuple(row))

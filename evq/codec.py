@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -91,9 +91,13 @@ def _check_text(text: str, what: str, path: str) -> None:
         ) from None
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON text of an already-checked value."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """Compact JSON text of an already-checked value (one shared encoder: json.dumps
+    with options would build a new one per call, on the hot path)."""
+    return _ENCODER.encode(value)
 
 
 def encode(value: Any, what: str = "payload", limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
@@ -127,7 +131,7 @@ def decode_as(cls: type[T] | None, value: Any) -> Any:
 def parse_time(value: object, what: str = "run_at") -> float:
     """A timestamp from a datetime, an ISO-8601 string or epoch seconds."""
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         return moment.timestamp()
     if isinstance(value, str):
         try:

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
-import uuid
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -21,7 +22,14 @@ import structlog
 
 from . import codec
 from .clock import Clock, SystemClock
-from .errors import ContextClosed, DuplicateJob, InvalidInput, LedgerError, UnknownJob
+from .errors import (
+    ContextClosed,
+    DuplicateJob,
+    InvalidInput,
+    InvalidPayload,
+    LedgerError,
+    UnknownJob,
+)
 from .events import Event, event_from_row
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
 from .ledger import connection, ops, sql
@@ -40,6 +48,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 _WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue"})
 _log = structlog.get_logger("evq")
+
+
+def new_job_id() -> str:
+    """32 hex digits: milliseconds since the epoch, then 80 random bits. Ids made later
+    sort later, so the ledger's indexes grow at their right edge instead of at random."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 @attrs.frozen
@@ -91,6 +105,7 @@ class Context:
         self._watchers = 0
         self._wake_callbacks: list[Callable[[], None]] = []
         self._sync_threads = sync_handler_threads
+        self._running_workers: dict[Worker, asyncio.Event] = {}
         self._sync_executor: ThreadPoolExecutor | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -110,6 +125,9 @@ class Context:
         """Commit what was handed over, deliver pending events, release the file."""
         if self._writer is None:
             return
+        for worker, stopped in list(self._running_workers.items()):
+            worker.stop()
+            await stopped.wait()
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,7 +178,7 @@ class Context:
 
         def register(handler: Handler) -> JobDefinition[Any]:
             return self.define(
-                name or getattr(handler, "__name__", ""), handler, queue=queue,
+                name or str(getattr(handler, "__name__", "")), handler, queue=queue,
                 payload_type=payload_type, max_attempts=max_attempts, backoff=backoff,
                 lease=lease, timeout=timeout, priority=priority)
 
@@ -212,13 +230,13 @@ class Context:
         plain = codec.encode(payload, "payload", self.max_payload_bytes)
         if definition.payload_type is not None and attrs.has(definition.payload_type):
             if not isinstance(payload, (definition.payload_type, dict)):
-                raise codec.InvalidPayload(
+                raise InvalidPayload(
                     f"job {definition.name!r} takes a {definition.payload_type.__name__} "
                     f"payload, got {type(payload).__name__}")
             try:
                 codec.decode_as(definition.payload_type, plain)
             except Exception as exc:
-                raise codec.InvalidPayload(
+                raise InvalidPayload(
                     f"payload does not fit {definition.payload_type.__name__}: {exc}"
                 ) from None
         if delay is not None and run_at is not None:
@@ -231,7 +249,7 @@ class Context:
         level = definition.priority if priority is None else priority
         if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
             raise InvalidInput(f"priority must be an integer, got {priority!r}")
-        return ops.NewJob(uuid.uuid4().hex, definition.queue, definition.name, plain, when,
+        return ops.NewJob(new_job_id(), definition.queue, definition.name, plain, when,
                           level, definition.max_attempts)
 
     async def enqueue(
@@ -398,6 +416,17 @@ class Context:
                 seen = version
                 self._dispatcher.poke()
                 self.wake_workers()
+
+    def worker_running(self, worker: Worker) -> Callable[[], None]:
+        """Track a running worker so close() can stop it first; returns the 'done' call."""
+        stopped = asyncio.Event()
+        self._running_workers[worker] = stopped
+
+        def done() -> None:
+            self._running_workers.pop(worker, None)
+            stopped.set()
+
+        return done
 
     def sync_executor(self) -> ThreadPoolExecutor:
         """Threads for synchronous handlers, so they never block the event loop."""

@@ -59,7 +59,7 @@ async def run_demo(path: Path, say: Callable[[str], None]) -> list[str]:
                 return
             say("  " + audit.event_line(event))
             if event.kind in ("success", "expire", "fail"):
-                finished.add(event.job_id)  # type: ignore[arg-type]
+                finished.add(event.job_id)
                 if len(finished) == len(ours):
                     worker.stop()
 

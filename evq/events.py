@@ -7,13 +7,13 @@ ledgers always replay; the README documents each kind's data.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """Every kind of event evq writes."""
 
     DEPLOY = "deploy"
@@ -35,9 +35,6 @@ class EventKind(str, enum.Enum):
     SCHEDULE = "schedule"
     SCHEDULE_ORPHAN = "schedule_orphan"
     GROUP_DELETE = "group_delete"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL_KINDS = frozenset({"success", "fail", "expire", "cancel"})
@@ -67,7 +64,7 @@ def event_from_row(row: tuple[Any, ...], data: dict[str, Any]) -> Event:
     """Build an Event from (position, at, kind, job_id, queue, job, attempt, worker, ..., v)."""
     return Event(
         position=row[0],
-        at=datetime.fromtimestamp(row[1], timezone.utc),
+        at=datetime.fromtimestamp(row[1], UTC),
         kind=row[2],
         job_id=row[3],
         queue=row[4],

@@ -8,7 +8,7 @@ import enum
 import inspect
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -30,7 +30,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 60.0
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job is. pending includes jobs scheduled for later (see JobRecord.scheduled)."""
 
     PENDING = "pending"
@@ -39,9 +39,6 @@ class JobState(str, enum.Enum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def terminal(self) -> bool:
@@ -68,7 +65,8 @@ class JobDefinition(Generic[P]):
 
     name: str = attrs.field(validator=lambda i, a, v: check_name(v, "job"))
     handler: Handler | None
-    queue: str = attrs.field(default=DEFAULT_QUEUE, validator=lambda i, a, v: check_name(v, "queue"))
+    queue: str = attrs.field(default=DEFAULT_QUEUE,
+                             validator=lambda i, a, v: check_name(v, "queue"))
     payload_type: type[P] | None = None
     max_attempts: int | None = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=_check_attempts)
     backoff: Backoff = attrs.field(factory=Exponential)
@@ -178,7 +176,7 @@ def _json_or_none(text: str | None) -> Any:
 
 
 def _time(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 @attrs.frozen
@@ -220,7 +218,7 @@ class JobRecord:
 
     def scheduled(self, now: datetime | None = None) -> bool:
         """True for a pending job whose run_at is still ahead."""
-        moment = now or datetime.now(timezone.utc)
+        moment = now or datetime.now(UTC)
         return self.state is JobState.PENDING and self.run_at > moment
 
 

@@ -11,6 +11,7 @@ others go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable
@@ -64,7 +65,7 @@ class Dispatcher:
             handler,
             None if kinds is None else frozenset(str(k) for k in kinds),
             inspect.iscoroutinefunction(handler)
-            or inspect.iscoroutinefunction(getattr(handler, "__call__", None)),
+            or inspect.iscoroutinefunction(type(handler).__call__),
         )
         self._subs.append(sub)
 
@@ -82,10 +83,8 @@ class Dispatcher:
         await self.flush()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._reader is not None:
             await self._reader.close()

@@ -3,13 +3,14 @@ is due, and looking at the events a job produced."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .clock import FakeClock
 from .context import Context
 from .events import Event
 
-__all__ = ["FakeClock", "kinds_of", "run_until_idle", "timeline"]
+__all__ = ["FakeClock", "kinds_of", "run_until_idle", "settle", "timeline"]
 
 
 async def run_until_idle(ctx: Context, **worker_options: Any) -> int:
@@ -27,3 +28,18 @@ async def kinds_of(ctx: Context, job_id: str) -> list[str]:
     """The kinds of a job's events, oldest first: handy for one-line assertions such as
     `assert await kinds_of(ctx, id) == ["enqueue", "dequeue", "run", "success"]`."""
     return [event.kind for event in await ctx.history(job_id)]
+
+
+async def settle(ctx: Context, rounds: int = 3) -> None:
+    """Let every task that can make progress do so, and wait until everything they handed
+    to the ledger is committed and delivered to event handlers. Use it after advancing a
+    FakeClock while a worker runs in the background."""
+    for _ in range(rounds):
+        for _ in range(10):
+            await asyncio.sleep(0)
+        await ctx.writer.run(_nothing)
+        await ctx.flush_events()
+
+
+def _nothing(tx: Any) -> None:
+    return None

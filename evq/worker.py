@@ -17,14 +17,14 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
 
 from . import codec
-from .errors import InvalidInput, LeaseLost, UnrecoverableError
+from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
 from .jobs import Job, JobDefinition
 from .ledger import ops
 from .ledger.tx import Tx
@@ -106,12 +106,13 @@ class Worker:
         }
         queues = self.queues or sorted({d.queue for d in definitions.values()})
         claim = functools.partial(
-            self._claim_op, queues_json=json.dumps(queues),
+            self._claim_op, queues=queues, queues_json=json.dumps(queues),
             names_json=json.dumps(sorted(definitions)),
             lease_for=lambda name: definitions[name].lease)
         self._stopping = False
         start_count = self.jobs_done
         remove_wake = ctx.on_wake(self._wake.set)
+        done = ctx.worker_running(self)
         signals = self._install_signals() if handle_signals else []
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
         self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
@@ -144,6 +145,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
             self._log.info("evq.worker_stopped", jobs=self.jobs_done - start_count)
+            done()
         return self.jobs_done - start_count
 
     def _install_signals(self) -> list[signal.Signals]:
@@ -159,7 +161,7 @@ class Worker:
         if self._wake.is_set():
             return
         clock = self.ctx.clock
-        waiters = [asyncio.ensure_future(self._wake.wait())]
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if next_at is not None:
             delay = next_at - clock.now()
             if delay <= 0:
@@ -173,10 +175,11 @@ class Worker:
                 waiter.cancel()
 
     # --- operations run inside the writer's transaction ---------------------------------
-    def _claim_op(self, tx: Tx, *, queues_json: str, names_json: str, limit: int,
-                  lease_for: Callable[[str], float]) -> tuple[list[ops.Claimed], float | None]:
+    def _claim_op(self, tx: Tx, *, queues: list[str], queues_json: str, names_json: str,
+                  limit: int, lease_for: Callable[[str], float]
+                  ) -> tuple[list[ops.Claimed], float | None]:
         ops.rescue_expired(tx, self.ctx.retry_policy, self.name)
-        claimed = ops.claim(tx, queues_json, names_json, limit, self.name, lease_for)
+        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for)
         if len(claimed) == limit:
             return claimed, None
         candidates = [t for t in (ops.next_due(tx, queues_json, names_json),
@@ -213,7 +216,7 @@ class Worker:
                              attempt=claimed.attempt)
         job = Job(claimed.id, claimed.name, claimed.queue, claimed.attempt, claimed.errors,
                   claimed.max_attempts, claimed.priority,
-                  datetime.fromtimestamp(claimed.enqueued_at, timezone.utc),
+                  datetime.fromtimestamp(claimed.enqueued_at, UTC),
                   claimed.payload, self.name, log)
         try:
             try:
@@ -252,7 +255,7 @@ class Worker:
             log.warning("evq.job_failed", error=repr(exc))
             error = describe_error(exc)
             return lambda now: after_failure("error", error, errors, policy, now, retryable=False)
-        except (Exception, asyncio.TimeoutError) as exc:
+        except (TimeoutError, Exception) as exc:
             log.warning("evq.job_error", error=repr(exc))
             error = describe_error(exc)
             return lambda now: after_failure("error", error, errors, policy, now)
@@ -265,7 +268,7 @@ class Worker:
             try:
                 data["result"] = codec.encode(data["result"], "result",
                                               self.ctx.max_payload_bytes)
-            except codec.InvalidPayload as exc:
+            except InvalidPayload as exc:
                 log.warning("evq.bad_result", error=str(exc))
                 error = describe_error(exc)
                 return lambda now: after_failure("error", error, errors, policy, now,

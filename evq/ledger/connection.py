@@ -16,7 +16,7 @@ from . import schema, sql
 MIN_SQLITE = (3, 38, 0)
 
 
-class Durability(str, enum.Enum):
+class Durability(enum.StrEnum):
     """How much a commit survives. PROCESS (the default) survives any crash of any
     process; POWER also survives power loss or an OS crash, at the cost of an fsync per
     commit."""

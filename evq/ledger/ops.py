@@ -69,17 +69,22 @@ def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
 
 def claim(
     tx: Tx,
-    queues_json: str,
+    queues: Sequence[str],
     names_json: str,
     limit: int,
     worker: str,
     lease_seconds: Callable[[str], float],
 ) -> list[Claimed]:
     """Take up to `limit` due jobs: a dequeue and a run event each, in this transaction."""
-    rows = tx.rows(sql.CLAIM_DUE, (tx.now, queues_json, names_json, limit))
+    rows = []
+    for queue in queues:
+        rows.extend(tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json, limit)))
+    if len(queues) > 1:
+        rows.sort(key=lambda r: (-r[6], r[7], r[10]))
+        del rows[limit:]
     claimed = []
     for (job_id, queue, name, attempt, errors, max_attempts, priority, run_at,
-         enqueued_at, enqueue_data) in rows:
+         enqueued_at, enqueue_data, _) in rows:
         lease_until = tx.now + lease_seconds(name)
         tx.append("dequeue", job_id, queue, name, attempt + 1, worker,
                   {"lease_until": lease_until})
@@ -92,6 +97,7 @@ def claim(
 
 
 def next_due(tx: Tx, queues_json: str, names_json: str) -> float | None:
+    """When the next pending job of these queues and names becomes due."""
     value = tx.one(sql.NEXT_DUE, (queues_json, names_json))[0]
     return None if value is None else float(value)
 

@@ -20,6 +20,12 @@ UNKNOWN_JOB = "evq:unknown_job"
 RUNNING = "evq:running"
 APPEND_ONLY = "evq:append_only"
 
+def _kind(*kinds: str) -> str:
+    """`NEW.kind = 'a' OR NEW.kind = 'b'`: SQLite 3.40 builds an ephemeral table for
+    every evaluation of `NEW.kind IN ('a', 'b')`, which costs microseconds per event."""
+    return "(" + " OR ".join(f"NEW.kind = '{kind}'" for kind in kinds) + ")"
+
+
 _V1_TABLES = """
 CREATE TABLE IF NOT EXISTS evq_meta (
     key   TEXT PRIMARY KEY,
@@ -65,7 +71,6 @@ CREATE TABLE evq_jobs (
 CREATE INDEX evq_jobs_due ON evq_jobs (queue, priority DESC, run_at, enqueue_position)
     WHERE state = 'pending';
 CREATE INDEX evq_jobs_leases ON evq_jobs (lease_until) WHERE state = 'running';
-CREATE INDEX evq_jobs_by_state ON evq_jobs (state, queue);
 """
 
 _V1_GUARDS = f"""
@@ -75,138 +80,110 @@ BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
 CREATE TRIGGER evq_events_no_delete BEFORE DELETE ON evq_events
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
 
--- A claim takes a pending job and opens the next attempt; nobody else holds it then.
-CREATE TRIGGER evq_guard_dequeue BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'dequeue' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'pending' AND attempt + 1 = NEW.attempt)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
-
--- Only the holder of the current attempt may report on it.
-CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
-WHEN NEW.kind IN ('run', 'heartbeat', 'success', 'error', 'fail', 'requeue', 'defer')
- AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-      AND worker IS NEW.worker)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
-
--- A lease may only be rescued once it has run out.
-CREATE TRIGGER evq_guard_rescue BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'rescue' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-      AND (lease_until <= NEW.at OR json_extract(NEW.data, '$.reason') <> 'lease_expired'))
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
-
--- Expiry closes an attempt that has just errored or been rescued, in the same commit.
-CREATE TRIGGER evq_guard_expire BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'expire' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
-
-CREATE TRIGGER evq_guard_cancel BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'cancel' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'pending')
+-- Which transitions are allowed: one statement per rule, all in one trigger (a trigger
+-- per kind would cost its dispatch on every event).
+CREATE TRIGGER evq_guard BEFORE INSERT ON evq_events
 BEGIN
-    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
-    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
-    SELECT RAISE(ABORT, '{NOT_PENDING}');
-END;
-
--- Delete: by the handler holding the attempt, or by anyone when the job is not running.
-CREATE TRIGGER evq_guard_delete BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'delete'
-BEGIN
-    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
-    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    -- A claim takes a pending job and opens its next attempt: nobody else holds it then.
     SELECT RAISE(ABORT, '{STALE}')
-    WHERE NEW.attempt IS NOT NULL AND NOT EXISTS (
+    WHERE NEW.kind = 'dequeue' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'pending' AND attempt + 1 = NEW.attempt);
+
+    -- Only the holder of the current attempt may report on it.
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE {_kind("run", "heartbeat", "success", "error", "fail", "requeue", "defer")}
+      AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+          AND worker IS NEW.worker);
+
+    -- A lease may only be rescued once it has run out.
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE NEW.kind = 'rescue' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+          AND (lease_until <= NEW.at
+               OR json_extract(NEW.data, '$.reason') <> 'lease_expired'));
+
+    -- Expiry closes an attempt that has just errored or been rescued, in the same commit.
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE NEW.kind = 'expire' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt);
+
+    -- Cancel and delete name a job that must exist.
+    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
+    WHERE {_kind("cancel", "delete")}
+      AND NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+
+    -- Cancel takes a pending job only.
+    SELECT RAISE(ABORT, '{NOT_PENDING}')
+    WHERE NEW.kind = 'cancel'
+      AND NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'pending');
+
+    -- Delete: by the handler holding the attempt, or by anyone when it is not running.
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
           AND attempt = NEW.attempt AND worker IS NEW.worker);
     SELECT RAISE(ABORT, '{RUNNING}')
-    WHERE NEW.attempt IS NULL AND EXISTS (
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
 END;
 """
 
-_V1_FOLD = """
-CREATE TRIGGER evq_apply_enqueue AFTER INSERT ON evq_events WHEN NEW.kind = 'enqueue'
+_V1_FOLD = f"""
+-- What each kind does to the job's current state: the fold, defined once.
+CREATE TRIGGER evq_fold AFTER INSERT ON evq_events
 BEGIN
     INSERT INTO evq_jobs (id, queue, name, state, priority, run_at, attempt, errors,
         max_attempts, enqueued_at, idempotency_key, job_group, enqueue_position,
         updated_position)
-    VALUES (NEW.job_id, NEW.queue, NEW.job, 'pending',
+    SELECT NEW.job_id, NEW.queue, NEW.job, 'pending',
         json_extract(NEW.data, '$.priority'), json_extract(NEW.data, '$.run_at'), 0, 0,
         json_extract(NEW.data, '$.max_attempts'), NEW.at,
         json_extract(NEW.data, '$.key'), json_extract(NEW.data, '$.group'),
-        NEW.position, NEW.position);
-END;
+        NEW.position, NEW.position
+    WHERE NEW.kind = 'enqueue';
 
-CREATE TRIGGER evq_apply_dequeue AFTER INSERT ON evq_events WHEN NEW.kind = 'dequeue'
-BEGIN
     UPDATE evq_jobs SET state = 'running', attempt = NEW.attempt, worker = NEW.worker,
         lease_until = json_extract(NEW.data, '$.lease_until'), started_at = NULL,
         updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE NEW.kind = 'dequeue' AND id = NEW.job_id;
 
-CREATE TRIGGER evq_apply_run AFTER INSERT ON evq_events WHEN NEW.kind = 'run'
-BEGIN
     UPDATE evq_jobs SET started_at = NEW.at, updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE NEW.kind = 'run' AND id = NEW.job_id;
 
-CREATE TRIGGER evq_apply_heartbeat AFTER INSERT ON evq_events WHEN NEW.kind = 'heartbeat'
-BEGIN
     UPDATE evq_jobs SET lease_until = json_extract(NEW.data, '$.lease_until'),
         updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE NEW.kind = 'heartbeat' AND id = NEW.job_id;
 
-CREATE TRIGGER evq_apply_success AFTER INSERT ON evq_events WHEN NEW.kind = 'success'
-BEGIN
     UPDATE evq_jobs SET state = 'succeeded', result = NEW.data -> '$.result',
         lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE NEW.kind = 'success' AND id = NEW.job_id;
 
--- error and rescue count a failed attempt; with retry_at the job waits for its next try,
--- without it the job stays closed until the expire or fail event of the same commit.
-CREATE TRIGGER evq_apply_error AFTER INSERT ON evq_events
-WHEN NEW.kind IN ('error', 'rescue')
-BEGIN
+    -- error and rescue count a failed attempt; with retry_at the job waits for its next
+    -- try, without it the job stays closed until the expire or fail of the same commit.
     UPDATE evq_jobs SET errors = errors + 1, error = NEW.data -> '$.error',
         state = CASE WHEN json_extract(NEW.data, '$.retry_at') IS NULL THEN state
                      ELSE 'pending' END,
         run_at = coalesce(json_extract(NEW.data, '$.retry_at'), run_at),
         lease_until = NULL, updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE {_kind("error", "rescue")} AND id = NEW.job_id;
 
-CREATE TRIGGER evq_apply_requeue AFTER INSERT ON evq_events
-WHEN NEW.kind IN ('requeue', 'defer')
-BEGIN
     UPDATE evq_jobs SET state = 'pending', run_at = json_extract(NEW.data, '$.run_at'),
         lease_until = NULL, updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE {_kind("requeue", "defer")} AND id = NEW.job_id;
 
-CREATE TRIGGER evq_apply_close AFTER INSERT ON evq_events
-WHEN NEW.kind IN ('expire', 'fail', 'cancel')
-BEGIN
     UPDATE evq_jobs SET
         state = CASE NEW.kind WHEN 'expire' THEN 'expired' WHEN 'fail' THEN 'failed'
                 ELSE 'cancelled' END,
         error = coalesce(NEW.data -> '$.error', error),
         lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
-    WHERE id = NEW.job_id;
-END;
+    WHERE {_kind("expire", "fail", "cancel")} AND id = NEW.job_id;
 
-CREATE TRIGGER evq_apply_delete AFTER INSERT ON evq_events WHEN NEW.kind = 'delete'
-BEGIN
-    DELETE FROM evq_jobs WHERE id = NEW.job_id;
+    DELETE FROM evq_jobs WHERE NEW.kind = 'delete' AND id = NEW.job_id;
 END;
 """
 
@@ -218,7 +195,8 @@ LATEST_VERSION = len(MIGRATIONS)
 
 def schema_sql() -> str:
     """The whole schema as one SQL script, as `evq schema` prints it."""
-    parts = [f"-- evq schema, migration {i + 1}\n{sql.strip()}\n" for i, sql in enumerate(MIGRATIONS)]
+    parts = [f"-- evq schema, migration {i + 1}\n{sql.strip()}\n"
+             for i, sql in enumerate(MIGRATIONS)]
     parts.append(
         f"INSERT OR REPLACE INTO evq_meta (key, value) VALUES "
         f"('{SCHEMA_VERSION_KEY}', '{LATEST_VERSION}');\n"

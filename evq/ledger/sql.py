@@ -13,6 +13,9 @@ CONNECTION_PRAGMAS = (
     "PRAGMA wal_autocheckpoint = 0",
     "PRAGMA foreign_keys = ON",
     "PRAGMA journal_size_limit = 67108864",
+    # A ledger's hot pages (due index, recent events) outgrow the 2 MB default quickly.
+    "PRAGMA cache_size = -65536",
+    "PRAGMA mmap_size = 268435456",
 )
 SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
 SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
@@ -40,15 +43,16 @@ APPEND_EVENT = (
 )
 
 # --- claiming ------------------------------------------------------------------------
-# Due jobs in the served queues whose names this worker can run: priority first
-# (higher runs first), then run_at, then enqueue order. The payload is read from the
-# enqueue event, so it is stored once.
+# Due jobs of one queue whose names this worker can run, in claim order: priority first
+# (higher runs first), then run_at, then enqueue order. One queue per statement so the
+# due index gives the order without sorting the backlog; the claimer merges queues.
+# The payload is read from the enqueue event, so it is stored once.
 CLAIM_DUE = """
 SELECT j.id, j.queue, j.name, j.attempt, j.errors, j.max_attempts, j.priority,
-       j.run_at, j.enqueued_at, e.data
-FROM evq_jobs AS j JOIN evq_events AS e ON e.position = j.enqueue_position
-WHERE j.state = 'pending' AND j.run_at <= ?
-  AND j.queue IN (SELECT value FROM json_each(?))
+       j.run_at, j.enqueued_at, e.data, j.enqueue_position
+FROM evq_jobs AS j INDEXED BY evq_jobs_due
+JOIN evq_events AS e ON e.position = j.enqueue_position
+WHERE j.state = 'pending' AND j.queue = ? AND j.run_at <= ?
   AND j.name IN (SELECT value FROM json_each(?))
 ORDER BY j.priority DESC, j.run_at, j.enqueue_position
 LIMIT ?
@@ -79,7 +83,7 @@ FIND_JOB_IDS_BY_PREFIX = (
     "SELECT DISTINCT job_id FROM evq_events WHERE job_id >= ? AND job_id < ? LIMIT 2"
 )
 LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM evq_jobs ORDER BY enqueue_position"
-COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state"
+COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 COUNT_UNFINISHED = (
     "SELECT count(*) FROM evq_jobs WHERE state IN ('pending', 'running')"
 )

@@ -20,7 +20,7 @@ AppendedRow = tuple[int, float, str, str | None, str | None, str | None, int | N
 class Tx:
     """Appends events inside a transaction someone else opened and will commit."""
 
-    __slots__ = ("conn", "now", "appended")
+    __slots__ = ("appended", "conn", "now")
 
     def __init__(self, conn: sqlite3.Connection, now: float) -> None:
         self.conn = conn

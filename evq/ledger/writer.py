@@ -125,7 +125,7 @@ class Writer:
                         future.set_exception(exc if isinstance(exc, Exception)
                                              else RuntimeError(repr(exc)))
                 continue
-            for (_, future), (ok, value) in zip(batch, results):
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if ok:

@@ -1,0 +1,157 @@
+"""Bad input gets a typed error before anything is written, and the ledger is unchanged."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import attrs
+import pytest
+
+import evq
+from evq.testing import kinds_of
+
+
+def ledger_rows(db: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return (conn.execute("SELECT count(*) FROM evq_events").fetchone()[0],
+                conn.execute("SELECT count(*) FROM evq_jobs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@attrs.define
+class Email:
+    to: str
+    subject: str = ""
+
+
+BAD_PAYLOADS = [
+    {1, 2},
+    b"bytes",
+    object(),
+    math.nan,
+    {"x": math.inf},
+    [-math.inf],
+    2**63,
+    {"deep": [-(2**63) - 1]},
+    "lone \ud800 surrogate",
+    {"\udfff": 1},
+    {1: "int key"},
+    {"when": __import__("datetime").datetime(2026, 1, 1)},
+]
+
+
+@pytest.mark.parametrize("payload", BAD_PAYLOADS, ids=lambda p: type(p).__name__)
+async def test_non_json_payload_is_refused_and_nothing_written(ctx, db, payload):
+    ctx.define("job", lambda p: None)
+    before = ledger_rows(db)
+    with pytest.raises(evq.InvalidPayload) as info:
+        await ctx.enqueue("job", payload)
+    assert "payload" in str(info.value)
+    assert ledger_rows(db) == before
+
+
+async def test_payload_over_limit_is_refused(db, clock):
+    async with evq.Context(db, clock=clock, max_payload_bytes=100) as ctx:
+        ctx.define("job", lambda p: None)
+        await ctx.enqueue("job", "x" * 50)
+        before = ledger_rows(db)
+        with pytest.raises(evq.PayloadTooLarge, match="over the limit of 100"):
+            await ctx.enqueue("job", "x" * 200)
+        assert ledger_rows(db) == before
+
+
+async def test_default_limit_is_one_mebibyte(ctx, db):
+    ctx.define("job", lambda p: None)
+    with pytest.raises(evq.PayloadTooLarge):
+        await ctx.enqueue("job", "x" * (1024 * 1024 + 1))
+
+
+async def test_int64_bounds_are_accepted(ctx):
+    ctx.define("job", lambda p: None)
+    job_id = await ctx.enqueue("job", [2**63 - 1, -(2**63)])
+    assert (await ctx.history(job_id))[0].data["payload"] == [2**63 - 1, -(2**63)]
+
+
+async def test_unknown_job_name(ctx, db):
+    ctx.define("known", lambda p: None)
+    with pytest.raises(evq.UnknownJob, match="known"):
+        await ctx.enqueue("unknown", {})
+    assert ledger_rows(db) == (0, 0)
+
+
+@pytest.mark.parametrize("name", ["", " ", "a b", "x" * 129, "-lead", "naïve", "a/b", None, 3])
+def test_malformed_names_are_refused(ctx, name):
+    with pytest.raises(evq.InvalidName):
+        ctx.define(name, lambda p: None)
+    with pytest.raises(evq.InvalidName):
+        ctx.define("fine", lambda p: None, queue=name)
+
+
+@pytest.mark.parametrize("run_at", ["tomorrow", "2026-13-01T00:00:00", object(), math.nan, True])
+async def test_run_at_that_is_not_a_time(ctx, db, run_at):
+    ctx.define("job", lambda p: None)
+    with pytest.raises(evq.InvalidTime):
+        await ctx.enqueue("job", {}, run_at=run_at)
+    assert ledger_rows(db) == (0, 0)
+
+
+@pytest.mark.parametrize("delay", [-1, -0.001, math.inf, math.nan, "5"])
+async def test_bad_delay(ctx, db, delay):
+    ctx.define("job", lambda p: None)
+    with pytest.raises(evq.InvalidTime):
+        await ctx.enqueue("job", {}, delay=delay)
+    assert ledger_rows(db) == (0, 0)
+
+
+async def test_bad_item_in_bulk_enqueue_adds_none(ctx, db):
+    ctx.define("job", lambda p: None)
+    with pytest.raises(evq.InvalidPayload):
+        await ctx.enqueue_many([("job", {"ok": 1}), ("job", {1, 2}), ("job", {"ok": 3})])
+    assert ledger_rows(db) == (0, 0)
+
+
+async def test_attrs_payload_round_trips_and_wrong_type_is_refused(ctx, clock):
+    got: list[Email] = []
+
+    @ctx.job(payload_type=Email)
+    async def send(payload: Email) -> None:
+        got.append(payload)
+
+    await send.enqueue(Email("ada@example.com", "hi"))
+    await send.enqueue({"to": "grace@example.com"})
+    with pytest.raises(evq.InvalidPayload, match="Email"):
+        await send.enqueue(["not", "an", "email"])
+    with pytest.raises(evq.InvalidPayload, match="does not fit Email"):
+        await send.enqueue({"wrong": "field"})
+    await ctx.drain()
+    assert got == [Email("ada@example.com", "hi"), Email("grace@example.com", "")]
+
+
+async def test_names_are_bound_parameters_not_sql(ctx):
+    name = "x'); DROP TABLE evq_jobs; --"
+    with pytest.raises(evq.InvalidName):
+        ctx.define(name, lambda p: None)
+    ctx.define("ok", lambda p: None)
+    job_id = await ctx.enqueue("ok", {"text": "'); DROP TABLE evq_jobs; --"})
+    assert await kinds_of(ctx, job_id) == ["enqueue"]
+
+
+async def test_durability_setting_is_checked(db):
+    with pytest.raises(evq.InvalidInput, match="durability"):
+        evq.Context(db, durability="sometimes")
+
+
+async def test_using_a_closed_context_says_so(db):
+    ctx = evq.Context(db)
+    ctx.define("job", lambda p: None)
+    with pytest.raises(evq.ContextClosed, match="async with"):
+        await ctx.enqueue("job", {})
+
+
+def test_max_attempts_must_be_positive(ctx):
+    with pytest.raises(evq.InvalidInput, match="max_attempts"):
+        ctx.define("job", lambda p: None, max_attempts=0)

@@ -1,0 +1,185 @@
+"""Benchmarks on a fresh ledger each: enqueue, enqueue_many, drain, latency, raw.
+
+    python tools/bench.py [-n 20000] [--json] [--only drain,latency]
+
+Prints a table, or with --json one JSON object. Figures depend on the machine; compare
+before/after on the same one. Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import evq
+
+Result = dict[str, Any]
+
+
+def _quiet_logs() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+
+
+def _fresh(tmp: Path, name: str) -> Path:
+    return tmp / f"{name}-{uuid.uuid4().hex[:6]}.db"
+
+
+def _define(ctx: evq.Context, handler: Callable[..., Any] | None = None) -> None:
+    async def noop(payload: Any) -> None:
+        return None
+
+    ctx.define("noop", handler or noop)
+
+
+async def bench_enqueue(tmp: Path, n: int) -> Result:
+    async with evq.Context(_fresh(tmp, "enqueue")) as ctx:
+        _define(ctx)
+        start = time.perf_counter()
+        for i in range(n):
+            await ctx.enqueue("noop", {"i": i})
+        elapsed = time.perf_counter() - start
+    return {"jobs": n, "seconds": round(elapsed, 3), "jobs_per_s": round(n / elapsed)}
+
+
+async def bench_enqueue_many(tmp: Path, n: int, batch: int = 1000) -> Result:
+    async with evq.Context(_fresh(tmp, "many")) as ctx:
+        _define(ctx)
+        start = time.perf_counter()
+        for first in range(0, n, batch):
+            await ctx.enqueue_many(
+                ("noop", {"i": i}) for i in range(first, min(n, first + batch)))
+        elapsed = time.perf_counter() - start
+    return {"jobs": n, "batch": batch, "seconds": round(elapsed, 3),
+            "jobs_per_s": round(n / elapsed)}
+
+
+async def bench_drain(tmp: Path, n: int, concurrency: int = 100) -> Result:
+    path = _fresh(tmp, "drain")
+    async with evq.Context(path) as ctx:
+        _define(ctx)
+        for first in range(0, n, 1000):
+            await ctx.enqueue_many(("noop", {"i": i}) for i in range(first, min(n, first + 1000)))
+    async with evq.Context(path) as ctx:
+        _define(ctx)
+        start = time.perf_counter()
+        ran = await ctx.drain(concurrency=concurrency)
+        elapsed = time.perf_counter() - start
+    assert ran == n, (ran, n)
+    return {"jobs": n, "concurrency": concurrency, "seconds": round(elapsed, 3),
+            "jobs_per_s": round(n / elapsed)}
+
+
+async def bench_latency(tmp: Path, n: int, gap: float = 0.005) -> Result:
+    n = min(n, 1000)
+    started: dict[int, float] = {}
+    done = asyncio.Event()
+
+    async def record(payload: dict[str, int]) -> None:
+        started[payload["i"]] = time.perf_counter()
+        if len(started) == n:
+            done.set()
+
+    async with evq.Context(_fresh(tmp, "latency")) as ctx:
+        _define(ctx, record)
+        worker = ctx.worker(concurrency=10)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.05)  # let the worker reach its idle wait
+        sent: dict[int, float] = {}
+        for i in range(n):
+            sent[i] = time.perf_counter()
+            await ctx.enqueue("noop", {"i": i})
+            await asyncio.sleep(gap)
+        await asyncio.wait_for(done.wait(), 30)
+        worker.stop()
+        await task
+    return _percentiles([started[i] - sent[i] for i in range(n)], n)
+
+
+def _percentiles(samples: list[float], n: int) -> Result:
+    ms = sorted(s * 1000 for s in samples)
+    q = statistics.quantiles(ms, n=100)
+    return {"jobs": n, "p50_ms": round(statistics.median(ms), 3), "p90_ms": round(q[89], 3),
+            "p99_ms": round(q[98], 3), "max_ms": round(ms[-1], 3)}
+
+
+def bench_raw(tmp: Path, n: int) -> Result:
+    """The floor: the same rows (an enqueue event and a job row each) written with plain
+    sqlite3, no triggers, 1000 per transaction; and one commit per row."""
+    conn = sqlite3.connect(_fresh(tmp, "raw"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE e (position INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, kind TEXT,"
+                 " job_id TEXT, queue TEXT, job TEXT, attempt INT, worker TEXT, data TEXT)")
+    conn.execute("CREATE TABLE j (id TEXT PRIMARY KEY, queue TEXT, name TEXT, state TEXT,"
+                 " run_at REAL, position INT) WITHOUT ROWID")
+    rows = [(uuid.uuid4().hex, json.dumps({"payload": {"i": i}})) for i in range(n)]
+    start = time.perf_counter()
+    for first in range(0, n, 1000):
+        conn.execute("BEGIN IMMEDIATE")
+        for job_id, data in rows[first:first + 1000]:
+            cur = conn.execute(
+                "INSERT INTO e (at, kind, job_id, queue, job, data) VALUES "
+                "(?, 'enqueue', ?, 'default', 'noop', ?)", (time.time(), job_id, data))
+            conn.execute("INSERT INTO j VALUES (?, 'default', 'noop', 'pending', ?, ?)",
+                         (job_id, time.time(), cur.lastrowid))
+        conn.execute("COMMIT")
+    batched = time.perf_counter() - start
+    single_n = min(n, 5000)
+    start = time.perf_counter()
+    for _ in range(single_n):
+        conn.execute("INSERT INTO e (at, kind, data) VALUES (?, 'x', '{}')", (time.time(),))
+    single = time.perf_counter() - start
+    conn.close()
+    return {"jobs": n, "batched_jobs_per_s": round(n / batched),
+            "commit_each_rows_per_s": round(single_n / single)}
+
+
+WORKLOADS: dict[str, Callable[[Path, int], Awaitable[Result]] | Callable[[Path, int], Result]] = {
+    "enqueue": bench_enqueue,
+    "enqueue_many": bench_enqueue_many,
+    "drain": bench_drain,
+    "latency": bench_latency,
+    "raw": bench_raw,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=20_000, help="jobs per workload")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--only", help="comma-separated workloads to run")
+    args = parser.parse_args()
+    _quiet_logs()
+    chosen = args.only.split(",") if args.only else list(WORKLOADS)
+    results: dict[str, Result] = {}
+    with tempfile.TemporaryDirectory(prefix="evq-bench-") as tmp:
+        for name in chosen:
+            run = WORKLOADS[name]
+            outcome = run(Path(tmp), args.n)
+            results[name] = asyncio.run(outcome) if asyncio.iscoroutine(outcome) else outcome  # type: ignore[arg-type]
+            if not args.json:
+                print(f"{name:<14} " + "  ".join(f"{k}={v}" for k, v in results[name].items()),
+                      flush=True)
+    if args.json:
+        results["machine"] = {"cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version,
+                              "python": sys.version.split()[0]}
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
