@@ -41,45 +41,68 @@ def to_jsonable(value: Any, what: str = "payload") -> Any:
 
 
 def _plain(value: Any, what: str, path: str) -> Any:
-    if value is None or value is True or value is False or isinstance(value, str):
-        if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
             _check_text(value, what, path)
         return value
-    if isinstance(value, int):
+    if value is None or kind is bool:
+        return value
+    if kind is int:
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise InvalidPayload(
                 f"{what} at {path}: integer {value} is outside the 64-bit range JSON "
                 "readers agree on; send it as a string"
             )
-        return int(value)
-    if isinstance(value, float):
+        return value
+    if kind is float:
         if not math.isfinite(value):
             raise InvalidPayload(
                 f"{what} at {path}: {value} is not a JSON number; send None or a string"
             )
         return value
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
                 raise InvalidPayload(
                     f"{what} at {path}: key {key!r} is a {type(key).__name__}; JSON "
                     "objects have string keys only, so it would come back changed"
                 )
-            _check_text(key, what, path)
-            out[key] = _plain(item, what, f"{path}.{key}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_plain(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
-    if attrs.has(type(value)):
+        # Rebuild only when something inside changes (attrs instances, tuples).
+        items = {key: _plain(item, what, f"{path}.{key}") for key, item in value.items()}
+        for key in items:
+            if not key.isascii():
+                _check_text(key, what, path)
+        return value if all(items[k] is value[k] for k in items) else items
+    if kind is list or kind is tuple:
+        out = [_plain(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
+        return value if kind is list and all(a is b for a, b in zip(out, value, strict=True)) \
+            else out
+    if isinstance(value, (str, int, float, dict, list, tuple)):
+        # Subclasses (StrEnum, IntEnum, OrderedDict, named tuples) are stored as the plain
+        # JSON value they stand for.
+        return _plain(_plain_base(value), what, path)
+    if attrs.has(kind):
         return {
             field.name: _plain(getattr(value, field.name), what, f"{path}.{field.name}")
-            for field in attrs.fields(type(value))
+            for field in attrs.fields(kind)
         }
     raise InvalidPayload(
-        f"{what} at {path}: a {type(value).__name__} is not JSON; use dicts, lists, "
+        f"{what} at {path}: a {kind.__name__} is not JSON; use dicts, lists, "
         "str, int, float, bool, None or an attrs class"
     )
+
+
+def _plain_base(value: Any) -> Any:
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return list(value)
 
 
 def _check_text(text: str, what: str, path: str) -> None:
@@ -102,14 +125,21 @@ def dumps(value: Any) -> str:
 
 def encode(value: Any, what: str = "payload", limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
     """Check a value and its encoded size; return its plain-JSON form."""
+    return encode_text(value, what, limit)[0]
+
+
+def encode_text(value: Any, what: str = "payload", limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+                ) -> tuple[Any, str]:
+    """Check a value and its encoded size; return its plain-JSON form and its JSON text."""
     plain = to_jsonable(value, what)
-    size = len(dumps(plain).encode("utf-8"))
+    text = dumps(plain)
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(
             f"{what} is {size} bytes encoded, over the limit of {limit}; store the data "
             "elsewhere and pass a reference, or raise max_payload_bytes on the Context"
         )
-    return plain
+    return plain, text
 
 
 def decode_as(cls: type[T] | None, value: Any) -> Any:

@@ -227,7 +227,7 @@ class Context:
     ) -> ops.NewJob:
         """Validate one job to enqueue. Raises a typed error; writes nothing."""
         definition = self.definition(job if isinstance(job, str) else job.name)
-        plain = codec.encode(payload, "payload", self.max_payload_bytes)
+        plain, text = codec.encode_text(payload, "payload", self.max_payload_bytes)
         if definition.payload_type is not None and attrs.has(definition.payload_type):
             if not isinstance(payload, (definition.payload_type, dict)):
                 raise InvalidPayload(
@@ -250,7 +250,7 @@ class Context:
         if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
             raise InvalidInput(f"priority must be an integer, got {priority!r}")
         return ops.NewJob(new_job_id(), definition.queue, definition.name, plain, when,
-                          level, definition.max_attempts)
+                          level, definition.max_attempts, payload_json=text)
 
     async def enqueue(
         self,

@@ -5,6 +5,7 @@ read from the ledger."""
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -55,7 +56,7 @@ def _check_seconds(instance: Any, attribute: Any, value: float | None) -> None:
         raise InvalidInput(f"{attribute.name} must be > 0 seconds, got {value!r}")
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=False)
 class JobDefinition(Generic[P]):
     """A kind of job: its name, handler and rules. Create it with `Context.job`.
 
@@ -79,11 +80,11 @@ class JobDefinition(Generic[P]):
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.backoff)
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.handler)
 
-    @property
+    @functools.cached_property
     def handler_arity(self) -> int:
         """How many positional arguments the handler takes: payload, then job."""
         if self.handler is None:

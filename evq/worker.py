@@ -85,6 +85,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._finished_since_claim = False
+        # Claim into any free slot when new work may have arrived; when only a job
+        # finished, wait until half the slots are free, so claims come in batches.
+        self._new_work = True
+        self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
 
     def stop(self) -> None:
@@ -111,7 +115,7 @@ class Worker:
             lease_for=lambda name: definitions[name].lease)
         self._stopping = False
         start_count = self.jobs_done
-        remove_wake = ctx.on_wake(self._wake.set)
+        remove_wake = ctx.on_wake(self._on_new_work)
         done = ctx.worker_running(self)
         signals = self._install_signals() if handle_signals else []
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -122,7 +126,8 @@ class Worker:
                 free = self.concurrency - len(self._running)
                 claimed: list[ops.Claimed] = []
                 next_at: float | None = None
-                if free > 0:
+                if free > 0 and (self._new_work or free >= self._refill or not self._running):
+                    self._new_work = False
                     self._finished_since_claim = False
                     claimed, next_at = await ctx.writer.run(
                         functools.partial(claim, limit=min(free, self.batch_size)))
@@ -136,6 +141,8 @@ class Worker:
                 if until_idle and next_at is not None and not self._running:
                     next_at = None if next_at > ctx.clock.now() else next_at
                 await self._wait(next_at if free > len(claimed) else None)
+                if next_at is not None and ctx.clock.now() >= next_at:
+                    self._new_work = True
         finally:
             for sig in signals:
                 asyncio.get_running_loop().remove_signal_handler(sig)
@@ -147,6 +154,10 @@ class Worker:
             self._log.info("evq.worker_stopped", jobs=self.jobs_done - start_count)
             done()
         return self.jobs_done - start_count
+
+    def _on_new_work(self) -> None:
+        self._new_work = True
+        self._wake.set()
 
     def _install_signals(self) -> list[signal.Signals]:
         loop = asyncio.get_running_loop()

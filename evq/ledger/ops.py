@@ -29,6 +29,16 @@ class NewJob:
     max_attempts: int | None
     key: str | None = None
     group: str | None = None
+    payload_json: str | None = None
+
+    def event_text(self) -> str | None:
+        """The enqueue event's data as JSON text, reusing the payload's text encoded at
+        validation (the payload is the bulk of it; encoding it twice costs)."""
+        if self.payload_json is None or self.key is not None or self.group is not None:
+            return None
+        attempts = "null" if self.max_attempts is None else int(self.max_attempts)
+        return (f'{{"payload":{self.payload_json},"run_at":{float(self.run_at)!r},'
+                f'"priority":{int(self.priority)},"max_attempts":{attempts}}}')
 
     def event_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -63,7 +73,8 @@ class Claimed:
 
 def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
     for job in jobs:
-        tx.append("enqueue", job.id, job.queue, job.name, data=job.event_data())
+        tx.append("enqueue", job.id, job.queue, job.name,
+                  data=job.event_data(), text=job.event_text())
     return [job.id for job in jobs]
 
 

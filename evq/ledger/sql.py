@@ -16,6 +16,8 @@ CONNECTION_PRAGMAS = (
     # A ledger's hot pages (due index, recent events) outgrow the 2 MB default quickly.
     "PRAGMA cache_size = -65536",
     "PRAGMA mmap_size = 268435456",
+    # Savepoint sub-journals in memory, not in a temp file.
+    "PRAGMA temp_store = MEMORY",
 )
 SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
 SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
@@ -54,7 +56,7 @@ FROM evq_jobs AS j INDEXED BY evq_jobs_due
 JOIN evq_events AS e ON e.position = j.enqueue_position
 WHERE j.state = 'pending' AND j.queue = ? AND j.run_at <= ?
   AND j.name IN (SELECT value FROM json_each(?))
-ORDER BY j.priority DESC, j.run_at, j.enqueue_position
+ORDER BY -j.priority, j.run_at, j.enqueue_position
 LIMIT ?
 """
 NEXT_DUE = """

@@ -36,13 +36,16 @@ class Tx:
         attempt: int | None = None,
         worker: str | None = None,
         data: dict[str, Any] | None = None,
+        text: str | None = None,
     ) -> int:
-        """Append one event; the triggers refuse it if the transition is not allowed."""
+        """Append one event; the triggers refuse it if the transition is not allowed.
+        `text`, when given, is `data` already encoded as JSON."""
         body = data if data is not None else {}
         try:
             cursor = self.conn.execute(
                 sql.APPEND_EVENT,
-                (self.now, kind, job_id, queue, job, attempt, worker, dumps(body)),
+                (self.now, kind, job_id, queue, job, attempt, worker,
+                 text if text is not None else dumps(body) if body else "{}"),
             )
         except sqlite3.IntegrityError as exc:
             raise refusal(exc, kind, job_id, attempt) from None

@@ -155,3 +155,25 @@ async def test_using_a_closed_context_says_so(db):
 def test_max_attempts_must_be_positive(ctx):
     with pytest.raises(evq.InvalidInput, match="max_attempts"):
         ctx.define("job", lambda p: None, max_attempts=0)
+
+
+async def test_subclasses_of_json_types_are_stored_as_plain_json(ctx):
+    import collections
+    import enum
+
+    class Color(enum.StrEnum):
+        RED = "red"
+
+    class Size(enum.IntEnum):
+        BIG = 3
+
+    class Point(__import__("typing").NamedTuple):
+        x: int
+        y: int
+
+    ctx.define("job", lambda p: None)
+    payload = collections.OrderedDict(color=Color.RED, size=Size.BIG, at=Point(1, 2))
+    job_id = await ctx.enqueue("job", payload)
+    stored = (await ctx.history(job_id))[0].data["payload"]
+    assert stored == {"color": "red", "size": 3, "at": [1, 2]}
+    assert type(stored["color"]) is str and type(stored["size"]) is int
