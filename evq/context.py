@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from .clock import Clock, SystemClock
 from .errors import (
     ContextClosed,
     DuplicateJob,
+    EvqError,
     InvalidInput,
     InvalidPayload,
     LedgerError,
@@ -268,15 +269,51 @@ class Context:
 
     async def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
                            ) -> list[str]:
-        """Add many jobs in one transaction: all of them or, on any bad one, none."""
-        jobs = []
-        for item in requests:
-            request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
-            jobs.append(self.prepare(request.job, request.payload, delay=request.delay,
-                                     run_at=request.run_at, priority=request.priority))
-        if not jobs:
-            return []
-        return await self.writer.run(functools.partial(ops.enqueue, jobs=jobs))
+        """Add many jobs in one transaction: all of them or, on any bad one, none (the
+        error names the bad item). Large bulks stream: this coroutine validates the next
+        chunk while the writer inserts the previous one."""
+        chunks = self._prepared_chunks(requests)
+        first = next(chunks, [])
+        after = next(chunks, None)
+        if after is None:
+            if not first:
+                return []
+            return await self.writer.run(functools.partial(ops.enqueue, jobs=first),
+                                         weight=len(first))
+        stream = ops.EnqueueStream()
+        stream.feed.put(first)
+        stream.feed.put(after)
+        done = asyncio.ensure_future(self.writer.run(stream, weight=1 << 30))
+        try:
+            for chunk in chunks:
+                stream.feed.put(chunk)
+                await asyncio.sleep(0)  # let the writer take what is ready
+        except BaseException as exc:
+            stream.feed.put(exc)
+            with contextlib.suppress(BaseException):
+                await done
+            raise
+        stream.feed.put(None)
+        return await done
+
+    def _prepared_chunks(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
+                         ) -> Iterator[list[ops.NewJob]]:
+        size = 256
+        chunk: list[ops.NewJob] = []
+        now = self.clock.now()
+        for index, item in enumerate(requests):
+            try:
+                request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
+                chunk.append(self.prepare(request.job, request.payload, delay=request.delay,
+                                          run_at=request.run_at, priority=request.priority,
+                                          now=now))
+            except EvqError as exc:
+                raise type(exc)(f"item {index} of enqueue_many: {exc}") from None
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def enqueue_in(
         self,

@@ -6,14 +6,15 @@ own transaction, so all of them write exactly the same events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import attrs
 
 from ..outcomes import Planned, RetryPolicy, after_failure
 from . import sql
-from .tx import Tx
+from .tx import NewEvent, Tx
 
 
 @attrs.frozen
@@ -72,10 +73,47 @@ class Claimed:
 
 
 def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
-    for job in jobs:
-        tx.append("enqueue", job.id, job.queue, job.name,
-                  data=job.event_data(), text=job.event_text())
+    tx.append_many([("enqueue", job.id, job.queue, job.name, None, None, job.event_data(),
+                     job.event_text()) for job in jobs])
     return [job.id for job in jobs]
+
+
+class EnqueueStream:
+    """Enqueue fed in chunks while it runs, in one transaction: the caller validates the
+    next chunk while the writer inserts this one. Feed lists of NewJob, then None to
+    finish, or an exception to abort (the whole transaction then rolls back). Running it
+    again (the writer may redo a batch) replays the chunks already taken."""
+
+    WAIT_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self.feed: SimpleQueue[list[NewJob] | BaseException | None] = SimpleQueue()
+        self._taken: list[list[NewJob]] = []
+        self._end: BaseException | None = None
+        self._finished = False
+
+    def __call__(self, tx: Tx) -> list[str]:
+        ids: list[str] = []
+        for chunk in self._chunks():
+            ids.extend(enqueue(tx, chunk))
+        return ids
+
+    def _chunks(self) -> Iterator[list[NewJob]]:
+        yield from list(self._taken)
+        while not self._finished:
+            try:
+                item = self.feed.get(timeout=self.WAIT_SECONDS)
+            except Empty:
+                item = TimeoutError("the bulk enqueue stopped feeding jobs")
+            if item is None:
+                self._finished = True
+            elif isinstance(item, BaseException):
+                self._finished, self._end = True, item
+            else:
+                self._taken.append(item)
+                yield item
+        if self._end is not None:
+            raise self._end
 
 
 def claim(
@@ -94,16 +132,18 @@ def claim(
         rows.sort(key=lambda r: (-r[6], r[7], r[10]))
         del rows[limit:]
     claimed = []
+    events: list[NewEvent] = []
     for (job_id, queue, name, attempt, errors, max_attempts, priority, run_at,
          enqueued_at, enqueue_data, _) in rows:
         lease_until = tx.now + lease_seconds(name)
-        tx.append("dequeue", job_id, queue, name, attempt + 1, worker,
-                  {"lease_until": lease_until})
-        tx.append("run", job_id, queue, name, attempt + 1, worker)
+        events.append(("dequeue", job_id, queue, name, attempt + 1, worker,
+                       {"lease_until": lease_until}, None))
+        events.append(("run", job_id, queue, name, attempt + 1, worker, {}, None))
         claimed.append(Claimed(
             job_id, queue, name, attempt + 1, errors, max_attempts, priority, run_at,
             enqueued_at, json.loads(enqueue_data)["payload"], lease_until,
         ))
+    tx.append_many(events)
     return claimed
 
 

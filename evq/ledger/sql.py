@@ -103,6 +103,7 @@ LAST_EVENTS = (
     f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM evq_events "
     "ORDER BY position DESC LIMIT ?) ORDER BY position"
 )
+LAST_POSITION = "SELECT seq FROM sqlite_sequence WHERE name = 'evq_events'"
 HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM evq_events"
 
 # --- replay --------------------------------------------------------------------------

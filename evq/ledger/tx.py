@@ -5,7 +5,7 @@ events to subscribers after the commit."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..codec import dumps
@@ -15,6 +15,11 @@ from . import schema, sql
 # (position, at, kind, job_id, queue, job, attempt, worker, data-dict)
 AppendedRow = tuple[int, float, str, str | None, str | None, str | None, int | None,
                     str | None, dict[str, Any]]
+
+
+# (kind, job_id, queue, job, attempt, worker, data, data already encoded as JSON or None)
+NewEvent = tuple[str, str | None, str | None, str | None, int | None, str | None,
+                 dict[str, Any], str | None]
 
 
 class Tx:
@@ -53,6 +58,28 @@ class Tx:
         assert position is not None
         self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker, body))
         return position
+
+    def append_many(self, events: Sequence[NewEvent]) -> None:
+        """Append many events in one statement (kind, job_id, queue, job, attempt, worker,
+        data, text each). All or none: a refused one refuses the lot. Under the write lock
+        AUTOINCREMENT hands out one contiguous run of positions, which is how each event
+        learns its position."""
+        if not events:
+            return
+        now = self.now
+        try:
+            self.conn.executemany(sql.APPEND_EVENT, [
+                (now, kind, job_id, queue, job, attempt, worker,
+                 text if text is not None else dumps(data) if data else "{}")
+                for kind, job_id, queue, job, attempt, worker, data, text in events])
+        except sqlite3.IntegrityError as exc:
+            first = events[0]
+            raise refusal(exc, first[0], first[1], first[4]) from None
+        last = self.conn.execute(sql.LAST_POSITION).fetchone()[0]
+        first_position = last - len(events) + 1
+        self.appended.extend(
+            (first_position + i, now, kind, job_id, queue, job, attempt, worker, data)
+            for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
 
     def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
         return self.conn.execute(query, tuple(params)).fetchall()

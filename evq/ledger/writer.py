@@ -32,6 +32,9 @@ OnCommit = Callable[[list[AppendedRow]], None]
 # Checkpoint once the WAL passes this size; TRUNCATE holds writers off while it runs,
 # which is what makes it safe with SQLite 3.40's WAL-reset bug.
 CHECKPOINT_WAL_BYTES = 8 * 1024 * 1024
+# A batch this light (in events it may write) commits on the event loop itself: the hop to
+# the writer thread would cost as much as the commit. Never with power-loss durability.
+INLINE_MAX_WEIGHT = 8
 CHECKPOINT_BUSY_MS = 200
 BEGIN_RETRIES = 30
 
@@ -40,6 +43,10 @@ _log = structlog.get_logger("evq.writer")
 
 class _Refused(Exception):
     """An operation of an optimistic batch raised: redo the batch op by op."""
+
+
+class _Busy(Exception):
+    """The inline connection could not take the write lock at once: use the thread."""
 
 
 class Writer:
@@ -59,7 +66,9 @@ class Writer:
         self._on_commit = on_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
         self._conn: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._weight = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -68,6 +77,10 @@ class Writer:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._executor, self._connect)
+        if self._durability is connection.Durability.PROCESS:
+            # busy_timeout 0: if another process holds the lock, fall back to the thread
+            # (which may wait) instead of blocking the event loop.
+            self._inline = connection.connect(self._path, busy_timeout_ms=0)
         self._task = loop.create_task(self._loop(), name="evq-writer")
 
     def _connect(self) -> sqlite3.Connection:
@@ -78,16 +91,18 @@ class Writer:
         connection.migrate(conn)
         return conn
 
-    async def run(self, op: Callable[[Tx], T]) -> T:
+    async def run(self, op: Callable[[Tx], T], weight: int = 1) -> T:
         """Run `op` in the next group commit and return its result once committed.
 
-        If the caller is cancelled while waiting, the operation still commits: once
-        handed over, a decided outcome is never lost.
+        `weight` is about how many events it may write; heavy batches always go to the
+        writer thread. If the caller is cancelled while waiting, the operation still
+        commits: once handed over, a decided outcome is never lost.
         """
         if self._closing or self._task is None:
             raise ContextClosed("the evq context is closed; open it with `async with`")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future))
+        self._weight += weight
         self._wake.set()
         return await future
 
@@ -99,6 +114,9 @@ class Writer:
         self._wake.set()
         await self._task
         self._task = None
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         conn = self._conn
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(
@@ -119,9 +137,13 @@ class Writer:
                     return
                 continue
             batch, self._queue = self._queue, []
+            weight, self._weight = self._weight, 0
+            ops = [op for op, _ in batch]
             try:
-                results, appended = await loop.run_in_executor(
-                    self._executor, self._commit, [op for op, _ in batch])
+                done = self._commit_inline(ops) if weight <= INLINE_MAX_WEIGHT else None
+                if done is None:
+                    done = await loop.run_in_executor(self._executor, self._commit, ops)
+                results, appended = done
             except BaseException as exc:  # the commit itself failed: nobody's op landed
                 _log.error("evq.commit_failed", error=repr(exc), ops=len(batch))
                 for _, future in batch:
@@ -140,6 +162,23 @@ class Writer:
                 self._on_commit(appended)
             if self._queue:
                 self._wake.set()
+
+    def _commit_inline(self, ops: list[Op]
+                       ) -> tuple[list[tuple[bool, Any]], list[AppendedRow]] | None:
+        """Commit a small batch on the calling thread, or None if the file is busy or the
+        WAL wants a checkpoint (both are the writer thread's job)."""
+        conn = self._inline
+        if conn is None or self._wal_wants_checkpoint():
+            return None
+        now = self._clock.now()
+        try:
+            outcome = self._run_batch(conn, ops, now, isolate=False, begin=False)
+        except _Refused:
+            outcome = self._run_batch(conn, ops, now, isolate=True, begin=False)
+        except _Busy:
+            return None
+        self.commits += 1
+        return outcome
 
     def _commit(self, ops: list[Op]) -> tuple[list[tuple[bool, Any]], list[AppendedRow]]:
         """Commit a batch. First without savepoints (a savepoint copies every page it
@@ -160,8 +199,15 @@ class Writer:
         return results, appended
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[Op], now: float, *,
-                   isolate: bool) -> tuple[list[tuple[bool, Any]], list[AppendedRow]]:
-        self._begin(conn)
+                   isolate: bool, begin: bool = True
+                   ) -> tuple[list[tuple[bool, Any]], list[AppendedRow]]:
+        if begin:
+            self._begin(conn)
+        else:
+            try:
+                conn.execute(sql.BEGIN_IMMEDIATE)
+            except sqlite3.OperationalError as exc:
+                raise _Busy from exc
         tx = Tx(conn, now)
         results: list[tuple[bool, Any]] = []
         try:
@@ -203,11 +249,17 @@ class Writer:
                 _log.warning("evq.writer_busy", attempt=attempt + 1, thread=threading.get_ident())
         conn.execute(sql.BEGIN_IMMEDIATE)
 
-    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
+    def _wal_size(self) -> int:
         try:
-            size = os.path.getsize(self._wal_path)
+            return os.path.getsize(self._wal_path)
         except OSError:
-            return
+            return 0
+
+    def _wal_wants_checkpoint(self) -> bool:
+        return self._wal_size() >= CHECKPOINT_WAL_BYTES
+
+    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
+        size = self._wal_size()
         if size < CHECKPOINT_WAL_BYTES and not (force and size > 0):
             return
         conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=CHECKPOINT_BUSY_MS))
