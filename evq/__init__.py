@@ -25,6 +25,7 @@ from .errors import (
 from .events import Event, EventKind
 from .jobs import Job, JobDefinition, JobRecord, JobState
 from .ledger.connection import Durability
+from .queues import Cleanup, Queue
 from .retry import Exponential, Fixed
 from .worker import Worker
 
@@ -35,6 +36,7 @@ __all__ = [
     "Event", "EventKind", "EvqError", "Exponential", "FakeClock", "Fixed", "InvalidInput",
     "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition", "JobRecord",
     "JobState", "JobStateConflict", "LeaseLost", "LedgerError", "OutcomeAlreadySet",
-    "PayloadTooLarge", "SystemClock", "UnknownJob", "UnrecoverableError", "Worker",
+    "PayloadTooLarge", "Queue", "Cleanup", "SystemClock", "UnknownJob", "UnrecoverableError",
+    "Worker",
     "__version__",
 ]

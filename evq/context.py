@@ -38,6 +38,7 @@ from .ledger.connection import Durability
 from .ledger.tx import AppendedRow, Tx
 from .ledger.writer import Writer
 from .outcomes import RetryPolicy
+from .queues import Queue
 from .retry import Backoff, no_delay
 from .subscribers import Dispatcher, EventHandler
 
@@ -66,6 +67,19 @@ class EnqueueRequest:
     delay: float | None = None
     run_at: datetime | str | float | None = None
     priority: int | None = None
+    key: str | None = None
+    group: str | None = None
+
+
+def _label(value: object, what: str) -> str | None:
+    """An idempotency key or group: any non-empty text up to 256 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise InvalidInput(f"{what} must be a non-empty string of at most 256 characters, "
+                           f"got {value!r}")
+    codec.to_jsonable(value, what)
+    return value
 
 
 class Context:
@@ -98,6 +112,7 @@ class Context:
         self.poll_interval = codec.check_delay(poll_interval, "poll_interval")
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._definitions: dict[str, JobDefinition[Any]] = {}
+        self._queues: dict[str, Queue] = {}
         self._dispatcher = Dispatcher(self.path)
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -161,6 +176,34 @@ class Context:
                 "the evq context is not open: use `async with Context(path) as ctx:`")
         return self._writer
 
+    # --- queues ------------------------------------------------------------------------
+    def queue(self, name: str, **settings: Any) -> Queue:
+        """Configure a queue in this process (see `evq.Queue` for the settings)."""
+        if name in self._queues:
+            raise DuplicateJob(f"queue {name!r} is already configured on this context")
+        queue = Queue(name, **settings)
+        self._queues[name] = queue
+        return queue
+
+    @property
+    def queues(self) -> Mapping[str, Queue]:
+        """Every queue this process knows: configured ones, and those its jobs use."""
+        known = {d.queue: Queue(d.queue) for d in self._definitions.values()}
+        return {**known, **self._queues}
+
+    async def pause(self, queue: str, reason: str | None = None) -> None:
+        """Stop every worker on the ledger from claiming this queue's jobs (running ones
+        finish; nothing is lost). A `pause` event."""
+        codec.check_name(queue, "queue")
+        await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=True,
+                                                reason=reason))
+
+    async def resume(self, queue: str, reason: str | None = None) -> None:
+        """Let workers claim this queue's jobs again. A `resume` event."""
+        codec.check_name(queue, "queue")
+        await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=False,
+                                                reason=reason))
+
     # --- definitions -------------------------------------------------------------------
     def job(
         self,
@@ -173,6 +216,7 @@ class Context:
         lease: float = 60.0,
         timeout: float | None = None,
         priority: int = 0,
+        group: str | Callable[[Any], str | None] | None = None,
     ) -> Callable[[Handler], JobDefinition[Any]]:
         """Decorator: register the function as the handler of job `name` (default: the
         function's name). The handler takes (payload) or (payload, job)."""
@@ -181,7 +225,7 @@ class Context:
             return self.define(
                 name or str(getattr(handler, "__name__", "")), handler, queue=queue,
                 payload_type=payload_type, max_attempts=max_attempts, backoff=backoff,
-                lease=lease, timeout=timeout, priority=priority)
+                lease=lease, timeout=timeout, priority=priority, group=group)
 
         return register
 
@@ -224,6 +268,8 @@ class Context:
         delay: float | None = None,
         run_at: datetime | str | float | None = None,
         priority: int | None = None,
+        key: str | None = None,
+        group: str | None = None,
         now: float | None = None,
     ) -> ops.NewJob:
         """Validate one job to enqueue. Raises a typed error; writes nothing."""
@@ -250,8 +296,12 @@ class Context:
         level = definition.priority if priority is None else priority
         if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
             raise InvalidInput(f"priority must be an integer, got {priority!r}")
+        if group is None and definition.group is not None:
+            group = definition.group(payload) if callable(definition.group) \
+                else definition.group
         return ops.NewJob(new_job_id(), definition.queue, definition.name, plain, when,
-                          level, definition.max_attempts, payload_json=text)
+                          level, definition.max_attempts, key=_label(key, "key"),
+                          group=_label(group, "group"), payload_json=text)
 
     async def enqueue(
         self,
@@ -261,9 +311,16 @@ class Context:
         delay: float | None = None,
         run_at: datetime | str | float | None = None,
         priority: int | None = None,
+        key: str | None = None,
+        group: str | None = None,
     ) -> str:
-        """Add a job; returns its id once the enqueue event is committed."""
-        new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
+        """Add a job; returns its id once the enqueue event is committed.
+
+        key: an idempotency key; while a job with this key is pending or running,
+        enqueueing again adds nothing and returns that job's id. group: jobs sharing a
+        group run one at a time, across every process on the ledger."""
+        new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority,
+                           key=key, group=group)
         ids = await self.writer.run(functools.partial(ops.enqueue, jobs=(new,)))
         return ids[0]
 
@@ -306,7 +363,7 @@ class Context:
                 request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
                 chunk.append(self.prepare(request.job, request.payload, delay=request.delay,
                                           run_at=request.run_at, priority=request.priority,
-                                          now=now))
+                                          key=request.key, group=request.group, now=now))
             except EvqError as exc:
                 raise type(exc)(f"item {index} of enqueue_many: {exc}") from None
             if len(chunk) == size:

@@ -35,6 +35,8 @@ class EventKind(enum.StrEnum):
     SCHEDULE = "schedule"
     SCHEDULE_ORPHAN = "schedule_orphan"
     GROUP_DELETE = "group_delete"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 TERMINAL_KINDS = frozenset({"success", "fail", "expire", "cancel"})

@@ -74,6 +74,7 @@ class JobDefinition(Generic[P]):
     lease: float = attrs.field(default=DEFAULT_LEASE_SECONDS, validator=_check_seconds)
     timeout: float | None = attrs.field(default=None, validator=_check_seconds)
     priority: int = 0
+    group: str | Callable[[Any], str | None] | None = None
     context: Context | None = attrs.field(default=None, repr=False)
 
     @property
@@ -102,12 +103,15 @@ class JobDefinition(Generic[P]):
         delay: float | None = None,
         run_at: datetime | str | float | None = None,
         priority: int | None = None,
+        key: str | None = None,
+        group: str | None = None,
     ) -> str:
-        """Add one job of this kind; returns its id once committed."""
+        """Add one job of this kind; returns its id once committed (see Context.enqueue)."""
         if self.context is None:
             raise InvalidInput(f"job {self.name!r} is not registered on a Context")
         return await self.context.enqueue(
-            self.name, payload, delay=delay, run_at=run_at, priority=priority)
+            self.name, payload, delay=delay, run_at=run_at, priority=priority, key=key,
+            group=group)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (handy in unit tests of the handler itself)."""

@@ -109,8 +109,11 @@ class Worker:
             if d.handler is not None and (self.queues is None or d.queue in self.queues)
         }
         queues = self.queues or sorted({d.queue for d in definitions.values()})
+        limits = {name: q.concurrency for name, q in ctx.queues.items()
+                  if q.concurrency is not None and name in queues}
         claim = functools.partial(
-            self._claim_op, queues=queues, queues_json=json.dumps(queues),
+            self._claim_op, queues=queues, queue_limits=limits,
+            queues_json=json.dumps(queues),
             names_json=json.dumps(sorted(definitions)),
             lease_for=lambda name: definitions[name].lease)
         self._stopping = False
@@ -186,15 +189,18 @@ class Worker:
                 waiter.cancel()
 
     # --- operations run inside the writer's transaction ---------------------------------
-    def _claim_op(self, tx: Tx, *, queues: list[str], queues_json: str, names_json: str,
-                  limit: int, lease_for: Callable[[str], float]
+    def _claim_op(self, tx: Tx, *, queues: list[str], queue_limits: dict[str, int],
+                  queues_json: str, names_json: str, limit: int,
+                  lease_for: Callable[[str], float]
                   ) -> tuple[list[ops.Claimed], float | None]:
         ops.rescue_expired(tx, self.ctx.retry_policy, self.name)
-        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for)
+        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits)
         if len(claimed) == limit:
             return claimed, None
+        # Due jobs that could not be taken (paused queue, limit reached, group busy) wait
+        # for a commit that frees them, which wakes the worker; only future times count.
         candidates = [t for t in (ops.next_due(tx, queues_json, names_json),
-                                  ops.next_lease_expiry(tx)) if t is not None]
+                                  ops.next_lease_expiry(tx)) if t is not None and t > tx.now]
         return claimed, min(candidates) if candidates else None
 
     @staticmethod

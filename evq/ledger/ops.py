@@ -6,7 +6,7 @@ own transaction, so all of them write exactly the same events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -73,9 +73,26 @@ class Claimed:
 
 
 def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
+    """Append an enqueue event per job; a job whose idempotency key matches a live job
+    (pending or running) is not added: its id is the live job's."""
+    ids: list[str] = []
+    fresh: list[NewJob] = []
+    keyed: dict[str, str] = {}
+    for job in jobs:
+        if job.key is not None:
+            existing = keyed.get(job.key)
+            if existing is None:
+                row = tx.one(sql.LIVE_JOB_WITH_KEY, (job.key,))
+                existing = row[0] if row else None
+            if existing is not None:
+                ids.append(existing)
+                continue
+            keyed[job.key] = job.id
+        fresh.append(job)
+        ids.append(job.id)
     tx.append_many([("enqueue", job.id, job.queue, job.name, None, None, job.event_data(),
-                     job.event_text()) for job in jobs])
-    return [job.id for job in jobs]
+                     job.event_text()) for job in fresh])
+    return ids
 
 
 class EnqueueStream:
@@ -123,18 +140,36 @@ def claim(
     limit: int,
     worker: str,
     lease_seconds: Callable[[str], float],
+    queue_limits: Mapping[str, int] | None = None,
 ) -> list[Claimed]:
-    """Take up to `limit` due jobs: a dequeue and a run event each, in this transaction."""
+    """Take up to `limit` due jobs: a dequeue and a run event each, in this transaction.
+
+    Paused queues are skipped; a queue with a limit in `queue_limits` gets no more than
+    the limit minus the jobs of that queue running now in any process; at most one job
+    of a group runs at a time."""
+    paused = {row[0] for row in tx.rows(sql.PAUSED_QUEUES)}
     rows = []
     for queue in queues:
-        rows.extend(tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json, limit)))
+        if queue in paused:
+            continue
+        room = limit
+        if queue_limits and queue in queue_limits:
+            running = tx.one(sql.RUNNING_IN_QUEUE, (queue,))[0]
+            room = min(limit, queue_limits[queue] - running)
+            if room <= 0:
+                continue
+        # Jobs of one group may stand at the head of the queue: look further than `room`
+        # so that one group does not hide the jobs behind it.
+        found = tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json, room * 4))
+        rows.extend(_one_per_group(found)[:room])
     if len(queues) > 1:
         rows.sort(key=lambda r: (-r[6], r[7], r[10]))
+        rows = _one_per_group(rows)
         del rows[limit:]
     claimed = []
     events: list[NewEvent] = []
     for (job_id, queue, name, attempt, errors, max_attempts, priority, run_at,
-         enqueued_at, enqueue_data, _) in rows:
+         enqueued_at, enqueue_data, _, _) in rows:
         lease_until = tx.now + lease_seconds(name)
         events.append(("dequeue", job_id, queue, name, attempt + 1, worker,
                        {"lease_until": lease_until}, None))
@@ -145,6 +180,23 @@ def claim(
         ))
     tx.append_many(events)
     return claimed
+
+
+def _one_per_group(rows: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        group = row[11]
+        if group is not None:
+            if group in seen:
+                continue
+            seen.add(group)
+        kept.append(row)
+    return kept
+
+
+def set_paused(tx: Tx, queue: str, paused: bool, reason: str | None) -> None:
+    tx.append("pause" if paused else "resume", queue=queue, data={"reason": reason})
 
 
 def next_due(tx: Tx, queues_json: str, names_json: str) -> float | None:

@@ -73,6 +73,20 @@ CREATE TABLE evq_jobs (
 CREATE INDEX evq_jobs_due ON evq_jobs (queue, -priority, run_at, enqueue_position)
     WHERE state = 'pending';
 CREATE INDEX evq_jobs_leases ON evq_jobs (lease_until) WHERE state = 'running';
+-- Running jobs by queue (concurrency limits across processes) and by group (the group lock).
+CREATE INDEX evq_jobs_running_queue ON evq_jobs (queue) WHERE state = 'running';
+CREATE INDEX evq_jobs_running_group ON evq_jobs (job_group)
+    WHERE state = 'running' AND job_group IS NOT NULL;
+-- No second live job with the same idempotency key.
+CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND (state = 'pending' OR state = 'running');
+
+-- Queues whose state the ledger holds (pause and resume are events).
+CREATE TABLE evq_queues (
+    name             TEXT    PRIMARY KEY,
+    paused           INTEGER NOT NULL,
+    updated_position INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _V1_GUARDS = f"""
@@ -186,6 +200,10 @@ BEGIN
     WHERE {_kind("expire", "fail", "cancel")} AND id = NEW.job_id;
 
     DELETE FROM evq_jobs WHERE NEW.kind = 'delete' AND id = NEW.job_id;
+
+    INSERT OR REPLACE INTO evq_queues (name, paused, updated_position)
+    SELECT NEW.queue, NEW.kind = 'pause', NEW.position
+    WHERE {_kind("pause", "resume")};
 END;
 """
 

@@ -51,14 +51,24 @@ APPEND_EVENT = (
 # The payload is read from the enqueue event, so it is stored once.
 CLAIM_DUE = """
 SELECT j.id, j.queue, j.name, j.attempt, j.errors, j.max_attempts, j.priority,
-       j.run_at, j.enqueued_at, e.data, j.enqueue_position
+       j.run_at, j.enqueued_at, e.data, j.enqueue_position, j.job_group
 FROM evq_jobs AS j INDEXED BY evq_jobs_due
 JOIN evq_events AS e ON e.position = j.enqueue_position
 WHERE j.state = 'pending' AND j.queue = ? AND j.run_at <= ?
   AND j.name IN (SELECT value FROM json_each(?))
+  AND (j.job_group IS NULL OR NOT EXISTS (
+        SELECT 1 FROM evq_jobs AS r INDEXED BY evq_jobs_running_group
+        WHERE r.job_group = j.job_group AND r.state = 'running'))
 ORDER BY -j.priority, j.run_at, j.enqueue_position
 LIMIT ?
 """
+RUNNING_IN_QUEUE = "SELECT count(*) FROM evq_jobs WHERE state = 'running' AND queue = ?"
+PAUSED_QUEUES = "SELECT name FROM evq_queues WHERE paused"
+LIVE_JOB_WITH_KEY = (
+    "SELECT id FROM evq_jobs WHERE idempotency_key = ? "
+    "AND (state = 'pending' OR state = 'running')"
+)
+
 NEXT_DUE = """
 SELECT min(run_at) FROM evq_jobs
 WHERE state = 'pending'
