@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import json
 import os
 import sqlite3
@@ -28,6 +29,7 @@ from .errors import (
     EvqError,
     InvalidInput,
     InvalidPayload,
+    JobRejected,
     LedgerError,
     UnknownJob,
 )
@@ -217,15 +219,18 @@ class Context:
         timeout: float | None = None,
         priority: int = 0,
         group: str | Callable[[Any], str | None] | None = None,
+        **options: Any,
     ) -> Callable[[Handler], JobDefinition[Any]]:
         """Decorator: register the function as the handler of job `name` (default: the
-        function's name). The handler takes (payload) or (payload, job)."""
+        function's name). The handler takes (payload) or (payload, job). Other options
+        (requeue_on_failure, on_before_add, okay_to_run, requeue_delay,
+        on_max_attempts_exhausted) are those of `evq.JobDefinition`."""
 
         def register(handler: Handler) -> JobDefinition[Any]:
             return self.define(
                 name or str(getattr(handler, "__name__", "")), handler, queue=queue,
                 payload_type=payload_type, max_attempts=max_attempts, backoff=backoff,
-                lease=lease, timeout=timeout, priority=priority, group=group)
+                lease=lease, timeout=timeout, priority=priority, group=group, **options)
 
         return register
 
@@ -257,7 +262,10 @@ class Context:
     def retry_policy(self, name: str, max_attempts: int | None) -> RetryPolicy:
         """The retry policy of a job by name; rescue uses it for jobs of any process."""
         definition = self._definitions.get(name)
-        return RetryPolicy(max_attempts, definition.backoff if definition else no_delay)
+        if definition is None:
+            return RetryPolicy(max_attempts, no_delay)
+        return RetryPolicy(max_attempts, definition.backoff,
+                           definition.on_max_attempts_exhausted is not None)
 
     # --- enqueue -----------------------------------------------------------------------
     def prepare(
@@ -321,8 +329,33 @@ class Context:
         group run one at a time, across every process on the ledger."""
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority,
                            key=key, group=group)
+        await self._preflight([new])
         ids = await self.writer.run(functools.partial(ops.enqueue, jobs=(new,)))
         return ids[0]
+
+    async def _preflight(self, jobs: Sequence[ops.NewJob]) -> None:
+        """Ask each definition's on_before_add; if any refuses, record `reject` events
+        for the refused ones, add nothing, and raise JobRejected."""
+        reasons: dict[str, str] = {}
+        refused: list[ops.NewJob] = []
+        for new in jobs:
+            check = self._definitions[new.name].on_before_add
+            if check is None:
+                continue
+            answer = check(new, self, new.queue)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if answer is True or answer is None:
+                continue
+            reasons[new.id] = answer if isinstance(answer, str) and answer else "refused"
+            refused.append(new)
+        if refused:
+            await self.writer.run(functools.partial(ops.reject, jobs=refused, reasons=reasons))
+            names = ", ".join(sorted({job.name for job in refused}))
+            raise JobRejected(
+                f"on_before_add refused {len(refused)} job(s) of {names}: "
+                + "; ".join(sorted(set(reasons.values()))) + "; nothing was added",
+                reasons)
 
     async def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
                            ) -> list[str]:
@@ -330,6 +363,11 @@ class Context:
         error names the bad item). Large bulks stream: this coroutine validates the next
         chunk while the writer inserts the previous one."""
         chunks = self._prepared_chunks(requests)
+        if any(d.on_before_add is not None for d in self._definitions.values()):
+            # Preflight needs every job before anything is written: no streaming.
+            everything = [job for chunk in chunks for job in chunk]
+            await self._preflight(everything)
+            chunks = iter([everything])
         first = next(chunks, [])
         after = next(chunks, None)
         if after is None:
@@ -394,15 +432,30 @@ class Context:
                 f"the connection is not on this context's ledger {self.path}; open it on "
                 "the same file")
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
+        check = self._definitions[new.name].on_before_add
+        answer = check(new, self, new.queue) if check is not None else True
+        if inspect.isawaitable(answer):
+            answer.close()  # type: ignore[attr-defined]
+            raise InvalidInput(
+                f"job {new.name!r} has an async on_before_add, which enqueue_in (a plain "
+                "sqlite3 transaction) cannot await; use `await ctx.enqueue`")
         tx = Tx(conn, self.clock.now())
+        refused = None if answer is True or answer is None else (
+            answer if isinstance(answer, str) and answer else "refused")
         conn.execute(sql.SAVEPOINT)
         try:
-            ops.enqueue(tx, (new,))
+            if refused is None:
+                ops.enqueue(tx, (new,))
+            else:
+                ops.reject(tx, (new,), {new.id: refused})
         except BaseException:
             conn.execute(sql.ROLLBACK_TO)
             conn.execute(sql.RELEASE)
             raise
         conn.execute(sql.RELEASE)
+        if refused is not None:
+            raise JobRejected(f"on_before_add refused job {new.name!r}: {refused}; the "
+                              "`reject` event commits with your transaction", {new.id: refused})
         return new.id
 
     # --- other transitions -------------------------------------------------------------

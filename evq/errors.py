@@ -55,6 +55,15 @@ class OutcomeAlreadySet(EvqError):
     """A handler chose two outcomes (e.g. job.completed() then job.failed())."""
 
 
+class JobRejected(EvqError):
+    """The job definition's on_before_add refused the job: it was not added (a `reject`
+    event records the refusal)."""
+
+    def __init__(self, message: str, reasons: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or {}
+
+
 class UnrecoverableError(Exception):
     """Raise from a handler to fail the job at once, without using its remaining attempts."""
 

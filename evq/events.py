@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
     SCHEDULE = "schedule"
     SCHEDULE_ORPHAN = "schedule_orphan"
     GROUP_DELETE = "group_delete"
+    HOOK = "hook"
     PAUSE = "pause"
     RESUME = "resume"
 

@@ -75,11 +75,26 @@ class JobDefinition(Generic[P]):
     timeout: float | None = attrs.field(default=None, validator=_check_seconds)
     priority: int = 0
     group: str | Callable[[Any], str | None] | None = None
+    requeue_on_failure: bool | float = False
+    on_before_add: Callable[..., Any] | None = None
+    okay_to_run: Callable[..., Any] | None = None
+    requeue_delay: float = attrs.field(default=60.0, validator=_check_seconds)
+    on_max_attempts_exhausted: Callable[..., Any] | None = None
     context: Context | None = attrs.field(default=None, repr=False)
 
     @property
+    def failure_delay(self) -> float | None:
+        """Seconds before a job.failed() job runs again, or None when failing is final."""
+        if self.requeue_on_failure is True:
+            return 10.0
+        if self.requeue_on_failure is False:
+            return None
+        return check_delay(self.requeue_on_failure, "requeue_on_failure")
+
+    @property
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.max_attempts, self.backoff)
+        return RetryPolicy(self.max_attempts, self.backoff,
+                           self.on_max_attempts_exhausted is not None)
 
     @functools.cached_property
     def is_async(self) -> bool:
@@ -206,6 +221,7 @@ class JobRecord:
     error: dict[str, Any] | None
     idempotency_key: str | None
     group: str | None
+    hook_state: str | None
     enqueue_position: int
     updated_position: int
 
@@ -213,12 +229,12 @@ class JobRecord:
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         (id_, queue, name, state, priority, run_at, attempt, errors, max_attempts,
          lease_until, worker, enqueued_at, started_at, finished_at, result, error,
-         key, group, enqueue_position, updated_position) = row
+         key, group, hook_state, enqueue_position, updated_position) = row
         return cls(
             id_, queue, name, JobState(state), priority, _time(run_at), attempt, errors,  # type: ignore[arg-type]
             max_attempts, _time(lease_until), worker, _time(enqueued_at),  # type: ignore[arg-type]
             _time(started_at), _time(finished_at), _json_or_none(result),
-            _json_or_none(error), key, group, enqueue_position, updated_position,
+            _json_or_none(error), key, group, hook_state, enqueue_position, updated_position,
         )
 
     def scheduled(self, now: datetime | None = None) -> bool:

@@ -15,6 +15,8 @@ import attrs
 
 from .retry import Backoff
 
+EXHAUSTED_HOOK = "on_max_attempts_exhausted"
+
 
 @attrs.frozen
 class Planned:
@@ -30,6 +32,7 @@ class RetryPolicy:
 
     max_attempts: int | None
     backoff: Backoff
+    exhausted_hook: bool = False
 
 
 _PLUMBING = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py"),
@@ -73,7 +76,7 @@ def after_failure(
     data["retry_at"] = None
     if not retryable:
         return [Planned(kind, data), Planned("fail", {"reason": "unrecoverable"})]
-    return [
-        Planned(kind, data),
-        Planned("expire", {"reason": "max_attempts", "errors": errors}),
-    ]
+    expire: dict[str, Any] = {"reason": "max_attempts", "errors": errors}
+    if policy.exhausted_hook:
+        expire["hook"] = EXHAUSTED_HOOK
+    return [Planned(kind, data), Planned("expire", expire)]

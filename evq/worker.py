@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import itertools
 import json
 import os
@@ -28,12 +29,14 @@ from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
 from .jobs import Job, JobDefinition
 from .ledger import ops
 from .ledger.tx import Tx
-from .outcomes import Planned, after_failure, describe_error
+from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
+from .retry import Fixed
 
 if TYPE_CHECKING:
     from .context import Context
 
 _counter = itertools.count(1)
+HOOK_LEASE = 300.0
 Plan = Callable[[float], list[Planned]]
 
 
@@ -90,6 +93,8 @@ class Worker:
         self._new_work = True
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
+        self._hooks_task: asyncio.Task[None] | None = None
+        self._hooks_again = False
 
     def stop(self) -> None:
         """Ask the worker to stop: no new claims; running jobs finish within `grace`."""
@@ -123,6 +128,8 @@ class Worker:
         signals = self._install_signals() if handle_signals else []
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
         self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
+        if any(d.on_max_attempts_exhausted for d in definitions.values()):
+            self._start_hooks()  # hooks left due by a process that died
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -151,6 +158,8 @@ class Worker:
                 asyncio.get_running_loop().remove_signal_handler(sig)
             remove_wake()
             await self._finish_running()
+            if self._hooks_task is not None:
+                await asyncio.wait([self._hooks_task], timeout=self.grace)
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
@@ -204,8 +213,10 @@ class Worker:
         return claimed, min(candidates) if candidates else None
 
     @staticmethod
-    def _report_op(tx: Tx, *, held: ops.Attempt, plan: Plan) -> None:
-        ops.report(tx, held, plan(tx.now))
+    def _report_op(tx: Tx, *, held: ops.Attempt, plan: Plan) -> list[Planned]:
+        planned = plan(tx.now)
+        ops.report(tx, held, planned)
+        return planned
 
     @staticmethod
     def _heartbeat_op(tx: Tx, *, runs: list[_Running]) -> list[str]:
@@ -243,8 +254,10 @@ class Worker:
                 await self._report(run, lambda now: [Planned(
                     "requeue", {"reason": "worker_stopped", "run_at": now})], log)
                 raise
-            await self._report(run, plan, log)
+            expired_with_hook = await self._report(run, plan, log)
             self.jobs_done += 1
+            if expired_with_hook:
+                self._start_hooks()
         finally:
             # Only now is the slot free: the outcome is committed (or refused).
             self._running.pop(claimed.id, None)
@@ -257,6 +270,12 @@ class Worker:
         try:
             payload = codec.decode_as(definition.payload_type, job.payload)
             job.payload = payload
+            if definition.okay_to_run is not None and not await self._maybe_await(
+                    definition.okay_to_run, payload, job):
+                delay = definition.requeue_delay
+                log.info("evq.job_deferred", delay=delay)
+                return lambda now: [Planned("defer", {"reason": "okay_to_run", "delay": delay,
+                                                      "run_at": now + delay})]
             args = (payload, job)[: definition.handler_arity]
             assert definition.handler is not None
             if definition.is_async:
@@ -277,9 +296,17 @@ class Worker:
             error = describe_error(exc)
             return lambda now: after_failure("error", error, errors, policy, now)
         chosen = job.outcome or Planned("success", {"result": result})
-        return self._plan_outcome(chosen, errors, policy, log)
+        return self._plan_outcome(chosen, errors, policy, log, definition.failure_delay)
 
-    def _plan_outcome(self, chosen: Planned, errors: int, policy: Any, log: Any) -> Plan:
+    async def _maybe_await(self, check: Callable[..., Any], *args: Any) -> Any:
+        """Call a hook that may be async, or sync (then in a thread, off the loop)."""
+        if inspect.iscoroutinefunction(check):
+            return await check(*args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.ctx.sync_executor(), functools.partial(check, *args))
+
+    def _plan_outcome(self, chosen: Planned, errors: int, policy: Any, log: Any,
+                      failure_delay: float | None = None) -> Plan:
         data = dict(chosen.data)
         if chosen.kind == "success":
             try:
@@ -295,18 +322,63 @@ class Worker:
         if chosen.kind == "requeue":
             delay = data.pop("delay")
             return lambda now: [Planned("requeue", {**data, "run_at": now + delay})]
+        if chosen.kind == "fail" and failure_delay is not None:
+            # Joystick's requeue_on_failure: a failed attempt comes back after the delay.
+            retry = RetryPolicy(policy.max_attempts, Fixed(failure_delay), policy.exhausted_hook)
+            return lambda now: after_failure("error", data["error"], errors, retry, now)
         if chosen.kind == "fail":
             return lambda now: [Planned("error", {"error": data["error"], "errors": errors + 1,
                                                   "retry_at": None}),
                                 Planned("fail", {"reason": "handler"})]
         return lambda now: [Planned(chosen.kind, data)]
 
-    async def _report(self, run: _Running, plan: Plan, log: Any) -> None:
+    async def _report(self, run: _Running, plan: Plan, log: Any) -> bool:
+        """Commit the attempt's outcome; True if it expired the job with a hook due."""
         run.reporting = True
         try:
-            await self.ctx.writer.run(functools.partial(self._report_op, held=run.held, plan=plan))
+            planned = await self.ctx.writer.run(
+                functools.partial(self._report_op, held=run.held, plan=plan))
         except LeaseLost as exc:
             log.warning("evq.lease_lost", error=str(exc))
+            return False
+        return any(step.kind == "expire" and step.data.get("hook") for step in planned)
+
+    # --- the exhausted-attempts hook ----------------------------------------------------
+    def _start_hooks(self) -> None:
+        if self._hooks_task is None or self._hooks_task.done():
+            self._hooks_task = asyncio.get_running_loop().create_task(self._run_hooks())
+        else:
+            self._hooks_again = True
+
+    async def _run_hooks(self) -> None:
+        """Run the due on_max_attempts_exhausted hooks of the jobs this worker knows.
+        Each run is recorded (`hook` started, then done or failed) under a lease, so a
+        hook is never lost and, once done, never run again."""
+        from .jobs import JobRecord
+
+        names = json.dumps(sorted(n for n, d in self.ctx.definitions.items()
+                                  if d.on_max_attempts_exhausted is not None))
+        self._hooks_again = True
+        while self._hooks_again:
+            self._hooks_again = False
+            rows = await self.ctx.writer.run(functools.partial(
+                ops.start_hooks, names_json=names, worker=self.name, lease=HOOK_LEASE,
+                limit=100))
+            for row in rows:
+                record = JobRecord.from_row(row)
+                hook = self.ctx.definitions[record.name].on_max_attempts_exhausted
+                assert hook is not None
+                log = self._log.bind(job_id=record.id, queue=record.queue, job=record.name,
+                                     hook=EXHAUSTED_HOOK)
+                error = None
+                try:
+                    await self._maybe_await(hook, record)
+                except Exception as exc:
+                    log.error("evq.hook_failed", error=repr(exc))
+                    error = describe_error(exc)
+                await self.ctx.writer.run(functools.partial(
+                    ops.finish_hook, job_id=record.id, queue=record.queue, name=record.name,
+                    attempt=record.attempt, worker=self.name, error=error))
 
     async def _heartbeats(self) -> None:
         clock = self.ctx.clock

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ..outcomes import Planned, RetryPolicy, after_failure
+from ..outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure
 from . import sql
 from .tx import NewEvent, Tx
 
@@ -193,6 +193,33 @@ def _one_per_group(rows: list[Any]) -> list[Any]:
             seen.add(group)
         kept.append(row)
     return kept
+
+
+def reject(tx: Tx, jobs: Sequence[NewJob], reasons: Mapping[str, str]) -> None:
+    """Record that preflight refused these jobs; nothing else changes."""
+    for job in jobs:
+        data = job.event_data()
+        data["reason"] = reasons.get(job.id, "refused")
+        tx.append("reject", job.id, job.queue, job.name, data=data)
+
+
+def start_hooks(tx: Tx, names_json: str, worker: str, lease: float, limit: int
+                ) -> list[tuple[Any, ...]]:
+    """Take the exhausted-attempts hooks that are due (or whose runner's lease ran out)
+    for these job names: a `hook` event with status started each."""
+    rows = tx.rows(sql.HOOKS_DUE, (tx.now, names_json, limit))
+    for row in rows:
+        tx.append("hook", row[0], row[1], row[2], row[6], worker,
+                  {"hook": EXHAUSTED_HOOK, "status": "started", "lease_until": tx.now + lease})
+    return [tuple(row) for row in rows]
+
+
+def finish_hook(tx: Tx, job_id: str, queue: str, name: str, attempt: int, worker: str,
+                error: dict[str, Any] | None) -> None:
+    data: dict[str, Any] = {"hook": EXHAUSTED_HOOK, "status": "failed" if error else "done"}
+    if error:
+        data["error"] = error
+    tx.append("hook", job_id, queue, name, attempt, worker, data)
 
 
 def set_paused(tx: Tx, queue: str, paused: bool, reason: str | None) -> None:

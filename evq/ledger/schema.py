@@ -65,6 +65,7 @@ CREATE TABLE evq_jobs (
     error            TEXT,
     idempotency_key  TEXT,
     job_group        TEXT,
+    hook_state       TEXT,
     enqueue_position INTEGER NOT NULL,
     updated_position INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -128,6 +129,16 @@ CREATE TRIGGER evq_guard_expire BEFORE INSERT ON evq_events
 WHEN NEW.kind = 'expire' AND NOT EXISTS (
     SELECT 1 FROM evq_jobs
     WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt)
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+-- The exhausted-attempts hook: started once it is due (or its runner's lease ran out),
+-- then done or failed by that runner only.
+CREATE TRIGGER evq_guard_hook BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'hook' AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND CASE json_extract(NEW.data, '$.status')
+        WHEN 'started' THEN hook_state = 'due'
+                            OR (hook_state = 'running' AND lease_until <= NEW.at)
+        ELSE hook_state = 'running' AND worker IS NEW.worker END)
 BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
 -- Cancel takes a pending job. Delete: by the handler holding the attempt, or by anyone
@@ -196,8 +207,16 @@ BEGIN
         state = CASE NEW.kind WHEN 'expire' THEN 'expired' WHEN 'fail' THEN 'failed'
                 ELSE 'cancelled' END,
         error = coalesce(NEW.data -> '$.error', error),
+        hook_state = CASE WHEN json_extract(NEW.data, '$.hook') IS NOT NULL THEN 'due' END,
         lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
     WHERE {_kind("expire", "fail", "cancel")} AND id = NEW.job_id;
+
+    UPDATE evq_jobs SET
+        hook_state = CASE json_extract(NEW.data, '$.status') WHEN 'started' THEN 'running'
+                     ELSE json_extract(NEW.data, '$.status') END,
+        worker = NEW.worker, lease_until = json_extract(NEW.data, '$.lease_until'),
+        updated_position = NEW.position
+    WHERE NEW.kind = 'hook' AND id = NEW.job_id;
 
     DELETE FROM evq_jobs WHERE NEW.kind = 'delete' AND id = NEW.job_id;
 

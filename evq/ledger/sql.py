@@ -88,7 +88,7 @@ NEXT_LEASE_EXPIRY = "SELECT min(lease_until) FROM evq_jobs WHERE state = 'runnin
 JOB_COLUMNS = (
     "id, queue, name, state, priority, run_at, attempt, errors, max_attempts, "
     "lease_until, worker, enqueued_at, started_at, finished_at, result, error, "
-    "idempotency_key, job_group, enqueue_position, updated_position"
+    "idempotency_key, job_group, hook_state, enqueue_position, updated_position"
 )
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
 FIND_JOB_IDS_BY_PREFIX = (
@@ -114,6 +114,12 @@ LAST_EVENTS = (
     "ORDER BY position DESC LIMIT ?) ORDER BY position"
 )
 LAST_POSITION = "SELECT seq FROM sqlite_sequence WHERE name = 'evq_events'"
+HOOKS_DUE = f"""
+SELECT {JOB_COLUMNS} FROM evq_jobs
+WHERE state = 'expired' AND (hook_state = 'due' OR (hook_state = 'running' AND lease_until <= ?))
+  AND name IN (SELECT value FROM json_each(?))
+ORDER BY finished_at LIMIT ?
+"""
 HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM evq_events"
 
 # --- replay --------------------------------------------------------------------------
