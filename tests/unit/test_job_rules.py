@@ -89,7 +89,7 @@ async def test_requeue_on_failure_puts_a_failed_job_back_after_the_delay(ctx, cl
     clock.advance(10)
     await ctx.drain()
     assert (await ctx.get_job(job_id)).state is evq.JobState.EXPIRED
-    error = [e for e in await ctx.history(job_id) if e.kind == "error"][0]
+    error = next(e for e in await ctx.history(job_id) if e.kind == "error")
     assert error.data["retry_in"] == 10
 
 
