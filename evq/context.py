@@ -47,6 +47,7 @@ from .subscribers import Dispatcher, EventHandler
 if TYPE_CHECKING:
     import aiosqlite
 
+    from .producer import SyncProducer
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -581,6 +582,13 @@ class Context:
             self._sync_executor = ThreadPoolExecutor(
                 self._sync_threads, thread_name_prefix="evq-handler")
         return self._sync_executor
+
+    def sync(self) -> SyncProducer:
+        """A producer for synchronous code (no event loop needed) on this ledger, using
+        this context's job definitions. The context itself need not be open."""
+        from .producer import SyncProducer
+
+        return SyncProducer(self)
 
     def worker(self, **options: Any) -> Worker:
         """A Worker on this context; see `evq.Worker` for the options."""

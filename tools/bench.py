@@ -1,4 +1,5 @@
-"""Benchmarks on a fresh ledger each: enqueue, enqueue_many, drain, latency, raw.
+"""Benchmarks on a fresh ledger each: enqueue, enqueue_many, drain, latency,
+enqueue_sync, latency_cross_process, raw.
 
     python tools/bench.py [-n 20000] [--json] [--only drain,latency]
 
@@ -14,6 +15,7 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,6 +112,69 @@ async def bench_latency(tmp: Path, n: int, gap: float = 0.005) -> Result:
     return _percentiles([started[i] - sent[i] for i in range(n)], n)
 
 
+def bench_enqueue_sync(tmp: Path, n: int) -> Result:
+    """Single enqueues from synchronous code (no event loop), a commit each."""
+    ctx = evq.Context(_fresh(tmp, "sync"))
+    ctx.define("noop", None)
+    with ctx.sync() as producer:
+        start = time.perf_counter()
+        for i in range(n):
+            producer.enqueue("noop", {"i": i})
+        elapsed = time.perf_counter() - start
+    return {"jobs": n, "seconds": round(elapsed, 3), "jobs_per_s": round(n / elapsed)}
+
+
+def bench_latency_cross_process(tmp: Path, n: int, gap: float = 0.005) -> Result:
+    """A worker in another process; jobs enqueued 5 ms apart from this one (sync
+    producer); enqueue-to-start measured with the wall clock both processes share."""
+    n = min(n, 500)
+    path = _fresh(tmp, "xproc")
+    ctx = evq.Context(path)
+    ctx.define("stamp", None)
+    with ctx.sync():
+        pass  # create the schema before the worker opens the file
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()  # "ready"
+        sent: dict[str, float] = {}
+        with ctx.sync() as producer:
+            for i in range(n):
+                at = time.time()
+                sent[producer.enqueue("stamp", {"i": i})] = at
+                time.sleep(gap)
+        conn = sqlite3.connect(path)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            done = conn.execute(
+                "SELECT count(*) FROM evq_jobs WHERE state = 'succeeded'").fetchone()[0]
+            if done == n:
+                break
+            time.sleep(0.05)
+        started = dict(conn.execute("SELECT id, result FROM evq_jobs"))
+        conn.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+    return _percentiles([float(started[j]) - sent[j] for j in sent], n)
+
+
+def serve(path: str) -> None:
+    """The worker process of latency_cross_process: record when each job starts."""
+
+    async def run() -> None:
+        async with evq.Context(path) as ctx:
+            ctx.define("stamp", lambda payload: time.time())
+            worker = ctx.worker(concurrency=10)
+            task = asyncio.create_task(worker.run(handle_signals=True))
+            await asyncio.sleep(0.05)
+            print("ready", flush=True)
+            await task
+
+    asyncio.run(run())
+
+
 def _percentiles(samples: list[float], n: int) -> Result:
     ms = sorted(s * 1000 for s in samples)
     q = statistics.quantiles(ms, n=100)
@@ -154,6 +219,8 @@ WORKLOADS: dict[str, Callable[[Path, int], Awaitable[Result]] | Callable[[Path, 
     "enqueue_many": bench_enqueue_many,
     "drain": bench_drain,
     "latency": bench_latency,
+    "enqueue_sync": bench_enqueue_sync,
+    "latency_cross_process": bench_latency_cross_process,
     "raw": bench_raw,
 }
 
@@ -178,8 +245,12 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated workloads to run")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per workload; the median run is reported (default 3)")
+    parser.add_argument("--serve", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _quiet_logs()
+    if args.serve:
+        serve(args.serve)
+        return
     chosen = args.only.split(",") if args.only else list(WORKLOADS)
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="evq-bench-") as tmp:

@@ -90,8 +90,13 @@ def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
             keyed[job.key] = job.id
         fresh.append(job)
         ids.append(job.id)
-    tx.append_many([("enqueue", job.id, job.queue, job.name, None, None, job.event_data(),
-                     job.event_text()) for job in fresh])
+    if len(fresh) == 1:
+        job = fresh[0]
+        tx.append("enqueue", job.id, job.queue, job.name, data=job.event_data(),
+                  text=job.event_text())
+    else:
+        tx.append_many([("enqueue", job.id, job.queue, job.name, None, None,
+                         job.event_data(), job.event_text()) for job in fresh])
     return ids
 
 

@@ -32,8 +32,11 @@ CREATE TABLE IF NOT EXISTS evq_meta (
     value TEXT NOT NULL
 );
 
+-- position is the rowid, not AUTOINCREMENT (which writes sqlite_sequence on every commit):
+-- events are never deleted, so the newest position never goes away and max(rowid) + 1
+-- never hands out a position twice. Archiving must keep the newest event for that reason.
 CREATE TABLE evq_events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    position INTEGER PRIMARY KEY,
     at       REAL    NOT NULL,
     kind     TEXT    NOT NULL,
     job_id   TEXT,

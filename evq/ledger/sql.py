@@ -113,7 +113,7 @@ LAST_EVENTS = (
     f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM evq_events "
     "ORDER BY position DESC LIMIT ?) ORDER BY position"
 )
-LAST_POSITION = "SELECT seq FROM sqlite_sequence WHERE name = 'evq_events'"
+LAST_POSITION = "SELECT max(position) FROM evq_events"
 HOOKS_DUE = f"""
 SELECT {JOB_COLUMNS} FROM evq_jobs
 WHERE state = 'expired' AND (hook_state = 'due' OR (hook_state = 'running' AND lease_until <= ?))

@@ -62,7 +62,7 @@ class Tx:
     def append_many(self, events: Sequence[NewEvent]) -> None:
         """Append many events in one statement (kind, job_id, queue, job, attempt, worker,
         data, text each). All or none: a refused one refuses the lot. Under the write lock
-        AUTOINCREMENT hands out one contiguous run of positions, which is how each event
+        SQLite hands out one contiguous run of positions, which is how each event
         learns its position."""
         if not events:
             return

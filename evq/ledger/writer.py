@@ -10,7 +10,6 @@ many jobs the batch carries: that is where evq's speed comes from.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -29,13 +28,9 @@ T = TypeVar("T")
 Op = Callable[[Tx], Any]
 OnCommit = Callable[[list[AppendedRow]], None]
 
-# Checkpoint once the WAL passes this size; TRUNCATE holds writers off while it runs,
-# which is what makes it safe with SQLite 3.40's WAL-reset bug.
-CHECKPOINT_WAL_BYTES = 8 * 1024 * 1024
 # A batch this light (in events it may write) commits on the event loop itself: the hop to
 # the writer thread would cost as much as the commit. Never with power-loss durability.
 INLINE_MAX_WEIGHT = 8
-CHECKPOINT_BUSY_MS = 200
 BEGIN_RETRIES = 30
 
 _log = structlog.get_logger("evq.writer")
@@ -59,7 +54,6 @@ class Writer:
         busy_timeout_ms: int = 10_000,
     ) -> None:
         self._path = str(path)
-        self._wal_path = self._path + "-wal"
         self._clock = clock
         self._durability = durability
         self._busy_timeout_ms = busy_timeout_ms
@@ -249,23 +243,8 @@ class Writer:
                 _log.warning("evq.writer_busy", attempt=attempt + 1, thread=threading.get_ident())
         conn.execute(sql.BEGIN_IMMEDIATE)
 
-    def _wal_size(self) -> int:
-        try:
-            return os.path.getsize(self._wal_path)
-        except OSError:
-            return 0
-
     def _wal_wants_checkpoint(self) -> bool:
-        return self._wal_size() >= CHECKPOINT_WAL_BYTES
+        return connection.wal_size(self._path) >= connection.CHECKPOINT_WAL_BYTES
 
     def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
-        size = self._wal_size()
-        if size < CHECKPOINT_WAL_BYTES and not (force and size > 0):
-            return
-        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=CHECKPOINT_BUSY_MS))
-        try:
-            conn.execute(sql.CHECKPOINT_TRUNCATE).fetchall()
-        except sqlite3.OperationalError as exc:  # readers still on old frames: next time
-            _log.debug("evq.checkpoint_deferred", error=str(exc))
-        finally:
-            conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=self._busy_timeout_ms))
+        connection.checkpoint(conn, self._path, self._busy_timeout_ms, force)

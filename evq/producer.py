@@ -1,0 +1,113 @@
+"""Enqueue without an event loop: for Django, Flask, scripts and any thread.
+
+`Context.sync()` gives a SyncProducer on the same ledger file. It validates with the
+context's job definitions and writes through the same ledger operations as the async
+path, so the events are exactly the same; workers in any process pick the jobs up.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .errors import ContextClosed, InvalidInput, JobRejected
+from .ledger import connection, ops, sql
+from .ledger.tx import Tx
+
+if TYPE_CHECKING:
+    from .context import Context, EnqueueRequest
+    from .jobs import JobDefinition
+
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SyncProducer:
+    """Adds jobs from synchronous code. Thread-safe; use it as a context manager or call
+    close(). Each enqueue is one transaction (`BEGIN IMMEDIATE ... COMMIT`)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = connection.connect(
+            ctx.path, durability=ctx.durability, busy_timeout_ms=BUSY_TIMEOUT_MS,
+            check_same_thread=False)
+        connection.migrate(self._conn)
+
+    def __enter__(self) -> SyncProducer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def enqueue(
+        self,
+        job: str | JobDefinition[Any],
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | str | float | None = None,
+        priority: int | None = None,
+        key: str | None = None,
+        group: str | None = None,
+    ) -> str:
+        """Add a job; returns its id once committed (see `Context.enqueue`)."""
+        new = self._ctx.prepare(job, payload, delay=delay, run_at=run_at, priority=priority,
+                                key=key, group=group)
+        return self._write([new])[0]
+
+    def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]) -> list[str]:
+        """Add many jobs in one transaction: all of them or, on any bad one, none."""
+        jobs = [job for chunk in self._ctx._prepared_chunks(requests) for job in chunk]
+        return self._write(jobs) if jobs else []
+
+    def _write(self, jobs: list[ops.NewJob]) -> list[str]:
+        refused = self._preflight(jobs)
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise ContextClosed("this SyncProducer is closed")
+            conn.execute(sql.BEGIN_IMMEDIATE)
+            try:
+                tx = Tx(conn, self._ctx.clock.now())
+                if refused:
+                    ops.reject(tx, [j for j in jobs if j.id in refused], refused)
+                else:
+                    ids = ops.enqueue(tx, jobs)
+                conn.execute(sql.COMMIT)
+            except BaseException:
+                conn.execute(sql.ROLLBACK)
+                raise
+            connection.checkpoint(conn, self._ctx.path, BUSY_TIMEOUT_MS)
+        if refused:
+            raise JobRejected(
+                f"on_before_add refused {len(refused)} job(s): "
+                + "; ".join(sorted(set(refused.values()))) + "; nothing was added", refused)
+        return ids
+
+    def _preflight(self, jobs: list[ops.NewJob]) -> dict[str, str]:
+        refused: dict[str, str] = {}
+        for new in jobs:
+            check = self._ctx.definition(new.name).on_before_add
+            if check is None:
+                continue
+            answer = check(new, self._ctx, new.queue)
+            if hasattr(answer, "__await__"):
+                answer.close()
+                raise InvalidInput(
+                    f"job {new.name!r} has an async on_before_add, which a SyncProducer "
+                    "cannot await; make it a plain function or enqueue from async code")
+            if answer is not True and answer is not None:
+                refused[new.id] = answer if isinstance(answer, str) and answer else "refused"
+        return refused
