@@ -1,4 +1,4 @@
-"""The `evq` command: demo, events, history, jobs, replay, verify, schema, migrate.
+"""The `evq` command: demo, worker, events, history, jobs, replay, verify, schema, migrate.
 
 Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
 1 a check failed (verify), 2 bad usage or input (unknown job, no ledger at that path).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from . import audit, demo
+from .context import Context
 from .errors import EvqError
 from .ledger import connection, replay, schema
 
@@ -94,6 +96,41 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def load_context(spec: str) -> Context:
+    """`package.module:attribute`: a Context, or a function that returns one."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise EvqError(f"APP must look like package.module:ctx, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EvqError(f"cannot import {module_name!r} for APP {spec!r}: {exc}") from None
+    try:
+        found = getattr(module, attribute)
+    except AttributeError:
+        raise EvqError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if callable(found) and not isinstance(found, Context):
+        found = found()
+    if not isinstance(found, Context):
+        raise EvqError(f"{spec!r} is a {type(found).__name__}, not an evq.Context")
+    return found
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    ctx = load_context(args.app)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+
+    async def serve() -> None:
+        async with ctx:
+            worker = ctx.worker(queues=queues, concurrency=args.concurrency, name=args.name,
+                                grace=args.grace)
+            await worker.run(handle_signals=True)
+
+    asyncio.run(serve())
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     source = _db(args)
     audit.open_ledger(source).close()
@@ -148,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("demo", cmd_demo, "run a short tour on a ledger file (default evq-demo.db)")
+    p = sub.add_parser("worker", help="serve jobs: a job server for APP (module:ctx)",
+                       description="Serve the jobs of APP (`package.module:ctx`, a Context "
+                       "or a function returning one) until SIGTERM or SIGINT.")
+    p.add_argument("app", help="package.module:attribute naming an evq.Context")
+    p.add_argument("--queues", help="comma-separated queues (default: those run_on_startup)")
+    p.add_argument("--concurrency", type=int, default=10, help="jobs at once (default 10)")
+    p.add_argument("--name", help="worker name (default host:pid:n)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds running jobs get to finish on shutdown (default 30)")
+    p.set_defaults(run=cmd_worker)
     p = command("events", cmd_events, "print the event log, oldest first")
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.add_argument("--job", help="only this job id")
@@ -170,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # The CLI is an application, so it may configure logging: warnings and up, to stderr
-    # (errors only for the demo, whose failures are on purpose and shown in its output).
+    # The CLI is an application, so it may configure logging, to stderr: info for a worker,
+    # warnings for the reading commands, errors only for the demo (its failures are on
+    # purpose and shown in its output).
+    level = {"demo": 40, "worker": 20}.get(args.command, 30)
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(40 if args.command == "demo" else 30),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
     try:

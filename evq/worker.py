@@ -56,7 +56,8 @@ class _Running:
 
 
 class Worker:
-    """Runs the jobs of `queues` (default: every queue with a handler in this process).
+    """Runs the jobs of `queues` (default: every queue with a handler in this process
+    whose settings say run_on_startup, as they do unless configured otherwise).
 
     concurrency: handlers running at once. grace: seconds running jobs get to finish
     when the worker is stopped. batch_size: most jobs claimed per transaction.
@@ -109,9 +110,11 @@ class Worker:
         """Serve jobs until stopped (or, with until_idle, until no job is due and none is
         running). Returns the number of jobs this call ran to an outcome."""
         ctx = self.ctx
+        on_startup = {name for name, q in ctx.queues.items() if q.run_on_startup}
         definitions = {
             name: d for name, d in ctx.definitions.items()
-            if d.handler is not None and (self.queues is None or d.queue in self.queues)
+            if d.handler is not None and (
+                d.queue in self.queues if self.queues is not None else d.queue in on_startup)
         }
         queues = self.queues or sorted({d.queue for d in definitions.values()})
         limits = {name: q.concurrency for name, q in ctx.queues.items()
