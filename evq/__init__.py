@@ -26,6 +26,7 @@ from .errors import (
 from .events import Event, EventKind
 from .jobs import Job, JobDefinition, JobRecord, JobState
 from .ledger.connection import Durability
+from .orchestrator import Orchestrator
 from .queues import Cleanup, Queue
 from .retry import Exponential, Fixed
 from .worker import Worker
@@ -33,11 +34,10 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
-    "Clock", "Context", "ContextClosed", "Durability", "DuplicateJob", "EnqueueRequest",
-    "Event", "EventKind", "EvqError", "Exponential", "FakeClock", "Fixed", "InvalidInput",
-    "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition", "JobRecord",
-    "JobRejected", "JobState", "JobStateConflict", "LeaseLost", "LedgerError", "OutcomeAlreadySet",
-    "PayloadTooLarge", "Queue", "Cleanup", "SystemClock", "UnknownJob", "UnrecoverableError",
-    "Worker",
-    "__version__",
+    "Cleanup", "Clock", "Context", "ContextClosed", "DuplicateJob", "Durability",
+    "EnqueueRequest", "Event", "EventKind", "EvqError", "Exponential", "FakeClock", "Fixed",
+    "InvalidInput", "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition",
+    "JobRecord", "JobRejected", "JobState", "JobStateConflict", "LeaseLost", "LedgerError",
+    "Orchestrator", "OutcomeAlreadySet", "PayloadTooLarge", "Queue", "SystemClock",
+    "UnknownJob", "UnrecoverableError", "Worker", "__version__",
 ]

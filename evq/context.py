@@ -35,7 +35,7 @@ from .errors import (
 )
 from .events import Event, event_from_row
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
-from .ledger import connection, ops, sql
+from .ledger import connection, maintenance, ops, sql
 from .ledger.connection import Durability
 from .ledger.tx import AppendedRow, Tx
 from .ledger.writer import Writer
@@ -47,6 +47,7 @@ from .subscribers import Dispatcher, EventHandler
 if TYPE_CHECKING:
     import aiosqlite
 
+    from .orchestrator import Orchestrator
     from .producer import SyncProducer
     from .worker import Worker
 
@@ -245,6 +246,22 @@ class Context:
             raise DuplicateJob(f"job {name!r} is already defined on this context")
         self._definitions[name] = definition
         return definition
+
+    async def deploy(self) -> list[str]:
+        """Record this process's job definitions in the ledger (cuckmq's deploy): a
+        `deploy` event for each one that is new or changed. Other processes, the CLI and
+        orchestrators then know which jobs and schedules exist. Returns the names."""
+        from .orchestrator import settings_of
+
+        found = {name: (d.queue, settings_of(d)) for name, d in self._definitions.items()}
+        return await self.writer.run(functools.partial(maintenance.deploy,
+                                                       definitions=found))
+
+    def orchestrator(self, **options: Any) -> Orchestrator:
+        """An Orchestrator on this context; see `evq.Orchestrator` for the options."""
+        from .orchestrator import Orchestrator
+
+        return Orchestrator(self, **options)
 
     @property
     def definitions(self) -> Mapping[str, JobDefinition[Any]]:

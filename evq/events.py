@@ -36,6 +36,7 @@ class EventKind(enum.StrEnum):
     SCHEDULE_ORPHAN = "schedule_orphan"
     GROUP_DELETE = "group_delete"
     HOOK = "hook"
+    LEADER = "leader"
     PAUSE = "pause"
     RESUME = "resume"
 

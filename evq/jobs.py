@@ -19,6 +19,8 @@ from .codec import check_delay, check_name
 from .errors import InvalidInput, OutcomeAlreadySet
 from .outcomes import Planned, RetryPolicy, describe_error
 from .retry import Backoff, Exponential
+from .schedules import Schedule
+from .schedules import parse as parse_schedule
 
 if TYPE_CHECKING:
     from .context import Context
@@ -80,7 +82,17 @@ class JobDefinition(Generic[P]):
     okay_to_run: Callable[..., Any] | None = None
     requeue_delay: float = attrs.field(default=60.0, validator=_check_seconds)
     on_max_attempts_exhausted: Callable[..., Any] | None = None
+    repeat: float | None = None
+    cron: str | None = None
     context: Context | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.schedule  # noqa: B018 - validate repeat/cron now, not at the first round
+
+    @functools.cached_property
+    def schedule(self) -> Schedule | None:
+        """When this job repeats (cuckmq's repeatSecs, or a cron expression), if it does."""
+        return parse_schedule(self.repeat, self.cron)
 
     @property
     def failure_delay(self) -> float | None:
@@ -222,6 +234,7 @@ class JobRecord:
     idempotency_key: str | None
     group: str | None
     hook_state: str | None
+    orphaned_at: datetime | None
     enqueue_position: int
     updated_position: int
 
@@ -229,12 +242,13 @@ class JobRecord:
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         (id_, queue, name, state, priority, run_at, attempt, errors, max_attempts,
          lease_until, worker, enqueued_at, started_at, finished_at, result, error,
-         key, group, hook_state, enqueue_position, updated_position) = row
+         key, group, hook_state, orphaned_at, enqueue_position, updated_position) = row
         return cls(
             id_, queue, name, JobState(state), priority, _time(run_at), attempt, errors,  # type: ignore[arg-type]
             max_attempts, _time(lease_until), worker, _time(enqueued_at),  # type: ignore[arg-type]
             _time(started_at), _time(finished_at), _json_or_none(result),
-            _json_or_none(error), key, group, hook_state, enqueue_position, updated_position,
+            _json_or_none(error), key, group, hook_state, _time(orphaned_at),
+            enqueue_position, updated_position,
         )
 
     def scheduled(self, now: datetime | None = None) -> bool:

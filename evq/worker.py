@@ -27,7 +27,7 @@ import structlog
 from . import codec
 from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
 from .jobs import Job, JobDefinition
-from .ledger import ops
+from .ledger import maintenance, ops
 from .ledger.tx import Tx
 from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
 from .retry import Fixed
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 _counter = itertools.count(1)
 HOOK_LEASE = 300.0
+SEEN_EVERY = 10.0  # how often a worker renews its entry in the registry of live workers
 Plan = Callable[[float], list[Planned]]
 
 
@@ -95,6 +96,8 @@ class Worker:
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
         self._hooks_task: asyncio.Task[None] | None = None
+        self._names: list[str] = []
+        self._seen_at = float("-inf")
         self._hooks_again = False
 
     def stop(self) -> None:
@@ -126,6 +129,7 @@ class Worker:
             lease_for=lambda name: definitions[name].lease)
         self._stopping = False
         start_count = self.jobs_done
+        await self._announce(queues, sorted(definitions))
         remove_wake = ctx.on_wake(self._on_new_work)
         done = ctx.worker_running(self)
         signals = self._install_signals() if handle_signals else []
@@ -161,6 +165,9 @@ class Worker:
                 asyncio.get_running_loop().remove_signal_handler(sig)
             remove_wake()
             await self._finish_running()
+            with contextlib.suppress(Exception):
+                await ctx.writer.run(functools.partial(maintenance.forget_worker,
+                                                       name=self.name))
             if self._hooks_task is not None:
                 await asyncio.wait([self._hooks_task], timeout=self.grace)
             heartbeats.cancel()
@@ -169,6 +176,23 @@ class Worker:
             self._log.info("evq.worker_stopped", jobs=self.jobs_done - start_count)
             done()
         return self.jobs_done - start_count
+
+    async def _announce(self, queues: list[str], names: list[str]) -> None:
+        """Say in the ledger that this worker is alive and what it runs, and, where its
+        queues ask for it, take back what a previous worker of this name was running."""
+        self._names = names
+        restart = [q for q in queues
+                   if (settings := self.ctx.queues.get(q)) is not None
+                   and settings.retry_jobs_running_before_restart]
+
+        def op(tx: Tx) -> list[str]:
+            maintenance.see_worker(tx, self.name, names)
+            self._seen_at = tx.now
+            return ops.release_previous(tx, self.name, json.dumps(restart)) if restart else []
+
+        released = await self.ctx.writer.run(op)
+        if released:
+            self._log.info("evq.jobs_released_after_restart", jobs=len(released))
 
     def _on_new_work(self) -> None:
         self._new_work = True
@@ -206,6 +230,9 @@ class Worker:
                   lease_for: Callable[[str], float]
                   ) -> tuple[list[ops.Claimed], float | None]:
         ops.rescue_expired(tx, self.ctx.retry_policy, self.name)
+        if tx.now - self._seen_at >= SEEN_EVERY:
+            maintenance.see_worker(tx, self.name, self._names)
+            self._seen_at = tx.now
         claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits)
         if len(claimed) == limit:
             return claimed, None

@@ -277,6 +277,17 @@ def rescue_expired(
     return len(rows)
 
 
+def release_previous(tx: Tx, worker: str, queues_json: str) -> list[str]:
+    """Joystick's retry_jobs_running_before_restart: the jobs a worker of this name was
+    running (it restarted, so it is not running them now) go back at once, keeping
+    their run_at so they come before newer jobs. No attempt is counted."""
+    rows = tx.rows(sql.RUNNING_UNDER_WORKER, (worker, queues_json))
+    for job_id, queue, name, attempt, run_at in rows:
+        tx.append("requeue", job_id, queue, name, attempt, worker,
+                  {"reason": "worker_restart", "run_at": run_at})
+    return [row[0] for row in rows]
+
+
 def cancel(tx: Tx, job_id: str, reason: str | None) -> None:
     row = tx.one(sql.GET_JOB, (job_id,))
     queue, name = (row[1], row[2]) if row else (None, None)

@@ -46,10 +46,14 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
     conn.execute(sql.BEGIN)
     try:
         count = conn.execute(sql.REPLAY_EVENTS, (upto if upto is not None else 2**62,)).rowcount
-        rebuilt_only = stored_only = []
+        rebuilt_only: list[tuple[Any, ...]] = []
+        stored_only: list[tuple[Any, ...]] = []
         if compare:
-            rebuilt_only = [tuple(r) for r in conn.execute(sql.PROJECTION_ONLY_IN_MAIN)]
-            stored_only = [tuple(r) for r in conn.execute(sql.PROJECTION_ONLY_IN_SOURCE)]
+            for table, columns in sql.PROJECTIONS.items():
+                rebuilt_only += [(table, *r) for r in conn.execute(
+                    sql.PROJECTION_ONLY_IN_MAIN.format(table=table, columns=columns))]
+                stored_only += [(table, *r) for r in conn.execute(
+                    sql.PROJECTION_ONLY_IN_SOURCE.format(table=table, columns=columns))]
         conn.execute(sql.COMMIT)
     except BaseException:
         conn.execute(sql.ROLLBACK)

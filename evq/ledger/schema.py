@@ -69,6 +69,7 @@ CREATE TABLE evq_jobs (
     idempotency_key  TEXT,
     job_group        TEXT,
     hook_state       TEXT,
+    orphaned_at      REAL,
     enqueue_position INTEGER NOT NULL,
     updated_position INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -84,6 +85,39 @@ CREATE INDEX evq_jobs_running_group ON evq_jobs (job_group)
 -- No second live job with the same idempotency key.
 CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL AND (state = 'pending' OR state = 'running');
+
+-- Finished jobs by age, for cleanup.
+CREATE INDEX evq_jobs_finished ON evq_jobs (queue, state, finished_at)
+    WHERE finished_at IS NOT NULL;
+
+-- Job definitions recorded with `deploy` events, so every process can see them.
+CREATE TABLE evq_definitions (
+    name             TEXT    PRIMARY KEY,
+    queue            TEXT    NOT NULL,
+    data             TEXT    NOT NULL,
+    updated_position INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Repeating jobs: when each is due next (moved on by `schedule` events).
+CREATE TABLE evq_schedules (
+    name             TEXT    PRIMARY KEY,
+    spec             TEXT    NOT NULL,
+    next_at          REAL    NOT NULL,
+    updated_position INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Coordination, not history (not derived from events, not replayed): who leads the
+-- orchestrators, and which workers are alive and what they can run.
+CREATE TABLE evq_leaders (
+    role        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    lease_until REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE evq_workers (
+    name      TEXT PRIMARY KEY,
+    jobs      TEXT NOT NULL,
+    last_seen REAL NOT NULL
+) WITHOUT ROWID;
 
 -- Queues whose state the ledger holds (pause and resume are events).
 CREATE TABLE evq_queues (
@@ -144,6 +178,14 @@ WHEN NEW.kind = 'hook' AND NOT EXISTS (
         ELSE hook_state = 'running' AND worker IS NEW.worker END)
 BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
+-- A repeating job fires once per due time: the event names the due time it fires for,
+-- which must be the one the ledger expects (or the schedule is new).
+CREATE TRIGGER evq_guard_schedule BEFORE INSERT ON evq_events
+WHEN {_kind("schedule", "schedule_orphan")} AND EXISTS (
+    SELECT 1 FROM evq_schedules WHERE name = NEW.job
+      AND next_at IS NOT json_extract(NEW.data, '$.due_at'))
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
 -- Cancel takes a pending job. Delete: by the handler holding the attempt, or by anyone
 -- when the job is not running.
 CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
@@ -182,7 +224,7 @@ BEGIN
     -- and stamps its start, and run changes nothing more (its guard still applies).
     UPDATE evq_jobs SET state = 'running', attempt = NEW.attempt, worker = NEW.worker,
         lease_until = json_extract(NEW.data, '$.lease_until'), started_at = NEW.at,
-        updated_position = NEW.position
+        orphaned_at = NULL, updated_position = NEW.position
     WHERE NEW.kind = 'dequeue' AND id = NEW.job_id;
 
     UPDATE evq_jobs SET lease_until = json_extract(NEW.data, '$.lease_until'),
@@ -222,6 +264,17 @@ BEGIN
     WHERE NEW.kind = 'hook' AND id = NEW.job_id;
 
     DELETE FROM evq_jobs WHERE NEW.kind = 'delete' AND id = NEW.job_id;
+
+    UPDATE evq_jobs SET orphaned_at = NEW.at, updated_position = NEW.position
+    WHERE NEW.kind = 'orphan' AND id = NEW.job_id;
+
+    INSERT OR REPLACE INTO evq_definitions (name, queue, data, updated_position)
+    SELECT NEW.job, NEW.queue, NEW.data, NEW.position WHERE NEW.kind = 'deploy';
+
+    INSERT OR REPLACE INTO evq_schedules (name, spec, next_at, updated_position)
+    SELECT NEW.job, json_extract(NEW.data, '$.spec'), json_extract(NEW.data, '$.next_at'),
+           NEW.position
+    WHERE {_kind("schedule", "schedule_orphan")};
 
     INSERT OR REPLACE INTO evq_queues (name, paused, updated_position)
     SELECT NEW.queue, NEW.kind = 'pause', NEW.position

@@ -82,13 +82,17 @@ SELECT id, queue, name, attempt, errors, max_attempts, worker
 FROM evq_jobs WHERE state = 'running' AND lease_until <= ?
 ORDER BY lease_until LIMIT ?
 """
+RUNNING_UNDER_WORKER = """
+SELECT id, queue, name, attempt, run_at FROM evq_jobs
+WHERE state = 'running' AND worker = ? AND queue IN (SELECT value FROM json_each(?))
+"""
 NEXT_LEASE_EXPIRY = "SELECT min(lease_until) FROM evq_jobs WHERE state = 'running'"
 
 # --- reads ---------------------------------------------------------------------------
 JOB_COLUMNS = (
     "id, queue, name, state, priority, run_at, attempt, errors, max_attempts, "
     "lease_until, worker, enqueued_at, started_at, finished_at, result, error, "
-    "idempotency_key, job_group, hook_state, enqueue_position, updated_position"
+    "idempotency_key, job_group, hook_state, orphaned_at, enqueue_position, updated_position"
 )
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
 FIND_JOB_IDS_BY_PREFIX = (
@@ -129,9 +133,42 @@ REPLAY_EVENTS = (
     f"INSERT INTO main.evq_events ({EVENT_COLUMNS}) "
     f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position <= ? ORDER BY position"
 )
+# Every table derived from the events, with the columns replay must reproduce.
+PROJECTIONS = {
+    "evq_jobs": JOB_COLUMNS,
+    "evq_queues": "name, paused, updated_position",
+    "evq_definitions": "name, queue, data, updated_position",
+    "evq_schedules": "name, spec, next_at, updated_position",
+}
 PROJECTION_ONLY_IN_MAIN = (
-    f"SELECT {JOB_COLUMNS} FROM main.evq_jobs EXCEPT SELECT {JOB_COLUMNS} FROM source.evq_jobs"
-)
+    "SELECT {columns} FROM main.{table} EXCEPT SELECT {columns} FROM source.{table}")
 PROJECTION_ONLY_IN_SOURCE = (
-    f"SELECT {JOB_COLUMNS} FROM source.evq_jobs EXCEPT SELECT {JOB_COLUMNS} FROM main.evq_jobs"
-)
+    "SELECT {columns} FROM source.{table} EXCEPT SELECT {columns} FROM main.{table}")
+
+# --- orchestration -------------------------------------------------------------------
+CLAIM_LEADERSHIP = """
+INSERT INTO evq_leaders (role, holder, lease_until) VALUES (?, ?, ?)
+ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until
+WHERE evq_leaders.holder = excluded.holder OR evq_leaders.lease_until <= ?
+"""
+GET_LEADER = "SELECT holder, lease_until FROM evq_leaders WHERE role = ?"
+RELEASE_LEADERSHIP = "DELETE FROM evq_leaders WHERE role = ? AND holder = ?"
+SEE_WORKER = "INSERT OR REPLACE INTO evq_workers (name, jobs, last_seen) VALUES (?, ?, ?)"
+FORGET_WORKER = "DELETE FROM evq_workers WHERE name = ?"
+LIVE_WORKER_JOBS = "SELECT jobs FROM evq_workers WHERE last_seen > ?"
+ORPHAN_CANDIDATES = """
+SELECT id, queue, name FROM evq_jobs
+WHERE state = 'pending' AND run_at <= ? AND orphaned_at IS NULL
+  AND name NOT IN (SELECT value FROM json_each(?))
+LIMIT ?
+"""
+GET_DEFINITION = "SELECT data FROM evq_definitions WHERE name = ?"
+LIST_DEFINITIONS = "SELECT name, queue, data FROM evq_definitions ORDER BY name"
+GET_SCHEDULE = "SELECT spec, next_at FROM evq_schedules WHERE name = ?"
+LIST_SCHEDULES = "SELECT name, spec, next_at FROM evq_schedules ORDER BY name"
+CLEANUP_CANDIDATES = """
+SELECT id, queue, name, state FROM evq_jobs
+WHERE queue = ? AND state IN (SELECT value FROM json_each(?)) AND finished_at <= ?
+  AND (hook_state IS NULL OR hook_state = 'done' OR hook_state = 'failed')
+LIMIT ?
+"""

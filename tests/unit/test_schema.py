@@ -80,7 +80,7 @@ async def test_verify_finds_a_projection_edited_behind_the_ledger(ctx, db):
     conn.close()
     result = replay.check(db)
     assert not result.ok
-    assert result.only_stored[0][0] == job_id
+    assert result.only_stored[0][:2] == ("evq_jobs", job_id)
 
 
 async def test_durability_power_uses_full_sync(db):

@@ -1,0 +1,157 @@
+"""The orchestrator's ledger operations: leadership, repeating jobs, cleanup, orphans,
+the registry of live workers, and deployed definitions. Like ops.py, each runs inside one
+transaction and writes history only as events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ..codec import dumps
+from ..schedules import Cron, Every, Schedule
+from . import sql
+from .ops import NewJob, enqueue
+from .tx import Tx
+
+
+def lead(tx: Tx, role: str, holder: str, lease: float) -> bool:
+    """Take or keep the lead of `role` for `lease` seconds; True if `holder` leads.
+    A change of hands is recorded as a `leader` event."""
+    before = tx.one(sql.GET_LEADER, (role,))
+    tx.conn.execute(sql.CLAIM_LEADERSHIP, (role, holder, tx.now + lease, tx.now))
+    leads = bool(tx.one(sql.GET_LEADER, (role,))[0] == holder)
+    if leads and (before is None or before[0] != holder):
+        tx.append("leader", worker=holder, data={
+            "role": role, "previous": before[0] if before else None,
+            "previous_lease_until": before[1] if before else None})
+    return leads
+
+
+def step_down(tx: Tx, role: str, holder: str) -> None:
+    tx.conn.execute(sql.RELEASE_LEADERSHIP, (role, holder))
+
+
+def see_worker(tx: Tx, name: str, jobs: Sequence[str]) -> None:
+    """Record that worker `name` is alive and can run these job names."""
+    tx.conn.execute(sql.SEE_WORKER, (name, json.dumps(sorted(jobs)), tx.now))
+
+
+def forget_worker(tx: Tx, name: str) -> None:
+    tx.conn.execute(sql.FORGET_WORKER, (name,))
+
+
+def deploy(tx: Tx, definitions: Mapping[str, tuple[str, dict[str, Any]]]) -> list[str]:
+    """Record definitions (name -> (queue, settings)) whose settings changed: a `deploy`
+    event each. Returns the names deployed."""
+    deployed = []
+    for name, (queue, settings) in sorted(definitions.items()):
+        row = tx.one(sql.GET_DEFINITION, (name,))
+        if row is not None and json.loads(row[0]) == settings:
+            continue
+        tx.append("deploy", queue=queue, job=name, data=settings)
+        deployed.append(name)
+    return deployed
+
+
+@attrs.frozen
+class Fired:
+    name: str
+    kind: str  # schedule, schedule_orphan, or registered
+    due_at: float | None
+    next_at: float
+    job_id: str | None = None
+    missed: int = 0
+
+
+def fire_schedules(
+    tx: Tx,
+    local: Mapping[str, tuple[str, Schedule]],
+    make_job: Callable[[str], NewJob],
+) -> list[Fired]:
+    """Fire every due repeating job once. `local` maps job names this process defines to
+    (queue, schedule); deployed schedules it does not define are due too, and get a
+    `schedule_orphan` event instead of a job. See schedules.py for the catch-up rule."""
+    known = dict(local)
+    for name, queue, data_text in tx.rows(sql.LIST_DEFINITIONS):
+        if name not in known:
+            schedule = schedule_from(json.loads(data_text))
+            if schedule is not None:
+                known[name] = (queue, schedule)
+    fired = []
+    for name, (queue, schedule) in sorted(known.items()):
+        row = tx.one(sql.GET_SCHEDULE, (name,))
+        spec = schedule.spec
+        if row is None or row[0] != spec:
+            if isinstance(schedule, Cron) or name not in local:
+                # New (or changed) schedules start at their next due time.
+                next_at = schedule.first(tx.now) if isinstance(schedule, Cron) else tx.now
+                tx.append("schedule", queue=queue, job=name, data={
+                    "spec": spec, "due_at": row[1] if row else None, "next_at": next_at,
+                    "job_id": None, "reason": "registered"})
+                fired.append(Fired(name, "registered", None, next_at))
+                continue
+            due = tx.now if row is None else row[1]
+        else:
+            due = row[1]
+        if due > tx.now:
+            continue
+        next_at = schedule.next_after(due, tx.now)
+        missed = _missed(schedule, due, tx.now)
+        data = {"spec": spec, "due_at": due, "next_at": next_at, "missed": missed}
+        if name in local:
+            job = make_job(name)
+            enqueue(tx, [job])
+            tx.append("schedule", job.id, queue, name, data={**data, "job_id": job.id})
+            fired.append(Fired(name, "schedule", due, next_at, job.id, missed))
+        else:
+            tx.append("schedule_orphan", queue=queue, job=name, data={
+                **data, "reason": "no definition of this job in the orchestrator's process"})
+            fired.append(Fired(name, "schedule_orphan", due, next_at, None, missed))
+    return fired
+
+
+def schedule_from(settings: Mapping[str, Any]) -> Schedule | None:
+    if settings.get("repeat") is not None:
+        return Every(float(settings["repeat"]))
+    if settings.get("cron") is not None:
+        return Cron(str(settings["cron"]))
+    return None
+
+
+def _missed(schedule: Schedule, due: float, now: float) -> int:
+    """How many due times after `due` and up to `now` the catch-up rule skips."""
+    count = 0
+    moment = schedule.next_after(due, due)
+    while moment <= now and count < 10_000:
+        count += 1
+        moment = schedule.next_after(moment, moment)
+    return count
+
+
+def cleanup(tx: Tx, rules: Sequence[tuple[str, Sequence[str], float]], limit: int) -> int:
+    """Remove finished jobs from the current state: rules are (queue, states, age in
+    seconds). A `delete` event each (reason cleanup); the events stay in the ledger."""
+    removed = 0
+    for queue, states, age in rules:
+        rows = tx.rows(sql.CLEANUP_CANDIDATES, (queue, dumps(list(states)), tx.now - age, limit))
+        for job_id, job_queue, name, state in rows:
+            tx.append("delete", job_id, job_queue, name, data={
+                "reason": "cleanup", "state": state, "older_than": age})
+        removed += len(rows)
+    return removed
+
+
+def report_orphans(tx: Tx, worker_ttl: float, after: float, limit: int) -> list[str]:
+    """Jobs due for `after` seconds whose name no live worker (seen within worker_ttl)
+    can run: an `orphan` event each, once (until a worker claims the job)."""
+    runnable: set[str] = set()
+    for (jobs,) in tx.rows(sql.LIVE_WORKER_JOBS, (tx.now - worker_ttl,)):
+        runnable.update(json.loads(jobs))
+    rows = tx.rows(sql.ORPHAN_CANDIDATES, (tx.now - after, dumps(sorted(runnable)), limit))
+    for job_id, queue, name in rows:
+        tx.append("orphan", job_id, queue, name, data={
+            "reason": "no live worker can run this job", "live_job_names": len(runnable)})
+    return [row[0] for row in rows]

@@ -1,0 +1,148 @@
+"""The orchestrator: housekeeping that one process at a time should do. Any number may
+run, in any processes; they elect a leader through the ledger (a lease that the leader
+renews each round), and when the leader dies its lease runs out and another takes over.
+
+Each round the leader: fires due repeating jobs (`schedule`, `schedule_orphan`),
+rescues jobs whose lease ran out (`rescue`), removes old finished jobs per queue cleanup
+settings (`delete`), and reports jobs that no live worker can run (`orphan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+
+from . import codec
+from .ledger import maintenance, ops
+from .schedules import Schedule
+
+if TYPE_CHECKING:
+    from .context import Context
+
+ROLE = "orchestrator"
+_FINISHED_OK: tuple[str, ...] = ("succeeded",)
+_FINISHED_BAD: tuple[str, ...] = ("failed", "expired", "cancelled")
+
+
+@attrs.frozen
+class Round:
+    """What one round did (all zero/empty when this orchestrator did not lead)."""
+
+    leader: bool
+    fired: list[maintenance.Fired] = attrs.field(factory=list)
+    rescued: int = 0
+    cleaned: int = 0
+    orphans: list[str] = attrs.field(factory=list)
+
+
+class Orchestrator:
+    """Runs the housekeeping rounds. interval: seconds between rounds (cuckmq's
+    jobSchedulePollSecs). leader_lease: how long a silent leader keeps the lead.
+    orphan_after: how long a due job may wait with no live worker able to run it before
+    it is reported. worker_ttl: how recently a worker must have been seen to count."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        name: str | None = None,
+        interval: float = 1.0,
+        leader_lease: float = 10.0,
+        orphan_after: float = 60.0,
+        worker_ttl: float = 30.0,
+        batch: int = 500,
+    ) -> None:
+        from .worker import default_worker_name
+
+        self.ctx = ctx
+        self.name = codec.check_name(name or f"orchestrator-{default_worker_name()}",
+                                     "orchestrator")
+        self.interval = codec.check_delay(interval, "interval")
+        self.leader_lease = codec.check_delay(leader_lease, "leader_lease")
+        self.orphan_after = codec.check_delay(orphan_after, "orphan_after")
+        self.worker_ttl = codec.check_delay(worker_ttl, "worker_ttl")
+        self.batch = batch
+        self._stop = asyncio.Event()
+        self._log = structlog.get_logger("evq.orchestrator").bind(orchestrator=self.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Deploy this process's definitions, then run rounds until stopped; on a clean
+        stop, hand the lead over at once."""
+        self._stop.clear()
+        await self.ctx.deploy()
+        self._log.info("evq.orchestrator_started")
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self.tick()
+                except Exception as exc:  # a failed round must not end housekeeping
+                    self._log.error("evq.orchestrator_round_failed", error=repr(exc),
+                                    exc_info=True)
+                sleeper = asyncio.ensure_future(self.ctx.clock.sleep(self.interval))
+                stopper = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait([sleeper, stopper], return_when=asyncio.FIRST_COMPLETED)
+                sleeper.cancel()
+                stopper.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.ctx.writer.run(functools.partial(
+                    maintenance.step_down, role=ROLE, holder=self.name))
+            self._log.info("evq.orchestrator_stopped")
+
+    async def tick(self) -> Round:
+        """One round: lead if possible, and if leading do the housekeeping."""
+        ctx = self.ctx
+        leads = await ctx.writer.run(functools.partial(
+            maintenance.lead, role=ROLE, holder=self.name, lease=self.leader_lease))
+        if not leads:
+            return Round(False)
+        fired = await ctx.writer.run(functools.partial(
+            maintenance.fire_schedules, local=self._schedules(), make_job=self._make_job))
+        for item in fired:
+            if item.kind != "registered":
+                self._log.info(f"evq.{item.kind}", job=item.name, due_at=item.due_at,
+                               job_id=item.job_id, missed=item.missed)
+        rescued = await ctx.rescue_expired(self.name)
+        cleaned = await ctx.writer.run(functools.partial(
+            maintenance.cleanup, rules=self._cleanup_rules(), limit=self.batch))
+        orphans = await ctx.writer.run(functools.partial(
+            maintenance.report_orphans, worker_ttl=self.worker_ttl, after=self.orphan_after,
+            limit=self.batch))
+        for job_id in orphans:
+            self._log.warning("evq.orphan", job_id=job_id)
+        return Round(True, fired, rescued, cleaned, orphans)
+
+    def _schedules(self) -> dict[str, tuple[str, Schedule]]:
+        return {name: (d.queue, d.schedule) for name, d in self.ctx.definitions.items()
+                if d.schedule is not None}
+
+    def _make_job(self, name: str) -> ops.NewJob:
+        return self.ctx.prepare(name, {})
+
+    def _cleanup_rules(self) -> list[tuple[str, tuple[str, ...], float]]:
+        rules: list[tuple[str, tuple[str, ...], float]] = []
+        for name, queue in self.ctx.queues.items():
+            if queue.cleanup is None:
+                continue
+            if queue.cleanup.completed_after is not None:
+                rules.append((name, _FINISHED_OK, queue.cleanup.completed_after))
+            if queue.cleanup.failed_after is not None:
+                rules.append((name, _FINISHED_BAD, queue.cleanup.failed_after))
+        return rules
+
+
+def settings_of(definition: Any) -> dict[str, Any]:
+    """What `deploy` records of a definition: what other processes need to know."""
+    return {
+        "queue": definition.queue, "max_attempts": definition.max_attempts,
+        "lease": definition.lease, "priority": definition.priority,
+        "repeat": definition.repeat, "cron": definition.cron,
+    }
