@@ -125,7 +125,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         async with ctx:
             worker = ctx.worker(queues=queues, concurrency=args.concurrency, name=args.name,
                                 grace=args.grace)
-            await worker.run(handle_signals=True)
+            if args.no_orchestrator:
+                await worker.run(handle_signals=True)
+                return
+            orchestrator = ctx.orchestrator(interval=args.interval,
+                                            leader_lease=args.leader_lease)
+            housekeeping = asyncio.create_task(orchestrator.run())
+            try:
+                await worker.run(handle_signals=True)
+            finally:
+                orchestrator.stop()
+                await housekeeping
 
     asyncio.run(serve())
     return EXIT_OK
@@ -192,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help="comma-separated queues (default: those run_on_startup)")
     p.add_argument("--concurrency", type=int, default=10, help="jobs at once (default 10)")
     p.add_argument("--name", help="worker name (default host:pid:n)")
+    p.add_argument("--no-orchestrator", action="store_true",
+                   help="do not run an orchestrator (schedules, cleanup, rescue) here")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between orchestrator rounds (default 1)")
+    p.add_argument("--leader-lease", type=float, default=10.0,
+                   help="seconds a silent orchestrator leader keeps the lead (default 10)")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds running jobs get to finish on shutdown (default 30)")
     p.set_defaults(run=cmd_worker)
