@@ -24,7 +24,7 @@ APP = textwrap.dedent('''
 
     async def timed(payload):
         start = time.time()
-        await asyncio.sleep(0.05)  # the work itself: long enough to overlap if allowed
+        await asyncio.sleep(payload)  # the work itself: long enough to overlap if allowed
         return [start, time.time()]
 
     ctx.define("grouped", timed, group="account-1")
@@ -34,16 +34,17 @@ APP = textwrap.dedent('''
 
 
 @asynccontextmanager
-async def servers(tmp_path: Path, count: int, *extra: str
+async def servers(tmp_path: Path, concurrency: list[int], *extra: str, first_index: int = 0
                   ) -> AsyncIterator[list[asyncio.subprocess.Process]]:
     (tmp_path / "mp_app.py").write_text(APP)
     env = {**os.environ, "EVQ_DB": str(tmp_path / "ledger.db"), "PYTHONPATH": str(tmp_path)}
     procs = []
     try:
-        for i in range(count):
+        for i, slots in enumerate(concurrency, start=first_index):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "evq", "worker", "mp_app:ctx", "--name", f"server-{i}",
-                "--concurrency", "5", *extra, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+                "--concurrency", str(slots), *extra, cwd=tmp_path, env=env,
+                stderr=subprocess.PIPE)
             assert proc.stderr is not None
             while b"evq.worker_started" not in await asyncio.wait_for(
                     proc.stderr.readline(), 15):
@@ -87,43 +88,64 @@ def most_overlapping(spans: list[list[float]]) -> int:
 
 
 async def test_group_lock_and_queue_limit_hold_across_processes(tmp_path: Path):
-    async with servers(tmp_path, 2, "--no-orchestrator"):
-        async with evq.Context(tmp_path / "ledger.db") as app:
-            app.define("grouped", None)
-            app.define("limited", None, queue="limited")
-            grouped = [await app.enqueue("grouped", i, group="account-1") for i in range(6)]
-            limited = [await app.enqueue("limited", i) for i in range(8)]
-            results = await wait_for_successes(app, grouped + limited)
-            workers = {(await app.get_job(j)).worker for j in grouped + limited}
-    assert most_overlapping([results[j] for j in grouped]) == 1
-    assert most_overlapping([results[j] for j in limited]) <= 2
-    assert workers == {"server-0", "server-1"}  # both processes took part
+    async with servers(tmp_path, [5], "--no-orchestrator") as first, \
+            evq.Context(tmp_path / "ledger.db") as app:
+        app.define("grouped", None)
+        app.define("limited", None, queue="limited")
+        started = asyncio.Event()
+        running: list[str] = []
+
+        def note(event: evq.Event) -> None:
+            running.append(event.job_id or "")
+            if len(running) == 3:
+                started.set()
+
+        app.add_event_handler(note, kinds=["run"])
+        # Server 0 alone takes a long job of the group and fills the queue's limit...
+        long_ones = [await app.enqueue("grouped", 0.4, group="account-1"),
+                     await app.enqueue("limited", 0.4), await app.enqueue("limited", 0.4)]
+        await asyncio.wait_for(started.wait(), 15)
+        # ...then server 1 starts, and server 0 is told to stop (it claims nothing more
+        # but finishes what it holds): server 1 runs every other job, and must respect
+        # the group lock and the limit held by the other process meanwhile.
+        async with servers(tmp_path, [5], "--no-orchestrator", first_index=1):
+            grouped = [await app.enqueue("grouped", 0.02, group="account-1")
+                       for _ in range(4)]
+            limited = [await app.enqueue("limited", 0.02) for _ in range(6)]
+            first[0].send_signal(signal.SIGTERM)
+            ids = long_ones + grouped + limited
+            results = await wait_for_successes(app, ids)
+            workers = {j: (await app.get_job(j)).worker for j in ids}
+    assert {workers[j] for j in long_ones} == {"server-0"}
+    assert {workers[j] for j in grouped + limited} == {"server-1"}
+    assert most_overlapping([results[j] for j in [long_ones[0], *grouped]]) == 1
+    assert most_overlapping([results[j] for j in [*long_ones[1:], *limited]]) <= 2
 
 
 async def test_leadership_moves_when_the_leader_process_is_killed(tmp_path: Path):
-    async with servers(tmp_path, 2, "--interval", "0.05", "--leader-lease", "0.5") as procs:
-        async with evq.Context(tmp_path / "ledger.db") as app:
-            leaders: list[str] = []
-            changed = asyncio.Event()
+    async with servers(tmp_path, [2, 2], "--interval", "0.05", "--leader-lease", "0.5"
+                   ) as procs, evq.Context(tmp_path / "ledger.db") as app:
+        leaders: list[str] = []
+        changed = asyncio.Event()
 
-            def note(event: evq.Event) -> None:
-                leaders.append(event.worker or "")
-                changed.set()
+        def note(event: evq.Event) -> None:
+            leaders.append(event.worker or "")
+            changed.set()
 
-            app.add_event_handler(note, kinds=["leader"])
-            for event in await app.events():
-                if event.kind == "leader":
-                    note(event)
-            await asyncio.wait_for(changed.wait(), 15)
-            first = leaders[-1]
-            victim = procs[0] if f":{procs[0].pid}:" in first else procs[1]
-            survivor = procs[1] if victim is procs[0] else procs[0]
-            changed.clear()
-            victim.send_signal(signal.SIGKILL)
-            await victim.wait()
-            await asyncio.wait_for(changed.wait(), 15)
-            assert f":{survivor.pid}:" in leaders[-1]
-            # The new leader keeps the repeating job going.
-            fired = asyncio.Event()
-            app.add_event_handler(lambda e: fired.set(), kinds=["schedule"])
-            await asyncio.wait_for(fired.wait(), 15)
+        app.add_event_handler(note, kinds=["leader"])
+        for event in await app.events():
+            if event.kind == "leader":
+                note(event)
+        await asyncio.wait_for(changed.wait(), 15)
+        first = leaders[-1]
+        victim = procs[0] if f":{procs[0].pid}:" in first else procs[1]
+        survivor = procs[1] if victim is procs[0] else procs[0]
+        changed.clear()
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+        await asyncio.wait_for(changed.wait(), 15)
+        assert f":{survivor.pid}:" in leaders[-1]
+        # The new leader keeps the repeating job going.
+        fired = asyncio.Event()
+        app.add_event_handler(lambda e: fired.set(), kinds=["schedule"])
+        await asyncio.wait_for(fired.wait(), 15)
