@@ -124,6 +124,7 @@ class Context:
         self._watch_task: asyncio.Task[None] | None = None
         self._watchers = 0
         self._wake_callbacks: list[Callable[[], None]] = []
+        self._cancel_listeners: list[Callable[[str], None]] = []
         self._sync_threads = sync_handler_threads
         self._running_workers: dict[Worker, asyncio.Event] = {}
         self._sync_executor: ThreadPoolExecutor | None = None
@@ -478,8 +479,15 @@ class Context:
 
     # --- other transitions -------------------------------------------------------------
     async def cancel(self, job_id: str, reason: str | None = None) -> None:
-        """Cancel a pending job (raises JobStateConflict if it is not pending)."""
-        await self.writer.run(functools.partial(ops.cancel, job_id=job_id, reason=reason))
+        """Cancel a job that has not ended. A pending one is cancelled at once; a running
+        one ends as cancelled at once too (never retried): its worker, in this process or
+        another, is told to stop, an async handler is cancelled, and any handler can see
+        it as `job.cancel_requested`. Raises JobStateConflict if the job already ended."""
+        running = await self.writer.run(functools.partial(ops.cancel, job_id=job_id,
+                                                          reason=reason))
+        if running:
+            for listener in list(self._cancel_listeners):
+                listener(job_id)
 
     async def delete(self, job_id: str, reason: str | None = None) -> None:
         """Remove a job that is not running from the current state; its events stay."""

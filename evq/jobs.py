@@ -168,6 +168,9 @@ class Job:
     worker: str
     log: Any = attrs.field(repr=False)
     _outcome: Planned | None = attrs.field(default=None, repr=False)
+    cancel_requested: bool = False
+    """Set when the job was cancelled while running: stop early (an async handler is
+    also cancelled; a sync one can only see this)."""
 
     @property
     def outcome(self) -> Planned | None:

@@ -54,6 +54,9 @@ class _Running:
     lease_until: float
     task: asyncio.Task[None] | None = None
     reporting: bool = False
+    job: Job | None = None
+    is_async: bool = True
+    cancelled: bool = False
 
 
 class Worker:
@@ -131,6 +134,7 @@ class Worker:
         start_count = self.jobs_done
         await self._announce(queues, sorted(definitions))
         remove_wake = ctx.on_wake(self._on_new_work)
+        ctx._cancel_listeners.append(self._on_cancel)
         done = ctx.worker_running(self)
         signals = self._install_signals() if handle_signals else []
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -140,6 +144,8 @@ class Worker:
         try:
             while not self._stopping:
                 self._wake.clear()
+                if self._new_work and self._running:
+                    await self._check_cancelled()
                 free = self.concurrency - len(self._running)
                 claimed: list[ops.Claimed] = []
                 next_at: float | None = None
@@ -164,6 +170,7 @@ class Worker:
             for sig in signals:
                 asyncio.get_running_loop().remove_signal_handler(sig)
             remove_wake()
+            ctx._cancel_listeners.remove(self._on_cancel)
             await self._finish_running()
             with contextlib.suppress(Exception):
                 await ctx.writer.run(functools.partial(maintenance.forget_worker,
@@ -193,6 +200,24 @@ class Worker:
         released = await self.ctx.writer.run(op)
         if released:
             self._log.info("evq.jobs_released_after_restart", jobs=len(released))
+
+    def _on_cancel(self, job_id: str) -> None:
+        """A job this worker may be running was cancelled: stop it."""
+        run = self._running.get(job_id)
+        if run is None or run.cancelled or run.reporting:
+            return
+        run.cancelled = True
+        if run.job is not None:
+            run.job.cancel_requested = True
+        if run.is_async and run.task is not None:
+            run.task.cancel()
+
+    async def _check_cancelled(self) -> None:
+        """Another process may have cancelled jobs running here (its commit woke us)."""
+        running = json.dumps(sorted(self._running))
+        for job_id in await self.ctx.writer.run(functools.partial(
+                ops.cancelled_among, job_ids_json=running)):
+            self._on_cancel(job_id)
 
     def _on_new_work(self) -> None:
         self._new_work = True
@@ -276,10 +301,15 @@ class Worker:
                   claimed.max_attempts, claimed.priority,
                   datetime.fromtimestamp(claimed.enqueued_at, UTC),
                   claimed.payload, self.name, log)
+        run.job = job
+        run.is_async = definition.is_async
         try:
             try:
                 plan = await self._call(definition, job, log)
             except asyncio.CancelledError:
+                if run.cancelled:  # the job was cancelled: the ledger already says so
+                    log.info("evq.job_cancelled")
+                    return
                 # Stopped past its grace period: hand the job back now, not at lease end.
                 await self._report(run, lambda now: [Planned(
                     "requeue", {"reason": "worker_stopped", "run_at": now})], log)
@@ -369,7 +399,10 @@ class Worker:
             planned = await self.ctx.writer.run(
                 functools.partial(self._report_op, held=run.held, plan=plan))
         except LeaseLost as exc:
-            log.warning("evq.lease_lost", error=str(exc))
+            if run.cancelled:
+                log.info("evq.job_cancelled", note="the handler finished after the cancel")
+            else:
+                log.warning("evq.lease_lost", error=str(exc))
             return False
         return any(step.kind == "expire" and step.data.get("hook") for step in planned)
 
@@ -422,7 +455,9 @@ class Worker:
             if due:
                 lost = await self.ctx.writer.run(functools.partial(self._heartbeat_op, runs=due))
                 for job_id in lost:
+                    # Rescued or cancelled elsewhere: this attempt is over, stop its handler.
                     self._log.warning("evq.lease_lost", job_id=job_id)
+                    self._on_cancel(job_id)
 
     async def _finish_running(self) -> None:
         tasks = [r.task for r in self._running.values() if r.task is not None]

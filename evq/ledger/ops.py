@@ -288,10 +288,21 @@ def release_previous(tx: Tx, worker: str, queues_json: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def cancel(tx: Tx, job_id: str, reason: str | None) -> None:
+def cancel(tx: Tx, job_id: str, reason: str | None) -> bool:
+    """Cancel a pending or running job; True if it was running (its worker must stop)."""
     row = tx.one(sql.GET_JOB, (job_id,))
-    queue, name = (row[1], row[2]) if row else (None, None)
-    tx.append("cancel", job_id, queue, name, data={"reason": reason})
+    queue, name, state, worker = (row[1], row[2], row[3], row[10]) if row else (None,) * 4
+    running = state == "running"
+    data: dict[str, Any] = {"reason": reason}
+    if running:
+        data["running_on"] = worker
+    tx.append("cancel", job_id, queue, name, data=data)
+    return running
+
+
+def cancelled_among(tx: Tx, job_ids_json: str) -> list[str]:
+    """Which of these (running) jobs have been cancelled meanwhile."""
+    return [row[0] for row in tx.rows(sql.CANCELLED_AMONG, (job_ids_json,))]
 
 
 def delete(tx: Tx, job_id: str, reason: str | None) -> None:

@@ -186,16 +186,18 @@ WHEN {_kind("schedule", "schedule_orphan")} AND EXISTS (
       AND next_at IS NOT json_extract(NEW.data, '$.due_at'))
 BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
--- Cancel takes a pending job. Delete: by the handler holding the attempt, or by anyone
--- when the job is not running.
+-- Cancel takes a job that has not ended: pending, or running (its worker is asked to
+-- stop, and its own report is then refused). Delete: by the handler holding the
+-- attempt, or by anyone when the job is not running.
 CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
 WHEN {_kind("cancel", "delete")}
 BEGIN
     SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
     WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
     SELECT RAISE(ABORT, '{NOT_PENDING}')
-    WHERE NEW.kind = 'cancel'
-      AND NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'pending');
+    WHERE NEW.kind = 'cancel' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
+          AND (state = 'pending' OR state = 'running'));
     SELECT RAISE(ABORT, '{STALE}')
     WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'

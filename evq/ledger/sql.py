@@ -86,6 +86,10 @@ RUNNING_UNDER_WORKER = """
 SELECT id, queue, name, attempt, run_at FROM evq_jobs
 WHERE state = 'running' AND worker = ? AND queue IN (SELECT value FROM json_each(?))
 """
+CANCELLED_AMONG = (
+    "SELECT id FROM evq_jobs WHERE state = 'cancelled' "
+    "AND id IN (SELECT value FROM json_each(?))"
+)
 NEXT_LEASE_EXPIRY = "SELECT min(lease_until) FROM evq_jobs WHERE state = 'running'"
 
 # --- reads ---------------------------------------------------------------------------

@@ -102,8 +102,7 @@ def refusal(exc: sqlite3.IntegrityError, kind: str, job_id: str | None,
         return UnknownJob(f"no job {job_id} in the ledger (it may have been deleted)")
     if schema.NOT_PENDING in text:
         return JobStateConflict(
-            f"{kind} refused: job {job_id} is not pending any more; see `evq history "
-            f"{job_id}`"
+            f"{kind} refused: job {job_id} has already ended; see `evq history {job_id}`"
         )
     if schema.RUNNING in text:
         return JobStateConflict(

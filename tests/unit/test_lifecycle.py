@@ -343,7 +343,7 @@ async def test_cancel_pending_and_refuse_cancel_of_finished(ctx):
     assert (await ctx.get_job(pending)).state is evq.JobState.CANCELLED
     done = await ctx.enqueue("job")
     await ctx.drain()
-    with pytest.raises(evq.JobStateConflict, match="not pending"):
+    with pytest.raises(evq.JobStateConflict, match="already ended"):
         await ctx.cancel(done)
     with pytest.raises(evq.UnknownJob):
         await ctx.cancel("0" * 32)
