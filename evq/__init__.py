@@ -26,6 +26,8 @@ from .errors import (
 from .events import Event, EventKind
 from .jobs import Job, JobDefinition, JobRecord, JobState
 from .ledger.connection import Durability
+from .ledger.connection import migrate_file as migrate
+from .ledger.schema import schema_sql
 from .orchestrator import Orchestrator
 from .queues import Cleanup, Queue
 from .retry import Exponential, Fixed
@@ -39,5 +41,5 @@ __all__ = [
     "InvalidInput", "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition",
     "JobRecord", "JobRejected", "JobState", "JobStateConflict", "LeaseLost", "LedgerError",
     "Orchestrator", "OutcomeAlreadySet", "PayloadTooLarge", "Queue", "SystemClock",
-    "UnknownJob", "UnrecoverableError", "Worker", "__version__",
+    "UnknownJob", "UnrecoverableError", "Worker", "__version__", "migrate", "schema_sql",
 ]

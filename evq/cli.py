@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -174,12 +176,32 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     path = _db(args)
-    conn = connection.connect(path)
+    before, now = connection.migrate_file(path)
+    _out(f"{path}: schema version {before} -> {now}")
+    return EXIT_OK
+
+
+def cmd_definitions(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
     try:
-        before = connection.migrate(conn)
+        from .ledger import sql
+
+        schedules = {name: (spec, next_at) for name, spec, next_at in
+                     conn.execute(sql.LIST_SCHEDULES)}
+        rows = conn.execute(sql.LIST_DEFINITIONS).fetchall()
+        if not rows:
+            _out("no job definitions deployed (Context.deploy, or an orchestrator, records them)")
+        for name, queue, data in rows:
+            settings = json.loads(data)
+            line = (f"{name:<24} queue={queue:<12} max_attempts={settings.get('max_attempts')}"
+                    f" lease={settings.get('lease')}s")
+            if name in schedules:
+                spec, next_at = schedules[name]
+                when = datetime.fromtimestamp(next_at, UTC)
+                line += f"  {spec}, next {audit.fmt_time(when)}"
+            _out(line)
     finally:
         conn.close()
-    _out(f"{path}: schema version {before} -> {schema.LATEST_VERSION}")
     return EXIT_OK
 
 
@@ -226,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="the new ledger file")
     p.add_argument("--upto", type=int, help="replay only up to this position")
     command("verify", cmd_verify, "check that replaying the events gives the stored state")
+    command("definitions", cmd_definitions,
+            "deployed job definitions, and when repeating ones run next")
     command("schema", cmd_schema, "print the schema SQL")
     command("migrate", cmd_migrate, "create or upgrade the schema of a ledger file")
     return parser

@@ -120,6 +120,16 @@ def migrate(conn: sqlite3.Connection) -> int:
     return before
 
 
+def migrate_file(path: str | Path) -> tuple[int, int]:
+    """Create or upgrade the schema of the ledger at `path` (cuckmq's migrations);
+    returns (version before, version now)."""
+    conn = connect(path)
+    try:
+        return migrate(conn), schema.LATEST_VERSION
+    finally:
+        conn.close()
+
+
 def require_schema(conn: sqlite3.Connection, path: str | Path) -> None:
     version = schema_version(conn)
     if version == 0:

@@ -1,0 +1,32 @@
+"""`evq definitions` and `evq migrate`, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import evq
+
+
+def evq_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evq", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+async def test_definitions_lists_deployed_jobs_and_next_runs(tmp_path: Path):
+    db = tmp_path / "l.db"
+    empty = evq_cli("definitions", "--db", str(db))
+    assert empty.returncode == 2 and "no ledger" in empty.stderr
+    migrated = evq_cli("migrate", "--db", str(db))
+    assert migrated.returncode == 0 and "schema version 0 -> 1" in migrated.stdout
+    assert "no job definitions deployed" in evq_cli("definitions", "--db", str(db)).stdout
+    async with evq.Context(db) as ctx:
+        ctx.define("nightly", lambda p: None, cron="30 2 * * *", queue="reports")
+        ctx.define("send", None, queue="mail", max_attempts=7)
+        await ctx.orchestrator().tick()  # deploys nothing by itself: deploy() does
+        await ctx.deploy()
+        await ctx.orchestrator().tick()
+    out = evq_cli("definitions", "--db", str(db)).stdout.splitlines()
+    assert out[0].startswith("nightly") and "cron 30 2 * * *, next" in out[0]
+    assert out[1].startswith("send") and "max_attempts=7" in out[1]
