@@ -34,7 +34,6 @@ class EventKind(enum.StrEnum):
     DELETE = "delete"
     SCHEDULE = "schedule"
     SCHEDULE_ORPHAN = "schedule_orphan"
-    GROUP_DELETE = "group_delete"
     HOOK = "hook"
     LEADER = "leader"
     PAUSE = "pause"
