@@ -163,10 +163,14 @@ def claim(
             room = min(limit, queue_limits[queue] - running)
             if room <= 0:
                 continue
-        # Jobs of one group may stand at the head of the queue: look further than `room`
-        # so that one group does not hide the jobs behind it.
-        found = tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json, room * 4))
-        rows.extend(_one_per_group(found)[:room])
+        found = tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json, room))
+        kept = _one_per_group(found)
+        if len(kept) < len(found) == room:
+            # Jobs of one group stand at the head of the queue: look further so that
+            # one group does not hide the jobs behind it.
+            kept = _one_per_group(tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json,
+                                                          room * 8)))
+        rows.extend(kept[:room])
     if len(queues) > 1:
         rows.sort(key=lambda r: (-r[6], r[7], r[10]))
         rows = _one_per_group(rows)

@@ -208,81 +208,84 @@ BEGIN
 END;
 """
 
-_V1_FOLD = f"""
--- What each kind does to the job's current state: the fold, defined once.
-CREATE TRIGGER evq_fold AFTER INSERT ON evq_events
-BEGIN
+# What each kind of event does to the current state: the fold, defined once. One trigger
+# per transition, each behind a WHEN on the kind: a statement inside a shared trigger
+# would open its table and indexes for every event, even when its kind does not match.
+_TRANSITIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("enqueue", ("enqueue",), """
     INSERT INTO evq_jobs (id, queue, name, state, priority, run_at, attempt, errors,
         max_attempts, enqueued_at, idempotency_key, job_group, enqueue_position,
         updated_position)
-    SELECT NEW.job_id, NEW.queue, NEW.job, 'pending',
+    VALUES (NEW.job_id, NEW.queue, NEW.job, 'pending',
         json_extract(NEW.data, '$.priority'), json_extract(NEW.data, '$.run_at'), 0, 0,
         json_extract(NEW.data, '$.max_attempts'), NEW.at,
         json_extract(NEW.data, '$.key'), json_extract(NEW.data, '$.group'),
-        NEW.position, NEW.position
-    WHERE NEW.kind = 'enqueue';
-
-    -- A claim writes dequeue and run together, at one instant: dequeue opens the attempt
-    -- and stamps its start, and run changes nothing more (its guard still applies).
+        NEW.position, NEW.position);"""),
+    # A claim writes dequeue and run together, at one instant: dequeue opens the attempt
+    # and stamps its start; run changes nothing more (its guard still applies).
+    ("dequeue", ("dequeue",), """
     UPDATE evq_jobs SET state = 'running', attempt = NEW.attempt, worker = NEW.worker,
         lease_until = json_extract(NEW.data, '$.lease_until'), started_at = NEW.at,
         orphaned_at = NULL, updated_position = NEW.position
-    WHERE NEW.kind = 'dequeue' AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("heartbeat", ("heartbeat",), """
     UPDATE evq_jobs SET lease_until = json_extract(NEW.data, '$.lease_until'),
         updated_position = NEW.position
-    WHERE NEW.kind = 'heartbeat' AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("success", ("success",), """
     UPDATE evq_jobs SET state = 'succeeded', result = NEW.data -> '$.result',
         lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
-    WHERE NEW.kind = 'success' AND id = NEW.job_id;
-
-    -- error and rescue count a failed attempt; with retry_at the job waits for its next
-    -- try, without it the job stays closed until the expire or fail of the same commit.
+    WHERE id = NEW.job_id;"""),
+    # error and rescue count a failed attempt; with retry_at the job waits for its next
+    # try, without it the job stays closed until the expire or fail of the same commit.
+    ("failure", ("error", "rescue"), """
     UPDATE evq_jobs SET errors = errors + 1, error = NEW.data -> '$.error',
         state = CASE WHEN json_extract(NEW.data, '$.retry_at') IS NULL THEN state
                      ELSE 'pending' END,
         run_at = coalesce(json_extract(NEW.data, '$.retry_at'), run_at),
         lease_until = NULL, updated_position = NEW.position
-    WHERE {_kind("error", "rescue")} AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("requeue", ("requeue", "defer"), """
     UPDATE evq_jobs SET state = 'pending', run_at = json_extract(NEW.data, '$.run_at'),
         lease_until = NULL, updated_position = NEW.position
-    WHERE {_kind("requeue", "defer")} AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("close", ("expire", "fail", "cancel"), """
     UPDATE evq_jobs SET
         state = CASE NEW.kind WHEN 'expire' THEN 'expired' WHEN 'fail' THEN 'failed'
                 ELSE 'cancelled' END,
         error = coalesce(NEW.data -> '$.error', error),
         hook_state = CASE WHEN json_extract(NEW.data, '$.hook') IS NOT NULL THEN 'due' END,
         lease_until = NULL, finished_at = NEW.at, updated_position = NEW.position
-    WHERE {_kind("expire", "fail", "cancel")} AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("hook", ("hook",), """
     UPDATE evq_jobs SET
         hook_state = CASE json_extract(NEW.data, '$.status') WHEN 'started' THEN 'running'
                      ELSE json_extract(NEW.data, '$.status') END,
         worker = NEW.worker, lease_until = json_extract(NEW.data, '$.lease_until'),
         updated_position = NEW.position
-    WHERE NEW.kind = 'hook' AND id = NEW.job_id;
-
-    DELETE FROM evq_jobs WHERE NEW.kind = 'delete' AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("orphan", ("orphan",), """
     UPDATE evq_jobs SET orphaned_at = NEW.at, updated_position = NEW.position
-    WHERE NEW.kind = 'orphan' AND id = NEW.job_id;
-
+    WHERE id = NEW.job_id;"""),
+    ("delete", ("delete",), """
+    DELETE FROM evq_jobs WHERE id = NEW.job_id;"""),
+    ("deploy", ("deploy",), """
     INSERT OR REPLACE INTO evq_definitions (name, queue, data, updated_position)
-    SELECT NEW.job, NEW.queue, NEW.data, NEW.position WHERE NEW.kind = 'deploy';
-
+    VALUES (NEW.job, NEW.queue, NEW.data, NEW.position);"""),
+    ("schedule", ("schedule", "schedule_orphan"), """
     INSERT OR REPLACE INTO evq_schedules (name, spec, next_at, updated_position)
-    SELECT NEW.job, json_extract(NEW.data, '$.spec'), json_extract(NEW.data, '$.next_at'),
-           NEW.position
-    WHERE {_kind("schedule", "schedule_orphan")};
-
+    VALUES (NEW.job, json_extract(NEW.data, '$.spec'), json_extract(NEW.data, '$.next_at'),
+            NEW.position);"""),
+    ("pause", ("pause", "resume"), """
     INSERT OR REPLACE INTO evq_queues (name, paused, updated_position)
-    SELECT NEW.queue, NEW.kind = 'pause', NEW.position
-    WHERE {_kind("pause", "resume")};
-END;
-"""
+    VALUES (NEW.queue, NEW.kind = 'pause', NEW.position);"""),
+)
+
+_V1_FOLD = "\n".join(
+    f"CREATE TRIGGER evq_fold_{name} AFTER INSERT ON evq_events WHEN {_kind(*kinds)}\n"
+    f"BEGIN{body}\nEND;\n"
+    for name, kinds, body in _TRANSITIONS
+)
 
 # Each entry upgrades the schema by one version; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD,)
