@@ -1,0 +1,261 @@
+"""For any sequence of operations (enqueues, claims, every outcome, heartbeats, cancels,
+deletes, pauses, lease expiries, abandoned workers), replaying the events gives exactly
+the stored projection, a model of each job agrees with it, and the invariants of
+DESIGN.md hold. Refused operations leave the ledger exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from evq.errors import EvqError, LeaseLost
+from evq.ledger import connection, ops, replay
+from evq.ledger.tx import Tx
+from evq.outcomes import Planned, RetryPolicy, after_failure
+from evq.retry import Fixed
+
+QUEUES = ["a", "b"]
+NAMES = ["x", "y"]
+WORKERS = ["w1", "w2", "w3"]
+TERMINAL = {"success", "expire", "fail", "cancel"}
+json_leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
+payloads = st.recursive(json_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp())
+        self.path = self.dir / "ledger.db"
+        self.conn = connection.connect(self.path)
+        connection.migrate(self.conn)
+        self.now = 1_000.0
+        self.count = 0
+        # the model: job id -> dict(state, errors, max_attempts, group, queue, name)
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.held: dict[str, ops.Attempt] = {}  # job id -> the attempt a worker holds
+        self.stale: list[ops.Attempt] = []  # attempts whose holder lost them
+        self.paused: set[str] = set()
+
+    def teardown(self) -> None:
+        if self.conn.execute("SELECT count(*) FROM evq_events").fetchone()[0]:
+            # Row triggers: with no event there is nothing to refuse.
+            with pytest.raises(sqlite3.IntegrityError):
+                self.conn.execute("UPDATE evq_events SET kind = 'x'")
+            with pytest.raises(sqlite3.IntegrityError):
+                self.conn.execute("DELETE FROM evq_events")
+        self.conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- running one transaction -------------------------------------------------------
+    def snapshot(self) -> tuple[Any, ...]:
+        return (self.conn.execute("SELECT max(position) FROM evq_events").fetchone(),
+                self.conn.execute("SELECT * FROM evq_jobs ORDER BY id").fetchall(),
+                self.conn.execute("SELECT * FROM evq_queues ORDER BY name").fetchall())
+
+    def write(self, op: Any) -> Any:
+        before = self.snapshot()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = op(Tx(self.conn, self.now))
+        except EvqError:
+            self.conn.execute("ROLLBACK")
+            assert self.snapshot() == before, "a refused operation left a trace"
+            raise
+        self.conn.execute("COMMIT")
+        return result
+
+    # --- operations --------------------------------------------------------------------
+    @rule(count=st.integers(1, 3), payload=payloads, delay=st.sampled_from([0, 0, 5, 50]),
+          priority=st.integers(-2, 2), attempts=st.sampled_from([None, 1, 2, 3]),
+          queue=st.sampled_from(QUEUES), name=st.sampled_from(NAMES),
+          key=st.sampled_from([None, None, "k1", "k2"]),
+          group=st.sampled_from([None, None, "g1", "g2"]))
+    def enqueue(self, count: int, payload: Any, delay: float, priority: int,
+                attempts: int | None, queue: str, name: str, key: str | None,
+                group: str | None) -> None:
+        new = []
+        for _ in range(count):
+            self.count += 1
+            new.append(ops.NewJob(f"{self.count:06d}", queue, name, payload, self.now + delay,
+                                  priority, attempts, key=key, group=group))
+        ids = self.write(lambda tx: ops.enqueue(tx, new))
+        for job, job_id in zip(new, ids, strict=True):
+            if job_id == job.id:
+                self.jobs[job_id] = {"state": "pending", "errors": 0, "attempt": 0,
+                                     "max": attempts, "group": group, "queue": queue,
+                                     "key": key}
+            else:  # the key matched a live job: that one is the answer
+                assert key is not None and self.jobs[job_id]["key"] == key
+                assert self.jobs[job_id]["state"] in ("pending", "running")
+
+    @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 4),
+          lease=st.sampled_from([10.0, 30.0]))
+    def claim(self, worker: str, limit: int, lease: float) -> None:
+        claimed = self.write(lambda tx: ops.claim(
+            tx, QUEUES, json.dumps(NAMES), limit, worker, lambda n: lease, {"b": 2}))
+        assert len(claimed) <= limit
+        for job in claimed:
+            model = self.jobs[job.id]
+            assert model["state"] == "pending" and job.queue not in self.paused
+            model["state"] = "running"
+            model["attempt"] += 1
+            assert job.attempt == model["attempt"]
+            model["lease_until"] = self.now + lease
+            self.held[job.id] = ops.Attempt(job.id, job.queue, job.name, job.attempt, worker)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), outcome=st.sampled_from(
+        ["success", "error", "fail", "requeue", "defer", "delete", "heartbeat"]))
+    def report(self, data: st.DataObject, outcome: str) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.held)))
+        held = self.held[job_id]
+        model = self.jobs[job_id]
+        policy = RetryPolicy(model["max"], Fixed(data.draw(st.sampled_from([0.0, 7.0]))))
+        error = {"type": "E", "message": "boom", "traceback": ""}
+        if outcome == "success":
+            planned = [Planned("success", {"result": data.draw(payloads)})]
+        elif outcome == "error":
+            planned = after_failure("error", error, model["errors"], policy, self.now)
+        elif outcome == "fail":
+            planned = after_failure("error", error, model["errors"], policy, self.now,
+                                    retryable=False)
+        elif outcome in ("requeue", "defer"):
+            planned = [Planned(outcome, {"reason": "test", "run_at": self.now + 3})]
+        elif outcome == "delete":
+            planned = [Planned("delete", {"reason": "handler"})]
+        else:
+            planned = [Planned("heartbeat", {"lease_until": self.now + 30})]
+        self.write(lambda tx: ops.report(tx, held, planned))
+        if outcome == "heartbeat":
+            model["lease_until"] = self.now + 30
+            return
+        del self.held[job_id]
+        if outcome == "success":
+            model["state"] = "succeeded"
+        elif outcome in ("error", "fail"):
+            model["errors"] += 1
+            model["state"] = {"expire": "expired", "fail": "failed"}.get(
+                planned[-1].kind, "pending")
+        elif outcome == "delete":
+            model["state"] = "gone"
+        else:
+            model["state"] = "pending"
+
+    @rule(seconds=st.sampled_from([1.0, 10.0, 31.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def rescue(self) -> None:
+        self.write(lambda tx: ops.rescue_expired(
+            tx, lambda name, most: RetryPolicy(most, Fixed(2.0)), "rescuer"))
+        for job_id in [j for j, held in self.held.items()
+                       if self.jobs[j]["lease_until"] <= self.now]:
+            model = self.jobs[job_id]
+            model["errors"] += 1
+            retry = model["max"] is None or model["errors"] < model["max"]
+            model["state"] = "pending" if retry else "expired"
+            self.stale.append(self.held.pop(job_id))
+
+    @precondition(lambda self: self.stale)
+    @rule(data=st.data())
+    def abandoned_worker_reports(self, data: st.DataObject) -> None:
+        held = data.draw(st.sampled_from(self.stale))
+        with pytest.raises(LeaseLost):
+            self.write(lambda tx: ops.report(tx, held, [Planned("success", {"result": 1})]))
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        model = self.jobs[job_id]
+        if model["state"] not in ("pending", "running"):
+            with pytest.raises(EvqError):
+                self.write(lambda tx: ops.cancel(tx, job_id, "test"))
+            return
+        self.write(lambda tx: ops.cancel(tx, job_id, "test"))
+        model["state"] = "cancelled"
+        if job_id in self.held:
+            self.stale.append(self.held.pop(job_id))
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def admin_delete(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        model = self.jobs[job_id]
+        if model["state"] in ("running", "gone"):
+            with pytest.raises(EvqError):
+                self.write(lambda tx: ops.delete(tx, job_id, "admin"))
+            return
+        self.write(lambda tx: ops.delete(tx, job_id, "admin"))
+        model["state"] = "gone"
+
+    @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
+    def pause(self, queue: str, paused: bool) -> None:
+        self.write(lambda tx: ops.set_paused(tx, queue, paused, None))
+        (self.paused.add if paused else self.paused.discard)(queue)
+
+    # --- invariants --------------------------------------------------------------------
+    @invariant()
+    def replay_equals_projection(self) -> None:
+        check = replay.check(self.path)
+        assert check.ok, (check.only_rebuilt, check.only_stored)
+
+    @invariant()
+    def model_agrees_and_nothing_is_lost(self) -> None:
+        stored = {row[0]: row[1:] for row in self.conn.execute(
+            "SELECT id, state, errors, attempt FROM evq_jobs")}
+        for job_id, model in self.jobs.items():
+            if model["state"] == "gone":
+                assert job_id not in stored
+                kinds = [k for (k,) in self.conn.execute(
+                    "SELECT kind FROM evq_events WHERE job_id = ?", (job_id,))]
+                assert kinds[-1] == "delete"
+            else:
+                assert stored.get(job_id) == (model["state"], model["errors"],
+                                              model["attempt"]), job_id
+
+    @invariant()
+    def ledger_rules_hold(self) -> None:
+        events = self.conn.execute(
+            "SELECT position, kind, job_id, attempt FROM evq_events ORDER BY rowid").fetchall()
+        positions = [e[0] for e in events]
+        assert positions == sorted(set(positions))
+        claims = [(e[2], e[3]) for e in events if e[1] == "dequeue"]
+        assert len(claims) == len(set(claims)), "an attempt was claimed twice"
+        per_job: dict[str, list[str]] = {}
+        for _, kind, job_id, _ in events:
+            if job_id and kind in TERMINAL:
+                per_job.setdefault(job_id, []).append(kind)
+        for kinds in per_job.values():
+            assert len(kinds) == 1, kinds
+        for job_id, state in self.conn.execute("SELECT id, state FROM evq_jobs"):
+            ended = state in ("succeeded", "failed", "expired", "cancelled")
+            assert ended == (job_id in per_job)
+        groups = self.conn.execute(
+            "SELECT job_group, count(*) FROM evq_jobs WHERE state = 'running' "
+            "AND job_group IS NOT NULL GROUP BY job_group HAVING count(*) > 1").fetchall()
+        assert groups == [], "two jobs of one group ran at once"
+        keys = self.conn.execute(
+            "SELECT idempotency_key, count(*) FROM evq_jobs WHERE idempotency_key IS NOT NULL "
+            "AND state IN ('pending', 'running') GROUP BY 1 HAVING count(*) > 1").fetchall()
+        assert keys == []
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+test_ledger_state_machine = LedgerMachine.TestCase
