@@ -28,16 +28,27 @@ def open_ledger(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def short_id(job_id: str) -> str:
+    """The part of a job id people can tell apart: its random tail (ids begin with the
+    time they were made, which jobs enqueued together share)."""
+    return job_id[-8:]
+
+
 def resolve_job_id(conn: sqlite3.Connection, text: str) -> str:
-    """A full job id from an id or a unique prefix of one (like git's short hashes)."""
+    """A full job id from an id, the short id shown everywhere (its tail), or a unique
+    prefix of one."""
+    if not text:
+        raise UnknownJob("give a job id")
     if conn.execute(sql.EVENTS_FOR_JOB + " LIMIT 1", (text,)).fetchone():
         return text
-    upper = text[:-1] + chr(ord(text[-1]) + 1) if text else "~"
-    found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, upper))]
+    found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_SUFFIX, ("%" + text,))]
+    if not found:
+        upper = text[:-1] + chr(ord(text[-1]) + 1)
+        found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, upper))]
     if len(found) == 1:
         return str(found[0])
     if not found:
-        raise UnknownJob(f"no job with id or id prefix {text!r} in this ledger")
+        raise UnknownJob(f"no job with id {text!r} (or ending or starting so) in this ledger")
     raise UnknownJob(f"{text!r} matches more than one job; give more of the id")
 
 
@@ -84,7 +95,7 @@ def event_json(event: Event) -> str:
 
 def event_line(event: Event) -> str:
     """One event on one line: position, time, kind, job, attempt, worker, the gist."""
-    who = f"{event.job}#{event.job_id[:8]}" if event.job_id else "-"
+    who = f"{event.job}#{short_id(event.job_id)}" if event.job_id else "-"
     parts = [f"{event.position:>7}", fmt_time(event.at), f"{event.kind:<9}", who]
     if event.attempt is not None:
         parts.append(f"attempt={event.attempt}")

@@ -43,7 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _out("\ntimelines read back from the ledger:\n")
     for line in demo.timelines(path, ids):
         _out(line)
-    _out(f"see it again: evq events --db {path}   or   evq history {ids[1][:8]} --db {path}")
+    _out(f"see it again: evq events --db {path}   or   "
+         f"evq history {audit.short_id(ids[1])} --db {path}")
     return EXIT_OK
 
 

@@ -99,6 +99,9 @@ JOB_COLUMNS = (
     "idempotency_key, job_group, hook_state, orphaned_at, enqueue_position, updated_position"
 )
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
+FIND_JOB_IDS_BY_SUFFIX = (
+    "SELECT DISTINCT job_id FROM evq_events WHERE job_id LIKE ? LIMIT 2"
+)
 FIND_JOB_IDS_BY_PREFIX = (
     "SELECT DISTINCT job_id FROM evq_events WHERE job_id >= ? AND job_id < ? LIMIT 2"
 )
