@@ -435,3 +435,26 @@ async def test_signal_stops_the_worker_gracefully(ctx):
     gate.set()
     await task
     assert (await ctx.get_job(job_id)).state is evq.JobState.SUCCEEDED
+
+
+async def test_a_cancelled_caller_never_loses_a_handed_over_write(ctx):
+    """Once an outcome is handed to the writer, cancelling the task that waits for it
+    does not undo it: the write commits anyway."""
+    import threading
+
+    ctx.define("job", lambda p: None)
+    gate = threading.Event()
+    # Keep the writer thread busy, so the next write is still queued when it is cancelled.
+    busy = asyncio.create_task(ctx.writer.run(lambda tx: gate.wait(10), weight=100))
+    await asyncio.sleep(0)
+    new = ctx.prepare("job", {"n": 1})
+    waiting = asyncio.create_task(ctx.writer.run(functools.partial(ops.enqueue, jobs=[new])))
+    await asyncio.sleep(0)  # handed over, not committed
+    assert await ctx.get_job(new.id) is None
+    waiting.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    await busy
+    await ctx.writer.run(lambda tx: None)  # everything handed over before is committed
+    assert waiting.cancelled()
+    assert await kinds_of(ctx, new.id) == ["enqueue"]
