@@ -5,7 +5,8 @@ that updates the job's current state; handlers, the CLI and replay all read that
 """
 
 from .clock import Clock, FakeClock, SystemClock
-from .context import Context, EnqueueRequest
+from .context import Context
+from .enqueueing import EnqueueRequest
 from .errors import (
     ContextClosed,
     DuplicateJob,

@@ -6,31 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import json
-import os
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import attrs
 import structlog
 
-from . import codec
+from . import codec, enqueueing
 from .clock import Clock, SystemClock
+from .enqueueing import EnqueueRequest
 from .errors import (
     ContextClosed,
     DuplicateJob,
-    EvqError,
     InvalidInput,
-    InvalidPayload,
-    JobRejected,
-    LedgerError,
     UnknownJob,
 )
 from .events import Event, event_from_row
@@ -43,6 +36,7 @@ from .outcomes import RetryPolicy
 from .queues import Queue
 from .retry import Backoff, no_delay
 from .subscribers import Dispatcher, EventHandler
+from .watch import CommitWatcher
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -54,36 +48,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 _WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue"})
 _log = structlog.get_logger("evq")
-
-
-def new_job_id() -> str:
-    """32 hex digits: milliseconds since the epoch, then 80 random bits. Ids made later
-    sort later, so the ledger's indexes grow at their right edge instead of at random."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
-
-
-@attrs.frozen
-class EnqueueRequest:
-    """One job for `Context.enqueue_many`."""
-
-    job: str | JobDefinition[Any]
-    payload: Any = None
-    delay: float | None = None
-    run_at: datetime | str | float | None = None
-    priority: int | None = None
-    key: str | None = None
-    group: str | None = None
-
-
-def _label(value: object, what: str) -> str | None:
-    """An idempotency key or group: any non-empty text up to 256 characters."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise InvalidInput(f"{what} must be a non-empty string of at most 256 characters, "
-                           f"got {value!r}")
-    codec.to_jsonable(value, what)
-    return value
 
 
 class Context:
@@ -120,8 +84,7 @@ class Context:
         self._dispatcher = Dispatcher(self.path)
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._watch_conn: sqlite3.Connection | None = None
-        self._watch_task: asyncio.Task[None] | None = None
+        self._watcher = CommitWatcher(self.path, self.poll_interval, self._foreign_commit)
         self._watchers = 0
         self._wake_callbacks: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
@@ -149,19 +112,12 @@ class Context:
         for worker, stopped in list(self._running_workers.items()):
             worker.stop()
             await stopped.wait()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        await self._watcher.stop()
         await self._writer.close()
         await self._dispatcher.close()
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        if self._watch_conn is not None:
-            self._watch_conn.close()
-            self._watch_conn = None
         if self._sync_executor is not None:
             self._sync_executor.shutdown(wait=False)
             self._sync_executor = None
@@ -300,35 +256,11 @@ class Context:
         now: float | None = None,
     ) -> ops.NewJob:
         """Validate one job to enqueue. Raises a typed error; writes nothing."""
-        definition = self.definition(job if isinstance(job, str) else job.name)
-        plain, text = codec.encode_text(payload, "payload", self.max_payload_bytes)
-        if definition.payload_type is not None and attrs.has(definition.payload_type):
-            if not isinstance(payload, (definition.payload_type, dict)):
-                raise InvalidPayload(
-                    f"job {definition.name!r} takes a {definition.payload_type.__name__} "
-                    f"payload, got {type(payload).__name__}")
-            try:
-                codec.decode_as(definition.payload_type, plain)
-            except Exception as exc:
-                raise InvalidPayload(
-                    f"payload does not fit {definition.payload_type.__name__}: {exc}"
-                ) from None
-        if delay is not None and run_at is not None:
-            raise InvalidInput("give delay or run_at, not both")
-        moment = self.clock.now() if now is None else now
-        if run_at is not None:
-            when = codec.parse_time(run_at)
-        else:
-            when = moment + (codec.check_delay(delay) if delay is not None else 0.0)
-        level = definition.priority if priority is None else priority
-        if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
-            raise InvalidInput(f"priority must be an integer, got {priority!r}")
-        if group is None and definition.group is not None:
-            group = definition.group(payload) if callable(definition.group) \
-                else definition.group
-        return ops.NewJob(new_job_id(), definition.queue, definition.name, plain, when,
-                          level, definition.max_attempts, key=_label(key, "key"),
-                          group=_label(group, "group"), payload_json=text)
+        return enqueueing.prepare(
+            self.definition(job if isinstance(job, str) else job.name), payload,
+            now=self.clock.now() if now is None else now,
+            max_payload_bytes=self.max_payload_bytes, delay=delay, run_at=run_at,
+            priority=priority, key=key, group=group)
 
     async def enqueue(
         self,
@@ -355,33 +287,18 @@ class Context:
     async def _preflight(self, jobs: Sequence[ops.NewJob]) -> None:
         """Ask each definition's on_before_add; if any refuses, record `reject` events
         for the refused ones, add nothing, and raise JobRejected."""
-        reasons: dict[str, str] = {}
-        refused: list[ops.NewJob] = []
-        for new in jobs:
-            check = self._definitions[new.name].on_before_add
-            if check is None:
-                continue
-            answer = check(new, self, new.queue)
-            if inspect.isawaitable(answer):
-                answer = await answer
-            if answer is True or answer is None:
-                continue
-            reasons[new.id] = answer if isinstance(answer, str) and answer else "refused"
-            refused.append(new)
-        if refused:
+        reasons = await enqueueing.refusals(self, jobs)
+        if reasons:
+            refused = [job for job in jobs if job.id in reasons]
             await self.writer.run(functools.partial(ops.reject, jobs=refused, reasons=reasons))
-            names = ", ".join(sorted({job.name for job in refused}))
-            raise JobRejected(
-                f"on_before_add refused {len(refused)} job(s) of {names}: "
-                + "; ".join(sorted(set(reasons.values()))) + "; nothing was added",
-                reasons)
+            raise enqueueing.rejected(jobs, reasons, "nothing was added")
 
     async def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
                            ) -> list[str]:
         """Add many jobs in one transaction: all of them or, on any bad one, none (the
         error names the bad item). Large bulks stream: this coroutine validates the next
         chunk while the writer inserts the previous one."""
-        chunks = self._prepared_chunks(requests)
+        chunks = enqueueing.prepared_chunks(self, requests)
         if any(d.on_before_add is not None for d in self._definitions.values()):
             # Preflight needs every job before anything is written: no streaming.
             everything = [job for chunk in chunks for job in chunk]
@@ -410,25 +327,6 @@ class Context:
         stream.feed.put(None)
         return await done
 
-    def _prepared_chunks(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
-                         ) -> Iterator[list[ops.NewJob]]:
-        size = 256
-        chunk: list[ops.NewJob] = []
-        now = self.clock.now()
-        for index, item in enumerate(requests):
-            try:
-                request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
-                chunk.append(self.prepare(request.job, request.payload, delay=request.delay,
-                                          run_at=request.run_at, priority=request.priority,
-                                          key=request.key, group=request.group, now=now))
-            except EvqError as exc:
-                raise type(exc)(f"item {index} of enqueue_many: {exc}") from None
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
     def enqueue_in(
         self,
         conn: sqlite3.Connection,
@@ -451,30 +349,22 @@ class Context:
                 f"the connection is not on this context's ledger {self.path}; open it on "
                 "the same file")
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
-        check = self._definitions[new.name].on_before_add
-        answer = check(new, self, new.queue) if check is not None else True
-        if inspect.isawaitable(answer):
-            answer.close()  # type: ignore[attr-defined]
-            raise InvalidInput(
-                f"job {new.name!r} has an async on_before_add, which enqueue_in (a plain "
-                "sqlite3 transaction) cannot await; use `await ctx.enqueue`")
+        reasons = enqueueing.refusals_now(self, [new], "enqueue_in")
         tx = Tx(conn, self.clock.now())
-        refused = None if answer is True or answer is None else (
-            answer if isinstance(answer, str) and answer else "refused")
         conn.execute(sql.SAVEPOINT)
         try:
-            if refused is None:
-                ops.enqueue(tx, (new,))
+            if reasons:
+                ops.reject(tx, (new,), reasons)
             else:
-                ops.reject(tx, (new,), {new.id: refused})
+                ops.enqueue(tx, (new,))
         except BaseException:
             conn.execute(sql.ROLLBACK_TO)
             conn.execute(sql.RELEASE)
             raise
         conn.execute(sql.RELEASE)
-        if refused is not None:
-            raise JobRejected(f"on_before_add refused job {new.name!r}: {refused}; the "
-                              "`reject` event commits with your transaction", {new.id: refused})
+        if reasons:
+            raise enqueueing.rejected(
+                [new], reasons, "the `reject` event commits with your transaction")
         return new.id
 
     # --- other transitions -------------------------------------------------------------
@@ -568,27 +458,13 @@ class Context:
         return remove
 
     def _watch(self) -> None:
-        """Start noticing other connections' commits (cheap `PRAGMA data_version`)."""
-        if self._watch_task is None and self._writer is not None:
-            self._watch_conn = connection.connect(self.path, busy_timeout_ms=1000)
-            self._watch_task = asyncio.get_running_loop().create_task(
-                self._watch_loop(), name="evq-watch")
+        """Start noticing other connections' commits, once something needs to know."""
+        if self._writer is not None:
+            self._watcher.start()
 
-    async def _watch_loop(self) -> None:
-        conn = self._watch_conn
-        assert conn is not None
-        seen = conn.execute(sql.DATA_VERSION).fetchone()[0]
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                version = conn.execute(sql.DATA_VERSION).fetchone()[0]
-            except sqlite3.Error as exc:
-                _log.warning("evq.watch_failed", error=str(exc))
-                continue
-            if version != seen:
-                seen = version
-                self._dispatcher.poke()
-                self.wake_workers()
+    def _foreign_commit(self) -> None:
+        self._dispatcher.poke()
+        self.wake_workers()
 
     def worker_running(self, worker: Worker) -> Callable[[], None]:
         """Track a running worker so close() can stop it first; returns the 'done' call."""
@@ -624,12 +500,3 @@ class Context:
     async def drain(self, **options: Any) -> int:
         """Run a worker until no job is due, then return how many jobs it ran."""
         return await self.worker(**options).run(until_idle=True)
-
-
-@contextlib.asynccontextmanager
-async def open_context(path: str | Path, **options: Any) -> AsyncIterator[Context]:
-    async with Context(path, **options) as ctx:
-        yield ctx
-
-
-__all__ = ["Context", "EnqueueRequest", "LedgerError", "open_context"]

@@ -14,12 +14,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContextClosed, InvalidInput, JobRejected
+from .enqueueing import prepared_chunks, refusals_now, rejected
+from .errors import ContextClosed
 from .ledger import connection, ops, sql
 from .ledger.tx import Tx
 
 if TYPE_CHECKING:
-    from .context import Context, EnqueueRequest
+    from .context import Context
+    from .enqueueing import EnqueueRequest
     from .jobs import JobDefinition
 
 
@@ -69,11 +71,11 @@ class SyncProducer:
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]) -> list[str]:
         """Add many jobs in one transaction: all of them or, on any bad one, none."""
-        jobs = [job for chunk in self._ctx._prepared_chunks(requests) for job in chunk]
+        jobs = [job for chunk in prepared_chunks(self._ctx, requests) for job in chunk]
         return self._write(jobs) if jobs else []
 
     def _write(self, jobs: list[ops.NewJob]) -> list[str]:
-        refused = self._preflight(jobs)
+        refused = refusals_now(self._ctx, jobs, "a SyncProducer")
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -91,23 +93,5 @@ class SyncProducer:
                 raise
             connection.checkpoint(conn, self._ctx.path, BUSY_TIMEOUT_MS)
         if refused:
-            raise JobRejected(
-                f"on_before_add refused {len(refused)} job(s): "
-                + "; ".join(sorted(set(refused.values()))) + "; nothing was added", refused)
+            raise rejected(jobs, refused, "nothing was added")
         return ids
-
-    def _preflight(self, jobs: list[ops.NewJob]) -> dict[str, str]:
-        refused: dict[str, str] = {}
-        for new in jobs:
-            check = self._ctx.definition(new.name).on_before_add
-            if check is None:
-                continue
-            answer = check(new, self._ctx, new.queue)
-            if hasattr(answer, "__await__"):
-                answer.close()
-                raise InvalidInput(
-                    f"job {new.name!r} has an async on_before_add, which a SyncProducer "
-                    "cannot await; make it a plain function or enqueue from async code")
-            if answer is not True and answer is not None:
-                refused[new.id] = answer if isinstance(answer, str) and answer else "refused"
-        return refused

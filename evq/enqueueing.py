@@ -1,0 +1,162 @@
+"""Turning what a caller asks to enqueue into validated jobs, and asking the job
+definitions' preflight (`on_before_add`). Shared by the async Context, the synchronous
+producer and enqueue inside the caller's own transaction."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import codec
+from .errors import EvqError, InvalidInput, InvalidPayload, JobRejected
+from .jobs import JobDefinition
+from .ledger.ops import NewJob
+
+if TYPE_CHECKING:
+    from .context import Context
+
+CHUNK = 256
+
+
+def new_job_id() -> str:
+    """32 hex digits: milliseconds since the epoch, then 80 random bits. Ids made later
+    sort later, so the ledger's indexes grow at their right edge instead of at random."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+@attrs.frozen
+class EnqueueRequest:
+    """One job for `Context.enqueue_many`."""
+
+    job: str | JobDefinition[Any]
+    payload: Any = None
+    delay: float | None = None
+    run_at: datetime | str | float | None = None
+    priority: int | None = None
+    key: str | None = None
+    group: str | None = None
+
+
+def check_label(value: object, what: str) -> str | None:
+    """An idempotency key or group: any non-empty text up to 256 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise InvalidInput(f"{what} must be a non-empty string of at most 256 characters, "
+                           f"got {value!r}")
+    codec.to_jsonable(value, what)
+    return value
+
+
+def prepare(
+    definition: JobDefinition[Any],
+    payload: Any,
+    *,
+    now: float,
+    max_payload_bytes: int,
+    delay: float | None = None,
+    run_at: datetime | str | float | None = None,
+    priority: int | None = None,
+    key: str | None = None,
+    group: str | None = None,
+) -> NewJob:
+    """Validate one job to enqueue. Raises a typed error; writes nothing."""
+    plain, text = codec.encode_text(payload, "payload", max_payload_bytes)
+    payload_type = definition.payload_type
+    if payload_type is not None and attrs.has(payload_type):
+        if not isinstance(payload, (payload_type, dict)):
+            raise InvalidPayload(
+                f"job {definition.name!r} takes a {payload_type.__name__} payload, got "
+                f"{type(payload).__name__}")
+        try:
+            codec.decode_as(payload_type, plain)
+        except Exception as exc:
+            raise InvalidPayload(
+                f"payload does not fit {payload_type.__name__}: {exc}") from None
+    if delay is not None and run_at is not None:
+        raise InvalidInput("give delay or run_at, not both")
+    if run_at is not None:
+        when = codec.parse_time(run_at)
+    else:
+        when = now + (codec.check_delay(delay) if delay is not None else 0.0)
+    level = definition.priority if priority is None else priority
+    if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
+        raise InvalidInput(f"priority must be an integer, got {priority!r}")
+    if group is None and definition.group is not None:
+        group = definition.group(payload) if callable(definition.group) else definition.group
+    return NewJob(new_job_id(), definition.queue, definition.name, plain, when, level,
+                  definition.max_attempts, key=check_label(key, "key"),
+                  group=check_label(group, "group"), payload_json=text)
+
+
+def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
+                    ) -> Iterator[list[NewJob]]:
+    """Validate a bulk enqueue lazily, in chunks; an error names the bad item."""
+    chunk: list[NewJob] = []
+    now = ctx.clock.now()
+    for index, item in enumerate(requests):
+        try:
+            request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
+            chunk.append(ctx.prepare(request.job, request.payload, delay=request.delay,
+                                     run_at=request.run_at, priority=request.priority,
+                                     key=request.key, group=request.group, now=now))
+        except EvqError as exc:
+            raise type(exc)(f"item {index} of enqueue_many: {exc}") from None
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --- preflight ------------------------------------------------------------------------
+def _reason(answer: object) -> str | None:
+    """None if on_before_add accepted (True or None), else why it refused."""
+    if answer is True or answer is None:
+        return None
+    return answer if isinstance(answer, str) and answer else "refused"
+
+
+def _answers(ctx: Context, jobs: Sequence[NewJob]) -> Iterator[tuple[NewJob, object]]:
+    for new in jobs:
+        check = ctx.definition(new.name).on_before_add
+        if check is not None:
+            yield new, check(new, ctx, new.queue)
+
+
+async def refusals(ctx: Context, jobs: Sequence[NewJob]) -> dict[str, str]:
+    """Ask each job's on_before_add (sync or async); job id -> reason, for refusals."""
+    found: dict[str, str] = {}
+    for new, answer in _answers(ctx, jobs):
+        reason = _reason(await answer if inspect.isawaitable(answer) else answer)
+        if reason is not None:
+            found[new.id] = reason
+    return found
+
+
+def refusals_now(ctx: Context, jobs: Sequence[NewJob], where: str) -> dict[str, str]:
+    """As `refusals`, for synchronous callers: an async on_before_add is an error."""
+    found: dict[str, str] = {}
+    for new, answer in _answers(ctx, jobs):
+        if inspect.isawaitable(answer):
+            getattr(answer, "close", lambda: None)()
+            raise InvalidInput(
+                f"job {new.name!r} has an async on_before_add, which {where} cannot "
+                "await; make it a plain function or enqueue with `await ctx.enqueue`")
+        reason = _reason(answer)
+        if reason is not None:
+            found[new.id] = reason
+    return found
+
+
+def rejected(jobs: Sequence[NewJob], reasons: dict[str, str], note: str) -> JobRejected:
+    names = ", ".join(sorted({job.name for job in jobs if job.id in reasons}))
+    return JobRejected(
+        f"on_before_add refused {len(reasons)} job(s) of {names}: "
+        + "; ".join(sorted(set(reasons.values()))) + f"; {note}", reasons)
