@@ -155,14 +155,15 @@ class Context:
     async def pause(self, queue: str, reason: str | None = None) -> None:
         """Stop every worker on the ledger from claiming this queue's jobs (running ones
         finish; nothing is lost). A `pause` event."""
-        codec.check_name(queue, "queue")
-        await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=True,
-                                                reason=reason))
+        await self._set_paused(queue, True, reason)
 
     async def resume(self, queue: str, reason: str | None = None) -> None:
         """Let workers claim this queue's jobs again. A `resume` event."""
+        await self._set_paused(queue, False, reason)
+
+    async def _set_paused(self, queue: str, paused: bool, reason: str | None) -> None:
         codec.check_name(queue, "queue")
-        await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=False,
+        await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=paused,
                                                 reason=reason))
 
     # --- definitions -------------------------------------------------------------------
