@@ -6,6 +6,7 @@ that updates the job's current state; handlers, the CLI and replay all read that
 
 from .clock import Clock, FakeClock, SystemClock
 from .context import Context
+from .durable import EventFilter, SubscriberState, advance_cursor
 from .enqueueing import EnqueueRequest
 from .errors import (
     ContextClosed,
@@ -37,10 +38,11 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cleanup", "Clock", "Context", "ContextClosed", "DuplicateJob", "Durability",
-    "EnqueueRequest", "Event", "EventKind", "EvqError", "Exponential", "FakeClock", "Fixed",
-    "InvalidInput", "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition",
-    "JobRecord", "JobRejected", "JobState", "JobStateConflict", "LeaseLost", "LedgerError",
-    "Orchestrator", "OutcomeAlreadySet", "PayloadTooLarge", "Queue", "SystemClock",
-    "UnknownJob", "UnrecoverableError", "Worker", "__version__", "migrate", "schema_sql",
+    "advance_cursor", "Cleanup", "Clock", "Context", "ContextClosed", "DuplicateJob",
+    "Durability", "EnqueueRequest", "Event", "EventFilter", "EventKind", "EvqError",
+    "Exponential", "FakeClock", "Fixed", "InvalidInput", "InvalidName", "InvalidPayload",
+    "InvalidTime", "Job", "JobDefinition", "JobRecord", "JobRejected", "JobState",
+    "JobStateConflict", "LeaseLost", "LedgerError", "migrate", "Orchestrator",
+    "OutcomeAlreadySet", "PayloadTooLarge", "Queue", "schema_sql", "SubscriberState",
+    "SystemClock", "UnknownJob", "UnrecoverableError", "Worker", "__version__",
 ]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from . import audit, demo
+from . import audit, demo, durable
 from .context import Context
 from .errors import EvqError
 from .ledger import connection, replay, schema
@@ -170,6 +170,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED
 
 
+def cmd_subscribers(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        found = durable.states(conn)
+    finally:
+        conn.close()
+    if not found:
+        _out("no durable event handlers on this ledger")
+    for state in found:
+        when = audit.fmt_time(datetime.fromtimestamp(state.updated_at, UTC))
+        _out(f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
+             f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     _out(schema.schema_sql())
     return EXIT_OK
@@ -251,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("verify", cmd_verify, "check that replaying the events gives the stored state")
     command("definitions", cmd_definitions,
             "deployed job definitions, and when repeating ones run next")
+    command("subscribers", cmd_subscribers,
+            "durable event handlers: where each stands and how far behind it is")
     command("schema", cmd_schema, "print the schema SQL")
     command("migrate", cmd_migrate, "create or upgrade the schema of a ledger file")
     return parser

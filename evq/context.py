@@ -19,6 +19,7 @@ import structlog
 
 from . import codec, enqueueing
 from .clock import Clock, SystemClock
+from .durable import EventFilter, SubscriberState, Subscription
 from .enqueueing import EnqueueRequest
 from .errors import (
     ContextClosed,
@@ -88,6 +89,7 @@ class Context:
         self._watchers = 0
         self._wake_callbacks: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
+        self._subscriptions: dict[Subscription, asyncio.Task[int]] = {}
         self._sync_threads = sync_handler_threads
         self._running_workers: dict[Worker, asyncio.Event] = {}
         self._sync_executor: ThreadPoolExecutor | None = None
@@ -112,6 +114,10 @@ class Context:
         for worker, stopped in list(self._running_workers.items()):
             worker.stop()
             await stopped.wait()
+        for subscription, task in list(self._subscriptions.items()):
+            subscription.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._watcher.stop()
         await self._writer.close()
         await self._dispatcher.close()
@@ -421,16 +427,71 @@ class Context:
         return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}
 
     # --- events ------------------------------------------------------------------------
-    def add_event_handler(self, handler: EventHandler, kinds: Iterable[str] | None = None
-                          ) -> Callable[[], None]:
+    def add_event_handler(self, handler: EventHandler, kinds: Iterable[str] | None = None,
+                          *, durable: str | None = None, start: str | int = "beginning",
+                          lease: float = 30.0) -> Callable[[], None]:
         """Call `handler(event)` for each committed event (of `kinds`, if given), in
         ledger order, from this process and every other one on the file. Returns a
-        function that unsubscribes."""
+        function that unsubscribes.
+
+        With `durable="name"` the handler keeps a cursor in the ledger: it gets every
+        event at least once with no gap, resumes after a restart where it stopped, runs
+        in its own task (it never slows the workers), and one consumer holds the name at
+        a time (a consumer that dies frees it after `lease` seconds). A new cursor starts
+        at `start`: "beginning", "end", or a position."""
         if isinstance(kinds, str):
             kinds = (kinds,)
-        remove = self._dispatcher.add(handler, kinds)
+        if durable is None:
+            remove = self._dispatcher.add(handler, kinds)
+            self._watch()
+            return remove
+        after = 0 if start == "beginning" else None if start == "end" else start
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise InvalidInput(f"start must be 'beginning', 'end' or a position, got {start!r}")
+        subscription = Subscription(self, handler, EventFilter.of(kinds), name=durable,
+                                    after=self._dispatcher.delivered_upto
+                                    if after is None else after,
+                                    lease=codec.check_delay(lease, "lease"))
+        return self._start_subscription(subscription)
+
+    def _start_subscription(self, subscription: Subscription) -> Callable[[], None]:
+        self.writer  # noqa: B018 - raises ContextClosed when not open
+        task = asyncio.get_running_loop().create_task(subscription.run())
+        self._subscriptions[subscription] = task
         self._watch()
+
+        def remove() -> None:
+            subscription.stop()
+
+        task.add_done_callback(lambda _: self._subscriptions.pop(subscription, None))
         return remove
+
+    async def replay_to(self, handler: EventHandler, *, after: int = 0,
+                        kinds: Iterable[str] | str | None = None,
+                        queues: Iterable[str] | str | None = None, job_id: str | None = None,
+                        since: Any = None, until: Any = None, follow: bool = False) -> int:
+        """Feed `handler` the ledger's history after position `after` (filtered by kind,
+        queue, job or time), then, with follow, new events as they commit until the task
+        is cancelled. Returns the last position read."""
+        subscription = Subscription(self, handler, EventFilter.of(
+            kinds, queues, job_id, since, until), after=after, follow=follow)
+        task = asyncio.get_running_loop().create_task(subscription.run())
+        self._subscriptions[subscription] = task
+        self._watch()
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            subscription.stop()
+            await task
+            raise
+        finally:
+            self._subscriptions.pop(subscription, None)
+
+    async def subscribers(self) -> list[SubscriberState]:
+        """Every durable handler's cursor, and how many events it is behind."""
+        head = await self._head()
+        return [SubscriberState(name, position, head, holder, updated)
+                for name, position, holder, _, updated in await self._read(sql.LIST_CURSORS)]
 
     async def flush_events(self) -> None:
         """Wait until every event committed so far has reached the handlers."""
@@ -439,6 +500,8 @@ class Context:
 
     def _committed(self, rows: list[AppendedRow]) -> None:
         self._dispatcher.committed(rows)
+        for subscription in self._subscriptions:
+            subscription.wake.set()
         if any(row[2] in _WAKING_KINDS for row in rows):
             self.wake_workers()
 
@@ -465,6 +528,8 @@ class Context:
 
     def _foreign_commit(self) -> None:
         self._dispatcher.poke()
+        for subscription in self._subscriptions:
+            subscription.wake.set()
         self.wake_workers()
 
     def worker_running(self, worker: Worker) -> Callable[[], None]:

@@ -118,6 +118,14 @@ CREATE TABLE evq_workers (
     jobs      TEXT NOT NULL,
     last_seen REAL NOT NULL
 ) WITHOUT ROWID;
+-- Durable event handlers: how far each has got, and which consumer holds it now.
+CREATE TABLE evq_cursors (
+    name        TEXT    PRIMARY KEY,
+    position    INTEGER NOT NULL,
+    holder      TEXT,
+    lease_until REAL,
+    updated_at  REAL    NOT NULL
+) WITHOUT ROWID;
 
 -- Queues whose state the ledger holds (pause and resume are events).
 CREATE TABLE evq_queues (

@@ -152,6 +152,31 @@ PROJECTION_ONLY_IN_MAIN = (
 PROJECTION_ONLY_IN_SOURCE = (
     "SELECT {columns} FROM source.{table} EXCEPT SELECT {columns} FROM main.{table}")
 
+# --- durable handlers ------------------------------------------------------------------
+TAKE_CURSOR = """
+INSERT INTO evq_cursors (name, position, holder, lease_until, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until
+WHERE evq_cursors.holder IS NULL OR evq_cursors.holder = excluded.holder
+   OR evq_cursors.lease_until <= excluded.updated_at
+"""
+GET_CURSOR = "SELECT position, holder FROM evq_cursors WHERE name = ?"
+MOVE_CURSOR = """
+UPDATE evq_cursors SET position = max(position, ?), lease_until = ?, updated_at = ?
+WHERE name = ? AND holder = ?
+"""
+MOVE_CURSOR_IN_CALLERS_TX = """
+UPDATE evq_cursors SET position = max(position, ?), updated_at = ? WHERE name = ?
+"""
+RELEASE_CURSOR = """
+UPDATE evq_cursors SET position = max(position, ?), updated_at = ?, holder = NULL,
+       lease_until = NULL
+WHERE name = ? AND holder = ?
+"""
+LIST_CURSORS = (
+    "SELECT name, position, holder, lease_until, updated_at FROM evq_cursors ORDER BY name"
+)
+
 # --- orchestration -------------------------------------------------------------------
 CLAIM_LEADERSHIP = """
 INSERT INTO evq_leaders (role, holder, lease_until) VALUES (?, ?, ?)

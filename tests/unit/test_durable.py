@@ -1,0 +1,137 @@
+"""Durable handlers (a cursor in the ledger) and replay into a handler."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import evq
+
+
+async def wait_for(condition, ctx: evq.Context, timeout: float = 5.0) -> None:
+    """Wait until `condition()` holds, checking after each commit the context makes."""
+    async def poll() -> None:
+        while not condition():
+            await ctx.flush_events()
+            await asyncio.sleep(0)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_durable_handler_gets_history_then_live_and_resumes_by_name(db, clock):
+    seen: list[int] = []
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("job", lambda p: None)
+        await ctx.enqueue("job", 1)
+        await ctx.enqueue("job", 2)
+        stop = ctx.add_event_handler(lambda e: seen.append(e.position), durable="audit")
+        await wait_for(lambda: len(seen) == 2, ctx)
+        await ctx.drain()
+        await wait_for(lambda: len(seen) == 8, ctx)
+        stop()
+    assert seen == list(range(1, 9))
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("job", lambda p: None)
+        await ctx.enqueue("job", 3)  # while no consumer runs
+        again: list[int] = []
+        ctx.add_event_handler(lambda e: again.append(e.position), durable="audit")
+        await wait_for(lambda: len(again) == 1, ctx)
+        assert again == [9]  # resumed after its cursor: nothing twice, nothing missed
+        [state] = await ctx.subscribers()
+        assert (state.name, state.position, state.lag) == ("audit", 9, 0)
+
+
+async def test_durable_handler_sees_other_processes_in_order(db, clock):
+    async with evq.Context(db, clock=clock) as consumer, evq.Context(db, clock=clock) as other:
+        got: list[evq.Event] = []
+        consumer.add_event_handler(got.append, kinds=["enqueue"], durable="sink")
+        other.define("job", None)
+        for i in range(30):
+            await other.enqueue("job", i)
+        await wait_for(lambda: len(got) == 30, consumer)
+        assert [e.data["payload"] for e in got] == list(range(30))
+
+
+async def test_a_failing_or_slow_durable_handler_never_slows_the_workers(ctx):
+    gate = asyncio.Event()
+    calls: list[int] = []
+
+    async def flaky_then_slow(event: evq.Event) -> None:
+        calls.append(event.position)
+        if len(calls) == 1:
+            raise RuntimeError("sink is down")
+        await gate.wait()
+
+    ctx.add_event_handler(flaky_then_slow, durable="slow-sink")
+    ctx.define("job", lambda p: None)
+    for i in range(20):
+        await ctx.enqueue("job", i)
+    assert await ctx.drain() == 20  # the workers finish while the handler is stuck
+    [state] = await ctx.subscribers()
+    assert state.lag > 0
+    assert calls[:2] == [1, 1]  # the failed event is retried, never skipped
+    gate.set()
+    head = len(await ctx.events(limit=10_000))
+    await wait_for(lambda: len(set(calls)) == head, ctx, timeout=10)
+
+
+async def test_one_consumer_per_name_and_takeover_from_the_cursor(db, clock):
+    async with evq.Context(db, clock=clock) as a, evq.Context(db, clock=clock) as b:
+        a.define("job", None)
+        first: list[int] = []
+        second: list[int] = []
+        stop_first = a.add_event_handler(lambda e: first.append(e.position), durable="one")
+        await a.enqueue("job", 1)
+        await wait_for(lambda: first == [1], a)
+        b.add_event_handler(lambda e: second.append(e.position), durable="one")
+        await a.enqueue("job", 2)
+        await wait_for(lambda: first == [1, 2], a)
+        assert second == []  # the name is held by the first consumer
+        stop_first()
+        await wait_for(lambda: not a._subscriptions, a)
+        await a.enqueue("job", 3)
+        await wait_for(lambda: second == [3], b, timeout=15)
+
+
+async def test_handler_moving_its_cursor_with_its_own_rows_is_effectively_once(db, clock):
+    sink = sqlite3.connect(db, check_same_thread=False)
+    sink.execute("CREATE TABLE audit (position INTEGER PRIMARY KEY)")
+    sink.commit()
+
+    def record(event: evq.Event) -> None:
+        sink.execute("INSERT INTO audit VALUES (?)", (event.position,))
+        evq.advance_cursor(sink, "ledger-copy", event.position, clock.now())
+        sink.commit()
+
+    check = sqlite3.connect(db)  # its own connection: it sees committed rows only
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("job", None)
+        for i in range(5):
+            await ctx.enqueue("job", i)
+        ctx.add_event_handler(record, durable="ledger-copy")
+        await wait_for(lambda: check.execute("SELECT count(*) FROM audit").fetchone()[0] == 5,
+                       ctx)
+        [state] = await ctx.subscribers()
+        assert state.position == 5
+    sink.close()
+    check.close()
+
+
+async def test_replay_into_a_handler_with_filters(ctx, clock):
+    ctx.define("a", lambda p: None, queue="qa")
+    ctx.define("b", lambda p: None, queue="qb")
+    first = await ctx.enqueue("a", 1)
+    clock.advance(100)
+    await ctx.enqueue("b", 2)
+    await ctx.drain()
+    everything: list[str] = []
+    last = await ctx.replay_to(lambda e: everything.append(e.kind))
+    assert last == len(everything) == 8
+    only_b = []
+    await ctx.replay_to(lambda e: only_b.append(e.job), queues="qb", kinds=["success"])
+    assert only_b == ["b"]
+    one_job = []
+    await ctx.replay_to(lambda e: one_job.append(e.kind), job_id=first)
+    assert one_job == ["enqueue", "dequeue", "run", "success"]
+    early = []
+    await ctx.replay_to(lambda e: early.append(e.kind), until=clock.now() - 50)
+    assert early == ["enqueue"]
