@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,20 @@ def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[Event]:
         if len(rows) < _CHUNK:
             return
         after = rows[-1][0]
+
+
+def follow(conn: sqlite3.Connection, after: int, poll: float) -> Iterator[Event]:
+    """Events committed after `after`, as they come, from any process: the file is
+    checked every `poll` seconds (`PRAGMA data_version`, which costs microseconds)."""
+    seen = None
+    while True:
+        version = conn.execute(sql.DATA_VERSION).fetchone()[0]
+        if version != seen:
+            seen = version
+            for event in iter_events(conn, after):
+                after = event.position
+                yield event
+        time.sleep(poll)
 
 
 def last_events(conn: sqlite3.Connection, limit: int) -> list[Event]:

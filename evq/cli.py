@@ -51,14 +51,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
+        job_id = audit.resolve_job_id(conn, args.job) if args.job else None
+        wanted = durable.EventFilter.of(
+            args.kind.split(",") if args.kind else None,
+            args.queue.split(",") if args.queue else None, job_id, args.since, args.until)
         events = (audit.last_events(conn, args.limit) if args.limit
                   else audit.iter_events(conn))
+        last = 0
         for event in events:
-            if args.job and event.job_id != args.job:
-                continue
-            if args.kind and event.kind not in args.kind.split(","):
-                continue
-            _out(audit.event_json(event) if args.json else audit.event_line(event))
+            last = event.position
+            if wanted.wants(event):
+                _out(audit.event_json(event) if args.json else audit.event_line(event))
+        if args.follow:
+            for event in audit.follow(conn, last, args.poll):
+                if wanted.wants(event):
+                    _out(audit.event_json(event) if args.json else audit.event_line(event))
+    except KeyboardInterrupt:
+        pass
     finally:
         conn.close()
     return EXIT_OK
@@ -253,7 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.add_argument("--job", help="only this job id")
     p.add_argument("--kind", help="only these kinds, comma-separated")
+    p.add_argument("--queue", help="only these queues, comma-separated")
+    p.add_argument("--since", help="only events at or after this time (ISO-8601)")
+    p.add_argument("--until", help="only events at or before this time (ISO-8601)")
     p.add_argument("--limit", type=int, default=0, help="only the newest N events")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="then keep printing new events as any process commits them")
+    p.add_argument("--poll", type=float, default=0.1, help=argparse.SUPPRESS)
     p = command("history", cmd_history, "one job's timeline")
     p.add_argument("job_id", help="a job id or a unique prefix of one")
     p.add_argument("--json", action="store_true", help="JSON lines")

@@ -98,3 +98,39 @@ def test_verify_catches_an_event_edited_by_hand(demo_db: Path, tmp_path: Path):
     result = evq_cli("verify", "--db", str(tampered))
     assert result.returncode == 1
     assert "MISMATCH" in result.stdout and "forged" in result.stdout
+
+
+def test_events_filters_by_queue_and_time(demo_db: Path):
+    lines = evq_cli("events", "--db", str(demo_db), "--json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    middle = events[len(events) // 2]["at"]
+    since = [json.loads(x) for x in evq_cli(
+        "events", "--db", str(demo_db), "--json", "--since", middle).stdout.splitlines()]
+    assert since and all(e["at"] >= middle for e in since) and len(since) < len(events)
+    assert evq_cli("events", "--db", str(demo_db), "--queue", "nope").stdout == ""
+    bad = evq_cli("events", "--db", str(demo_db), "--since", "yesterday")
+    assert bad.returncode == 2 and "since" in bad.stderr
+
+
+async def test_events_follow_tails_commits_from_other_processes(tmp_path: Path):
+    import asyncio
+
+    import evq
+
+    db = tmp_path / "follow.db"
+    async with evq.Context(db) as ctx:
+        ctx.define("job", None, queue="q")
+        await ctx.enqueue("job", "before")
+        follower = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "evq", "events", "--db", str(db), "--json", "--follow",
+            "--poll", "0.01", stdout=asyncio.subprocess.PIPE)
+        try:
+            assert follower.stdout is not None
+            first = json.loads(await asyncio.wait_for(follower.stdout.readline(), 15))
+            assert first["data"]["payload"] == "before"
+            await ctx.enqueue("job", "after")
+            second = json.loads(await asyncio.wait_for(follower.stdout.readline(), 15))
+            assert second["data"]["payload"] == "after"
+        finally:
+            follower.terminate()
+            await follower.wait()
