@@ -1,4 +1,5 @@
-"""The `evq` command: demo, worker, events, history, jobs, replay, verify, schema, migrate.
+"""The `evq` command: demo, worker, events, history, jobs, retry, cancel, delete,
+definitions, subscribers, replay, verify, schema, migrate.
 
 Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
 1 a check failed (verify), 2 bad usage or input (unknown job, no ledger at that path).
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from . import audit, demo, durable
+from . import admin, audit, demo, durable
 from .context import Context
 from .errors import EvqError
 from .ledger import connection, replay, schema
@@ -194,6 +195,36 @@ def cmd_subscribers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _job_action(args: argparse.Namespace) -> tuple[Path, str]:
+    path = _db(args)
+    conn = audit.open_ledger(path)
+    try:
+        return path, audit.resolve_job_id(conn, args.job_id)
+    finally:
+        conn.close()
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    path, job_id = _job_action(args)
+    new_id = admin.retry(path, job_id, args.reason)
+    _out(f"retrying {job_id} as new job {new_id}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    path, job_id = _job_action(args)
+    was_running = admin.cancel(path, job_id, args.reason)
+    _out(f"cancelled {job_id}" + (" (its worker is told to stop)" if was_running else ""))
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    path, job_id = _job_action(args)
+    admin.delete(path, job_id, args.reason)
+    _out(f"deleted {job_id} from the current state (its events stay in the ledger)")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     _out(schema.schema_sql())
     return EXIT_OK
@@ -281,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("verify", cmd_verify, "check that replaying the events gives the stored state")
     command("definitions", cmd_definitions,
             "deployed job definitions, and when repeating ones run next")
+    for name, run, text in (
+            ("retry", cmd_retry, "run a failed, expired or cancelled job again, as a new job"),
+            ("cancel", cmd_cancel, "cancel a pending or running job"),
+            ("delete", cmd_delete, "remove a job that is not running from the current state")):
+        p = command(name, run, text)
+        p.add_argument("job_id", help="a job id, its short form, or a unique prefix")
+        p.add_argument("--reason", help="recorded in the event")
     command("subscribers", cmd_subscribers,
             "durable event handlers: where each stands and how far behind it is")
     command("schema", cmd_schema, "print the schema SQL")

@@ -386,6 +386,12 @@ class Context:
             for listener in list(self._cancel_listeners):
                 listener(job_id)
 
+    async def retry(self, job_id: str, reason: str | None = None) -> str:
+        """Run a failed, expired or cancelled job again, as a new job with the same
+        payload and settings; returns the new job's id (see `ops.retry`)."""
+        return await self.writer.run(functools.partial(
+            ops.retry, job_id=job_id, new_id=enqueueing.new_job_id(), reason=reason))
+
     async def delete(self, job_id: str, reason: str | None = None) -> None:
         """Remove a job that is not running from the current state; its events stay."""
         await self.writer.run(functools.partial(ops.delete, job_id=job_id, reason=reason))

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from ..errors import JobStateConflict, UnknownJob
 from ..outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure
 from . import sql
 from .tx import NewEvent, Tx
@@ -31,11 +32,13 @@ class NewJob:
     key: str | None = None
     group: str | None = None
     payload_json: str | None = None
+    retry_of: str | None = None
 
     def event_text(self) -> str | None:
         """The enqueue event's data as JSON text, reusing the payload's text encoded at
         validation (the payload is the bulk of it; encoding it twice costs)."""
-        if self.payload_json is None or self.key is not None or self.group is not None:
+        if (self.payload_json is None or self.key is not None or self.group is not None
+                or self.retry_of is not None):
             return None
         attempts = "null" if self.max_attempts is None else int(self.max_attempts)
         return (f'{{"payload":{self.payload_json},"run_at":{float(self.run_at)!r},'
@@ -52,6 +55,8 @@ class NewJob:
             data["key"] = self.key
         if self.group is not None:
             data["group"] = self.group
+        if self.retry_of is not None:
+            data["retry_of"] = self.retry_of
         return data
 
 
@@ -307,6 +312,29 @@ def cancel(tx: Tx, job_id: str, reason: str | None) -> bool:
 def cancelled_among(tx: Tx, job_ids_json: str) -> list[str]:
     """Which of these (running) jobs have been cancelled meanwhile."""
     return [row[0] for row in tx.rows(sql.CANCELLED_AMONG, (job_ids_json,))]
+
+
+RETRYABLE = ("failed", "expired", "cancelled")
+
+
+def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
+    """Run a job that ended badly again, as a new job with the same payload and settings
+    (a job ends once: the old one keeps its history). A `retry` event on the old job
+    names the new one; the new one's enqueue names the old one (`retry_of`)."""
+    row = tx.one(sql.GET_JOB, (job_id,))
+    if row is None:
+        raise UnknownJob(f"no job {job_id} in the current state (deleted jobs cannot be "
+                         "retried; their events are in `evq history`)")
+    state = row[sql.JOB_FIELD["state"]]
+    if state not in RETRYABLE:
+        raise JobStateConflict(
+            f"job {job_id} is {state}; only failed, expired or cancelled jobs are retried")
+    data = json.loads(tx.one(sql.EVENT_DATA, (row[sql.JOB_FIELD["enqueue_position"]],))[0])
+    new = NewJob(new_id, row[1], row[2], data["payload"], tx.now, int(data["priority"]),
+                 data.get("max_attempts"), group=data.get("group"), retry_of=job_id)
+    enqueue(tx, [new])
+    tx.append("retry", job_id, row[1], row[2], data={"reason": reason, "new_job_id": new_id})
+    return new_id
 
 
 def delete(tx: Tx, job_id: str, reason: str | None) -> None:

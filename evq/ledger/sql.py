@@ -98,7 +98,9 @@ JOB_COLUMNS = (
     "lease_until, worker, enqueued_at, started_at, finished_at, result, error, "
     "idempotency_key, job_group, hook_state, orphaned_at, enqueue_position, updated_position"
 )
+JOB_FIELD = {name: index for index, name in enumerate(JOB_COLUMNS.split(", "))}
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
+EVENT_DATA = "SELECT data FROM evq_events WHERE position = ?"
 FIND_JOB_IDS_BY_SUFFIX = (
     "SELECT DISTINCT job_id FROM evq_events WHERE job_id LIKE ? LIMIT 2"
 )

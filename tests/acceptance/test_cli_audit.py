@@ -134,3 +134,29 @@ async def test_events_follow_tails_commits_from_other_processes(tmp_path: Path):
         finally:
             follower.terminate()
             await follower.wait()
+
+
+def test_retry_cancel_and_delete_from_the_command_line(demo_db: Path, tmp_path: Path):
+    db = tmp_path / "ops.db"
+    db.write_bytes(demo_db.read_bytes())
+    expired = json.loads(evq_cli("events", "--db", str(db), "--json", "--kind",
+                                 "expire").stdout.splitlines()[0])["job_id"]
+    done = evq_cli("retry", expired[-8:], "--db", str(db), "--reason", "warehouse is back")
+    assert done.returncode == 0, done.stderr
+    new_id = done.stdout.split()[-1]
+    history = evq_cli("history", expired, "--db", str(db), "--json").stdout.splitlines()
+    retry = json.loads(history[-1])
+    assert (retry["kind"], retry["data"]["new_job_id"]) == ("retry", new_id)
+    new_events = [json.loads(x) for x in evq_cli("history", new_id, "--db", str(db),
+                                                 "--json").stdout.splitlines()]
+    assert new_events[0]["data"]["retry_of"] == expired
+    assert new_events[0]["data"]["payload"] == {"warehouse": "north"}
+    again = evq_cli("retry", new_id, "--db", str(db))
+    assert again.returncode == 2 and "only failed, expired or cancelled" in again.stderr
+    cancelled = evq_cli("cancel", new_id, "--db", str(db))
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert evq_cli("cancel", new_id, "--db", str(db)).returncode == 2  # already ended
+    assert evq_cli("delete", new_id, "--db", str(db)).returncode == 0
+    jobs = evq_cli("jobs", "--db", str(db)).stdout
+    assert new_id not in jobs
+    assert evq_cli("verify", "--db", str(db)).returncode == 0

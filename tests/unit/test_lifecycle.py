@@ -458,3 +458,26 @@ async def test_a_cancelled_caller_never_loses_a_handed_over_write(ctx):
     await ctx.writer.run(lambda tx: None)  # everything handed over before is committed
     assert waiting.cancelled()
     assert await kinds_of(ctx, new.id) == ["enqueue"]
+
+
+async def test_retry_runs_an_ended_job_again_as_a_new_linked_job(ctx, clock):
+    calls: list[int] = []
+
+    @ctx.job(max_attempts=1)
+    async def flaky(payload):
+        calls.append(payload)
+        if len(calls) == 1:
+            raise RuntimeError("down")
+        return "up"
+
+    old = await flaky.enqueue(7)
+    await ctx.drain()
+    new = await ctx.retry(old, reason="fixed")
+    await ctx.drain()
+    assert (await ctx.get_job(old)).state is evq.JobState.EXPIRED  # it ended once
+    assert (await ctx.get_job(new)).result == "up"
+    assert (await ctx.history(new))[0].data["retry_of"] == old
+    assert (await ctx.history(old))[-1].data["new_job_id"] == new
+    with pytest.raises(evq.JobStateConflict, match="only failed, expired or cancelled"):
+        await ctx.retry(new)
+    assert replay.check(ctx.path).ok

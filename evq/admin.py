@@ -1,0 +1,46 @@
+"""Operator actions from the command line (retry, cancel, delete a job), written through
+the same ledger operations as the library, in one transaction each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from .enqueueing import new_job_id
+from .errors import LedgerError
+from .ledger import connection, ops, sql
+from .ledger.tx import Tx
+
+T = TypeVar("T")
+
+
+def _write(path: str | Path, op: Callable[[Tx], T]) -> T:
+    if not Path(path).exists():
+        raise LedgerError(f"no ledger at {path}: check the path or EVQ_DB")
+    conn = connection.connect(path)
+    try:
+        connection.require_schema(conn, path)
+        conn.execute(sql.BEGIN_IMMEDIATE)
+        try:
+            result = op(Tx(conn, time.time()))
+            conn.execute(sql.COMMIT)
+        except BaseException:
+            conn.execute(sql.ROLLBACK)
+            raise
+        return result
+    finally:
+        conn.close()
+
+
+def retry(path: str | Path, job_id: str, reason: str | None) -> str:
+    return _write(path, lambda tx: ops.retry(tx, job_id, new_job_id(), reason))
+
+
+def cancel(path: str | Path, job_id: str, reason: str | None) -> bool:
+    return _write(path, lambda tx: ops.cancel(tx, job_id, reason))
+
+
+def delete(path: str | Path, job_id: str, reason: str | None) -> None:
+    _write(path, lambda tx: ops.delete(tx, job_id, reason))
