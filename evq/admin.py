@@ -24,7 +24,9 @@ def _write(path: str | Path, op: Callable[[Tx], T]) -> T:
         connection.require_schema(conn, path)
         conn.execute(sql.BEGIN_IMMEDIATE)
         try:
-            result = op(Tx(conn, time.time()))
+            tx = Tx(conn, time.time())
+            result = op(tx)
+            tx.seal()
             conn.execute(sql.COMMIT)
         except BaseException:
             conn.execute(sql.ROLLBACK)

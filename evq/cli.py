@@ -22,7 +22,7 @@ import structlog
 from . import admin, audit, demo, durable
 from .context import Context
 from .errors import EvqError
-from .ledger import connection, replay, schema
+from .ledger import connection, replay, schema, seals, sql
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -167,17 +167,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     path = _db(args)
-    audit.open_ledger(path).close()
+    conn = audit.open_ledger(path)
+    try:
+        guards = {row[0] for row in conn.execute(sql.GUARD_TRIGGERS)}
+        chain = seals.verify(conn, args.expect_head)
+    finally:
+        conn.close()
+    problems = []
+    missing = {"evq_events_no_update", "evq_events_no_delete", "evq_seals_no_update",
+               "evq_seals_no_delete"} - guards
+    if missing:
+        problems.append(f"the append-only rule is off: trigger(s) {', '.join(sorted(missing))} "
+                        "were dropped")
+    if not chain.ok:
+        problems.append(f"hash chain broken at position {chain.position}: {chain.problem}")
     result = replay.check(path)
-    if result.ok:
-        _out(f"ok: {result.events} events; replay equals the stored projection")
-        return EXIT_OK
-    _out(f"MISMATCH after replaying {result.events} events:")
-    for row in result.only_stored[:20]:
-        _out(f"  stored, not rebuilt:  {row}")
-    for row in result.only_rebuilt[:20]:
-        _out(f"  rebuilt, not stored:  {row}")
-    return EXIT_CHECK_FAILED
+    if result.refused_at is not None:
+        problems.append(f"replay refused event {result.refused_at} ({result.refusal}): the "
+                        "history holds a transition that cannot happen")
+    elif not result.ok:
+        problems.append(f"replaying {result.events} events does not give the stored state:")
+        problems += [f"  stored, not rebuilt:  {row}" for row in result.only_stored[:20]]
+        problems += [f"  rebuilt, not stored:  {row}" for row in result.only_rebuilt[:20]]
+    if problems:
+        _out("MISMATCH")
+        for problem in problems:
+            _out(problem)
+        return EXIT_CHECK_FAILED
+    _out(f"ok: {chain.events} events in {chain.seals} seals; the hash chain holds, the "
+         "ledger is append-only, and replay equals the stored state")
+    _out(f"head: {chain.head}")
+    return EXIT_OK
 
 
 def cmd_subscribers(args: argparse.Namespace) -> int:
@@ -240,8 +260,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_definitions(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
-        from .ledger import sql
-
         schedules = {name: (spec, next_at) for name, spec, next_at in
                      conn.execute(sql.LIST_SCHEDULES)}
         rows = conn.execute(sql.LIST_DEFINITIONS).fetchall()
@@ -309,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("replay", cmd_replay, "rebuild the projection from the events into a new file")
     p.add_argument("--to", required=True, help="the new ledger file")
     p.add_argument("--upto", type=int, help="replay only up to this position")
-    command("verify", cmd_verify, "check that replaying the events gives the stored state")
+    p = command("verify", cmd_verify, "check the hash chain, the append-only rule, and that "
+                "replaying the events gives the stored state")
+    p.add_argument("--expect-head", help="the head hash printed by an earlier verify: "
+                   "catches a truncated ledger")
     command("definitions", cmd_definitions,
             "deployed job definitions, and when repeating ones run next")
     for name, run, text in (

@@ -364,6 +364,7 @@ class Context:
                 ops.reject(tx, (new,), reasons)
             else:
                 ops.enqueue(tx, (new,))
+            tx.seal()
         except BaseException:
             conn.execute(sql.ROLLBACK_TO)
             conn.execute(sql.RELEASE)

@@ -87,6 +87,7 @@ class SyncProducer:
                     ops.reject(tx, [j for j in jobs if j.id in refused], refused)
                 else:
                     ids = ops.enqueue(tx, jobs)
+                tx.seal()
                 conn.execute(sql.COMMIT)
             except BaseException:
                 conn.execute(sql.ROLLBACK)

@@ -4,12 +4,13 @@ uses, and compare it with the stored one."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from . import connection, sql
+from . import connection, seals, sql
 
 
 @attrs.frozen
@@ -20,10 +21,12 @@ class ReplayCheck:
     events: int
     only_rebuilt: list[tuple[Any, ...]]
     only_stored: list[tuple[Any, ...]]
+    refused_at: int | None = None  # an event the transitions refuse: illegal history
+    refusal: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.only_rebuilt and not self.only_stored
+        return not self.only_rebuilt and not self.only_stored and self.refused_at is None
 
 
 def replay_into(source: str | Path, target: str | Path, upto: int | None = None) -> int:
@@ -44,8 +47,17 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
     # A deferred transaction: one read snapshot of the source (workers keep writing
     # beside it), so the comparison sees exactly the events it replayed.
     conn.execute(sql.BEGIN)
+    last = upto if upto is not None else 2**62
     try:
-        count = conn.execute(sql.REPLAY_EVENTS, (upto if upto is not None else 2**62,)).rowcount
+        count = conn.execute(sql.REPLAY_EVENTS, (last,)).rowcount
+    except sqlite3.IntegrityError:
+        conn.execute(sql.ROLLBACK)
+        position, reason = _first_refused(conn, last)
+        conn.execute(sql.DETACH_SOURCE)
+        return ReplayCheck(0, [], [], position, reason)
+    try:
+        conn.execute(sql.COPY_SEALS, (last,))
+        seals.seal_tail(conn, time.time())  # a cut inside a seal: the tail gets its own
         rebuilt_only: list[tuple[Any, ...]] = []
         stored_only: list[tuple[Any, ...]] = []
         if compare:
@@ -60,6 +72,21 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
         raise
     conn.execute(sql.DETACH_SOURCE)
     return ReplayCheck(count, rebuilt_only, stored_only)
+
+
+def _first_refused(conn: sqlite3.Connection, last: int) -> tuple[int | None, str]:
+    """Replay one event at a time to name the first one the transitions refuse."""
+    conn.execute(sql.BEGIN)
+    try:
+        positions = [row[0] for row in conn.execute(sql.SOURCE_POSITIONS, (last,))]
+        for position in positions:
+            try:
+                conn.execute(sql.REPLAY_ONE_EVENT, (position,))
+            except sqlite3.IntegrityError as exc:
+                return position, str(exc)
+        return None, "refused, but no single event was"
+    finally:
+        conn.execute(sql.ROLLBACK)
 
 
 def check(source: str | Path) -> ReplayCheck:

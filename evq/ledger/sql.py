@@ -44,6 +44,23 @@ APPEND_EVENT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# --- seals (the hash chain) -----------------------------------------------------------
+LAST_SEAL = "SELECT hash FROM evq_seals ORDER BY position DESC LIMIT 1"
+ADD_SEAL = "INSERT INTO evq_seals (position, first_position, hash, at) VALUES (?, ?, ?, ?)"
+SEALS_FROM = (
+    "SELECT position, first_position, hash, at FROM evq_seals WHERE position > ? "
+    "ORDER BY position LIMIT ?"
+)
+GUARD_TRIGGERS = (
+    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name IN "
+    "('evq_events_no_update', 'evq_events_no_delete', 'evq_seals_no_update', "
+    "'evq_seals_no_delete')"
+)
+COPY_SEALS = (
+    "INSERT INTO main.evq_seals SELECT * FROM source.evq_seals WHERE position <= ? "
+    "ORDER BY position"
+)
+
 # --- claiming ------------------------------------------------------------------------
 # Due jobs of one queue whose names this worker can run, in claim order: priority first
 # (higher runs first), then run_at, then enqueue order. One queue per statement so the
@@ -149,6 +166,11 @@ PROJECTIONS = {
     "evq_definitions": "name, queue, data, updated_position",
     "evq_schedules": "name, spec, next_at, updated_position",
 }
+SOURCE_POSITIONS = "SELECT position FROM source.evq_events WHERE position <= ? ORDER BY position"
+REPLAY_ONE_EVENT = (
+    f"INSERT INTO main.evq_events ({EVENT_COLUMNS}) "
+    f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position = ?"
+)
 PROJECTION_ONLY_IN_MAIN = (
     "SELECT {columns} FROM main.{table} EXCEPT SELECT {columns} FROM source.{table}")
 PROJECTION_ONLY_IN_SOURCE = (

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..codec import dumps
 from ..errors import JobStateConflict, LeaseLost, LedgerError, UnknownJob
-from . import schema, sql
+from . import schema, seals, sql
 
 # (position, at, kind, job_id, queue, job, attempt, worker, data-dict)
 AppendedRow = tuple[int, float, str, str | None, str | None, str | None, int | None,
@@ -25,12 +25,27 @@ NewEvent = tuple[str, str | None, str | None, str | None, int | None, str | None
 class Tx:
     """Appends events inside a transaction someone else opened and will commit."""
 
-    __slots__ = ("appended", "conn", "now")
+    __slots__ = ("appended", "conn", "lines", "now")
 
     def __init__(self, conn: sqlite3.Connection, now: float) -> None:
         self.conn = conn
         self.now = now
         self.appended: list[AppendedRow] = []
+        self.lines: list[bytes] = []  # what the seal of this transaction will hash
+
+    def mark(self) -> int:
+        return len(self.appended)
+
+    def forget_after(self, mark: int) -> None:
+        """Drop what was appended after `mark` (rolled back to a savepoint)."""
+        del self.appended[mark:]
+        del self.lines[mark:]
+
+    def seal(self) -> None:
+        """Seal what this transaction appended (call it once, just before commit)."""
+        if self.appended:
+            seals.add(self.conn, self.appended[0][0], self.appended[-1][0], self.lines,
+                      self.now)
 
     def append(
         self,
@@ -46,17 +61,19 @@ class Tx:
         """Append one event; the triggers refuse it if the transition is not allowed.
         `text`, when given, is `data` already encoded as JSON."""
         body = data if data is not None else {}
+        stored = text if text is not None else dumps(body) if body else "{}"
         try:
             cursor = self.conn.execute(
                 sql.APPEND_EVENT,
-                (self.now, kind, job_id, queue, job, attempt, worker,
-                 text if text is not None else dumps(body) if body else "{}"),
+                (self.now, kind, job_id, queue, job, attempt, worker, stored),
             )
         except sqlite3.IntegrityError as exc:
             raise refusal(exc, kind, job_id, attempt) from None
         position = cursor.lastrowid
         assert position is not None
         self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker, body))
+        self.lines.append(seals.line(position, self.now, kind, job_id, queue, job, attempt,
+                                     worker, stored))
         return position
 
     def append_many(self, events: Sequence[NewEvent]) -> None:
@@ -67,11 +84,11 @@ class Tx:
         if not events:
             return
         now = self.now
-        try:
-            self.conn.executemany(sql.APPEND_EVENT, [
-                (now, kind, job_id, queue, job, attempt, worker,
+        rows = [(now, kind, job_id, queue, job, attempt, worker,
                  text if text is not None else dumps(data) if data else "{}")
-                for kind, job_id, queue, job, attempt, worker, data, text in events])
+                for kind, job_id, queue, job, attempt, worker, data, text in events]
+        try:
+            self.conn.executemany(sql.APPEND_EVENT, rows)
         except sqlite3.IntegrityError as exc:
             first = events[0]
             raise refusal(exc, first[0], first[1], first[4]) from None
@@ -80,6 +97,8 @@ class Tx:
         self.appended.extend(
             (first_position + i, now, kind, job_id, queue, job, attempt, worker, data)
             for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
+        self.lines.extend(seals.line(first_position + i, *row)
+                          for i, row in enumerate(rows))
 
     def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
         return self.conn.execute(query, tuple(params)).fetchall()

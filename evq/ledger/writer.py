@@ -212,18 +212,19 @@ class Writer:
                     except Exception as exc:
                         raise _Refused from exc
                     continue
-                mark = len(tx.appended)
+                mark = tx.mark()
                 conn.execute(sql.SAVEPOINT)
                 try:
                     value = op(tx)
                 except Exception as exc:
                     conn.execute(sql.ROLLBACK_TO)
                     conn.execute(sql.RELEASE)
-                    del tx.appended[mark:]
+                    tx.forget_after(mark)
                     results.append((False, exc))
                 else:
                     conn.execute(sql.RELEASE)
                     results.append((True, value))
+            tx.seal()
             conn.execute(sql.COMMIT)
         except BaseException:
             if conn.in_transaction:

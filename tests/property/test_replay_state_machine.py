@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from evq.errors import EvqError, LeaseLost
-from evq.ledger import connection, ops, replay
+from evq.ledger import connection, ops, replay, seals
 from evq.ledger.tx import Tx
 from evq.outcomes import Planned, RetryPolicy, after_failure
 from evq.retry import Fixed
@@ -68,12 +68,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def write(self, op: Any) -> Any:
         before = self.snapshot()
         self.conn.execute("BEGIN IMMEDIATE")
+        tx = Tx(self.conn, self.now)
         try:
-            result = op(Tx(self.conn, self.now))
+            result = op(tx)
         except EvqError:
             self.conn.execute("ROLLBACK")
             assert self.snapshot() == before, "a refused operation left a trace"
             raise
+        tx.seal()
         self.conn.execute("COMMIT")
         return result
 
@@ -210,9 +212,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- invariants --------------------------------------------------------------------
     @invariant()
-    def replay_equals_projection(self) -> None:
+    def replay_equals_projection_and_the_chain_holds(self) -> None:
         check = replay.check(self.path)
-        assert check.ok, (check.only_rebuilt, check.only_stored)
+        assert check.ok, (check.only_rebuilt, check.only_stored, check.refusal)
+        chain = seals.verify(self.conn)
+        assert chain.ok, chain.problem
 
     @invariant()
     def model_agrees_and_nothing_is_lost(self) -> None:
