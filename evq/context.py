@@ -426,9 +426,13 @@ class Context:
         rows = await self._read(sql.EVENTS_FOR_JOB, (job_id,))
         return [event_from_row(tuple(r), json.loads(r[8])) for r in rows]
 
-    async def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
+    async def events(self, after: int = 0, limit: int = 1000, *, seals: bool = False
+                     ) -> list[Event]:
+        """Events after a position, oldest first (the hash chain's `seal` events only
+        with seals=True)."""
         rows = await self._read(sql.EVENTS_AFTER, (after, limit))
-        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows]
+        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows
+                if seals or r[2] != "seal"]
 
     async def counts(self) -> dict[str, int]:
         return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}

@@ -64,7 +64,7 @@ class EventFilter:
                    None if until is None else codec.parse_time(until, "until"))
 
     def wants(self, event: Event) -> bool:
-        return ((self.kinds is None or event.kind in self.kinds)
+        return ((event.kind in self.kinds if self.kinds is not None else event.kind != "seal")
                 and (self.queues is None or event.queue in self.queues)
                 and (self.job_id is None or event.job_id == self.job_id)
                 and (self.since is None or event.timestamp >= self.since)

@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
     SCHEDULE = "schedule"
     SCHEDULE_ORPHAN = "schedule_orphan"
     HOOK = "hook"
+    SEAL = "seal"
     RETRY = "retry"
     LEADER = "leader"
     PAUSE = "pause"

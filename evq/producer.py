@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
-from .ledger import connection, ops, sql
+from .ledger import connection, ops, seals, sql
 from .ledger.tx import Tx
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class SyncProducer:
             ctx.path, durability=ctx.durability, busy_timeout_ms=BUSY_TIMEOUT_MS,
             check_same_thread=False)
         connection.migrate(self._conn)
+        self._last_seal = seals.LastSeal()
 
     def __enter__(self) -> SyncProducer:
         return self
@@ -87,9 +88,10 @@ class SyncProducer:
                     ops.reject(tx, [j for j in jobs if j.id in refused], refused)
                 else:
                     ids = ops.enqueue(tx, jobs)
-                tx.seal()
+                tx.seal(self._last_seal)
                 conn.execute(sql.COMMIT)
             except BaseException:
+                self._last_seal = seals.LastSeal()
                 conn.execute(sql.ROLLBACK)
                 raise
             connection.checkpoint(conn, self._ctx.path, BUSY_TIMEOUT_MS)

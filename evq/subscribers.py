@@ -39,7 +39,8 @@ class _Subscription:
     is_async: bool
 
     def wants(self, kind: str) -> bool:
-        return self.kinds is None or kind in self.kinds
+        # Seals (the hash chain) only for handlers that ask for them by kind.
+        return kind in self.kinds if self.kinds is not None else kind != "seal"
 
 
 class Dispatcher:

@@ -4,13 +4,12 @@ uses, and compare it with the stored one."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from . import connection, seals, sql
+from . import connection, sql
 
 
 @attrs.frozen
@@ -56,8 +55,6 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
         conn.execute(sql.DETACH_SOURCE)
         return ReplayCheck(0, [], [], position, reason)
     try:
-        conn.execute(sql.COPY_SEALS, (last,))
-        seals.seal_tail(conn, time.time())  # a cut inside a seal: the tail gets its own
         rebuilt_only: list[tuple[Any, ...]] = []
         stored_only: list[tuple[Any, ...]] = []
         if compare:

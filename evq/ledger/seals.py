@@ -1,8 +1,9 @@
-"""The hash chain over the events: each commit that appends events adds a seal whose hash
-covers the previous seal's hash and one canonical line per event. Verifying recomputes
-it from the rows as stored, so an event edited, deleted or inserted by hand (even with
-the append-only triggers dropped) shows up at its position; and the newest seal's hash,
-kept elsewhere, shows a truncated tail."""
+"""The hash chain over the events. Every commit that appends events ends with a `seal`
+event whose hash covers the previous seal's hash and one canonical line per event since
+it (data {"first": position, "hash": hex}). The chain lives in the append-only log
+itself. Verifying recomputes it from the rows as stored, so an event edited, deleted or
+inserted by hand (even with the append-only triggers dropped) shows up at its position,
+and a seal hash exported earlier shows a truncated or rewritten ledger."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import attrs
 from . import sql
 
 GENESIS = "0" * 64
+SEAL = "seal"
 _BATCH = 5000
 
 
@@ -39,23 +41,21 @@ def chain(previous: str, lines: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def add(conn: sqlite3.Connection, first: int, last: int, lines: list[bytes], now: float
-        ) -> str:
-    """Seal events first..last (their canonical lines) in the caller's transaction."""
+@attrs.define
+class LastSeal:
+    """The newest seal a connection wrote. When the next commit on that connection starts
+    right after it (no other writer in between), its hash is known without a query:
+    positions are never reused and events never change."""
+
+    position: int = 0
+    hash: str = GENESIS
+
+
+def previous_hash(conn: sqlite3.Connection, first: int, last: LastSeal | None) -> str:
+    if last is not None and last.position == first - 1 and last.position:
+        return last.hash
     row = conn.execute(sql.LAST_SEAL).fetchone()
-    sealed = chain(row[0] if row else GENESIS, lines)
-    conn.execute(sql.ADD_SEAL, (last, first, sealed, now))
-    return sealed
-
-
-def seal_tail(conn: sqlite3.Connection, now: float) -> None:
-    """Seal any events after the last seal (used where events were copied, not written
-    through a Tx: replay into a new file)."""
-    row = conn.execute("SELECT max(position) FROM evq_seals").fetchone()
-    after = row[0] or 0
-    rows = conn.execute(sql.EVENTS_AFTER, (after, 2**62)).fetchall()
-    if rows:
-        add(conn, rows[0][0], rows[-1][0], [line(*r) for r in rows], now)
+    return str(json.loads(row[1])["hash"]) if row else GENESIS
 
 
 @attrs.frozen
@@ -80,54 +80,47 @@ def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> ChainChe
     `expect_head`: a seal hash exported earlier (the head `evq verify` printed then). It
     must still be in the chain: whoever rewrote the ledger before it, or cut it short
     after it, cannot bring it back; events appended since then are fine."""
-    previous, expected_first, events, seals = GENESIS, 1, 0, 0
+    previous, first, events, seals, after = GENESIS, 1, 0, 0, 0
     anchored = expect_head is None
-    pending: list[Any] = []
-    event_after = 0
-    seal_after = 0
+    lines: list[bytes] = []
+    rows: list[Any] = []
 
     def fail(problem: str, position: int | None) -> ChainCheck:
         return ChainCheck(events, seals, previous, problem, position)
 
     while True:
-        seal_rows = conn.execute(sql.SEALS_FROM, (seal_after, _BATCH)).fetchall()
-        if not seal_rows:
+        chunk = conn.execute(sql.EVENTS_AFTER, (after, _BATCH)).fetchall()
+        if not chunk:
             break
-        for last, first, stored, _ in seal_rows:
-            seal_after = last
-            if first != expected_first:
-                return fail(f"the seal ending at {last} starts at {first}, expected "
-                            f"{expected_first}: events are missing or were added", expected_first)
-            while len(pending) < last - first + 1:
-                more = conn.execute(sql.EVENTS_AFTER, (event_after, _BATCH)).fetchall()
-                if not more:
-                    break
-                event_after = more[-1][0]
-                pending.extend(more)
-            covered, pending = pending[: last - first + 1], pending[last - first + 1:]
-            for offset, row in enumerate(covered):
-                if row[0] != first + offset:
-                    return fail(f"event {first + offset} is missing (found {row[0]})",
-                                first + offset)
-            if len(covered) != last - first + 1:
-                return fail(f"events {first + len(covered)}..{last} are missing",
-                            first + len(covered))
-            computed = chain(previous, (line(*row) for row in covered))
-            if computed != stored:
-                bad = _first_changed(covered)
-                return fail(f"the seal of events {first}..{last} does not match: an event "
-                            "was edited, deleted or inserted by hand", bad)
-            previous, expected_first = stored, last + 1
+        after = chunk[-1][0]
+        for row in chunk:
+            expected = first + len(lines)
+            if row[0] != expected:
+                return fail(f"event {expected} is missing (the next one is {row[0]})",
+                            expected)
+            if row[2] != SEAL:
+                lines.append(line(*row))
+                rows.append(row)
+                continue
+            try:
+                seal = json.loads(row[8])
+                stored, covers = str(seal["hash"]), int(seal["first"])
+            except (TypeError, ValueError, KeyError):
+                return fail(f"the seal at {row[0]} was edited by hand", row[0])
+            if covers != first or chain(previous, lines) != stored:
+                return fail(f"the seal at {row[0]} does not match events {first}..{row[0] - 1}:"
+                            " an event was edited, deleted or inserted by hand",
+                            _first_changed(rows) if rows else row[0])
+            previous, first = stored, row[0] + 1
             anchored = anchored or stored == expect_head
-            events += len(covered)
+            events += len(lines)
             seals += 1
-    extra = pending or conn.execute(sql.EVENTS_AFTER, (event_after, 1)).fetchall()
-    if extra:
-        return fail(f"event {extra[0][0]} and after are not sealed: inserted by hand",
-                    extra[0][0])
+            lines, rows = [], []
+    if lines:
+        return fail(f"event {first} and after are not sealed: inserted by hand", first)
     if not anchored:
         return fail(f"the expected seal {str(expect_head)[:16]}... is not in the chain: "
-                    "events were truncated or the ledger was rewritten", expected_first)
+                    "events were truncated or the ledger was rewritten", first)
     return ChainCheck(events, seals, previous)
 
 

@@ -44,21 +44,14 @@ APPEND_EVENT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-# --- seals (the hash chain) -----------------------------------------------------------
-LAST_SEAL = "SELECT hash FROM evq_seals ORDER BY position DESC LIMIT 1"
-ADD_SEAL = "INSERT INTO evq_seals (position, first_position, hash, at) VALUES (?, ?, ?, ?)"
-SEALS_FROM = (
-    "SELECT position, first_position, hash, at FROM evq_seals WHERE position > ? "
-    "ORDER BY position LIMIT ?"
+# --- seals (the hash chain lives in the log: a `seal` event ends each commit) -----------
+# Scans back from the newest event; the previous seal is just before this commit's events.
+LAST_SEAL = (
+    "SELECT position, data FROM evq_events WHERE kind = 'seal' ORDER BY position DESC LIMIT 1"
 )
 GUARD_TRIGGERS = (
     "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name IN "
-    "('evq_events_no_update', 'evq_events_no_delete', 'evq_seals_no_update', "
-    "'evq_seals_no_delete')"
-)
-COPY_SEALS = (
-    "INSERT INTO main.evq_seals SELECT * FROM source.evq_seals WHERE position <= ? "
-    "ORDER BY position"
+    "('evq_events_no_update', 'evq_events_no_delete')"
 )
 
 # --- claiming ------------------------------------------------------------------------

@@ -41,11 +41,17 @@ class Tx:
         del self.appended[mark:]
         del self.lines[mark:]
 
-    def seal(self) -> None:
-        """Seal what this transaction appended (call it once, just before commit)."""
-        if self.appended:
-            seals.add(self.conn, self.appended[0][0], self.appended[-1][0], self.lines,
-                      self.now)
+    def seal(self, last: seals.LastSeal | None = None) -> None:
+        """Seal what this transaction appended with a `seal` event (call it once, just
+        before commit). `last`, kept by a long-lived writer, spares finding the previous
+        seal when that writer wrote it; it is updated (commit, or forget it)."""
+        if not self.appended:
+            return
+        first = self.appended[0][0]
+        sealed = seals.chain(seals.previous_hash(self.conn, first, last), self.lines)
+        position = self.append(seals.SEAL, data={"first": first, "hash": sealed})
+        if last is not None:
+            last.position, last.hash = position, sealed
 
     def append(
         self,

@@ -21,7 +21,7 @@ import structlog
 
 from ..clock import Clock
 from ..errors import ContextClosed
-from . import connection, sql
+from . import connection, seals, sql
 from .tx import AppendedRow, Tx
 
 T = TypeVar("T")
@@ -61,6 +61,8 @@ class Writer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
+        # The newest seal each connection wrote; reset whenever a commit fails.
+        self._last_seal: dict[int, seals.LastSeal] = {}
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._weight = 0
         self._wake = asyncio.Event()
@@ -224,9 +226,11 @@ class Writer:
                 else:
                     conn.execute(sql.RELEASE)
                     results.append((True, value))
-            tx.seal()
+            last = self._last_seal.setdefault(id(conn), seals.LastSeal())
+            tx.seal(last)
             conn.execute(sql.COMMIT)
         except BaseException:
+            self._last_seal.pop(id(conn), None)
             if conn.in_transaction:
                 conn.execute(sql.ROLLBACK)
             raise
