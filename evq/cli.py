@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from . import admin, audit, demo, durable
+from . import admin, audit, codec, demo, durable, transfer
 from .context import Context
 from .errors import EvqError
 from .events import EventKind
@@ -160,13 +160,52 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     source = _db(args)
-    audit.open_ledger(source).close()
+    conn = audit.open_ledger(source)
+    try:
+        upto = args.upto
+        if args.at is not None:
+            moment = codec.parse_time(args.at, "--at")
+            upto = conn.execute(sql.LAST_POSITION_AT, (moment,)).fetchone()[0]
+    finally:
+        conn.close()
     target = Path(args.to)
     if target.exists():
         raise EvqError(f"{target} already exists; replay writes a new file")
-    count = replay.replay_into(source, target, args.upto)
-    _out(f"replayed {count} events from {source} into {target}")
+    count = replay.replay_into(source, target, upto)
+    _out(f"replayed {count} events from {source} into {target}"
+         + (f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        if args.to:
+            with open(args.to, "x", encoding="utf-8") as out:
+                count = sum(out.write(line + "\n") > 0 for line in transfer.export_lines(conn))
+            print(f"exported {count} events to {args.to}", file=sys.stderr)
+        else:
+            for line in transfer.export_lines(conn):
+                _out(line)
+    except FileExistsError:
+        raise EvqError(f"{args.to} already exists; export writes a new file") from None
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    target = _db(args)
+    source = sys.stdin if args.source == "-" else open(args.source, encoding="utf-8")  # noqa: SIM115
+    try:
+        count = transfer.import_lines(target, source)
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    chain = transfer.verify_import(target)
+    _out(f"imported {count} events into {target}; hash chain "
+         + ("holds" if chain.ok else f"BROKEN at {chain.position}: {chain.problem}"))
+    return EXIT_OK if chain.ok else EXIT_CHECK_FAILED
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -332,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("replay", cmd_replay, "rebuild the projection from the events into a new file")
     p.add_argument("--to", required=True, help="the new ledger file")
     p.add_argument("--upto", type=int, help="replay only up to this position")
+    p.add_argument("--at", help="replay only what had happened at this time (ISO-8601)")
+    p = command("export", cmd_export, "the ledger's events as JSON lines (lossless)")
+    p.add_argument("--to", help="a new file (default: standard output)")
+    p = command("import", cmd_import, "load exported JSON lines into a new ledger (--db)")
+    p.add_argument("source", help="the exported file, or - for standard input")
     p = command("verify", cmd_verify, "check the hash chain, the append-only rule, and that "
                 "replaying the events gives the stored state")
     p.add_argument("--expect-head", help="the head hash printed by an earlier verify: "

@@ -159,6 +159,8 @@ PROJECTIONS = {
     "evq_definitions": "name, queue, data, updated_position",
     "evq_schedules": "name, spec, next_at, updated_position",
 }
+IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+LAST_POSITION_AT = "SELECT coalesce(max(position), 0) FROM evq_events WHERE at <= ?"
 SOURCE_POSITIONS = "SELECT position FROM source.evq_events WHERE position <= ? ORDER BY position"
 REPLAY_ONE_EVENT = (
     f"INSERT INTO main.evq_events ({EVENT_COLUMNS}) "
