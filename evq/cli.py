@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from . import admin, audit, codec, demo, durable, transfer
+from . import admin, audit, codec, demo, durable, stats, transfer
 from .context import Context
 from .errors import EvqError
 from .events import EventKind
@@ -174,6 +174,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
     count = replay.replay_into(source, target, upto)
     _out(f"replayed {count} events from {source} into {target}"
          + (f" (up to position {upto})" if upto is not None else ""))
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        since = codec.parse_time(args.since, "--since") if args.since else None
+        until = codec.parse_time(args.until, "--until") if args.until else None
+        found, window = stats.compute(conn, since, until)
+    finally:
+        conn.close()
+    rows = [found[name].as_dict(window) for name in sorted(found)]
+    if args.json:
+        _out(json.dumps({"window_s": round(window, 3), "queues": rows}))
+        return EXIT_OK
+    if not rows:
+        _out("no job events in that window")
+        return EXIT_OK
+
+    def spread(figures: dict[str, float] | None) -> str:
+        return "-" if figures is None else f"{figures['p50']}/{figures['p90']}/{figures['p99']}"
+
+    table = [("queue", "done", "failed", "cancelled", "jobs/s", "errors", "wait ms p50/90/99",
+              "run ms p50/90/99")]
+    table += [(r["queue"], str(r["succeeded"]), str(r["failed"]), str(r["cancelled"]),
+               str(r["throughput_per_s"]), f"{r['error_rate']:.1%}", spread(r["wait_ms"]),
+               spread(r["run_ms"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             .rstrip())
+    _out(f"window: {window:.3f} s")
     return EXIT_OK
 
 
@@ -372,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="the new ledger file")
     p.add_argument("--upto", type=int, help="replay only up to this position")
     p.add_argument("--at", help="replay only what had happened at this time (ISO-8601)")
+    p = command("stats", cmd_stats, "per queue: done, failed, throughput, wait and run "
+                "time percentiles, error rate (from the events)")
+    p.add_argument("--since", help="window start (ISO-8601; default: the first event)")
+    p.add_argument("--until", help="window end (ISO-8601; default: the last event)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p = command("export", cmd_export, "the ledger's events as JSON lines (lossless)")
     p.add_argument("--to", help="a new file (default: standard output)")
     p = command("import", cmd_import, "load exported JSON lines into a new ledger (--db)")

@@ -207,3 +207,30 @@ def test_replay_at_a_time(demo_db: Path, tmp_path: Path):
     assert conn.execute("SELECT max(at) FROM evq_events").fetchone()[0] <= \
         datetime.fromisoformat(cut).timestamp()
     conn.close()
+
+
+async def test_stats_per_queue_from_the_events(tmp_path: Path):
+    import evq
+
+    db = tmp_path / "stats.db"
+    clock = evq.FakeClock()
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("ok", lambda p: None, queue="fast")
+        ctx.define("bad", lambda p: 1 / 0, queue="slow", max_attempts=2,
+                   backoff=evq.Fixed(0))
+        await ctx.enqueue("ok", 1)
+        await ctx.enqueue("ok", 2)
+        await ctx.enqueue("bad", 3)
+        clock.advance(2)  # everything waits 2 s before it can start
+        await ctx.drain()
+    result = evq_cli("stats", "--db", str(db), "--json")
+    report = json.loads(result.stdout)
+    fast, slow = report["queues"]
+    assert (fast["queue"], fast["succeeded"], fast["failed"], fast["error_rate"]) == (
+        "fast", 2, 0, 0.0)
+    assert fast["wait_ms"]["p50"] == 2000.0
+    assert (slow["queue"], slow["failed"], slow["attempts"], slow["error_rate"]) == (
+        "slow", 1, 2, 1.0)
+    table = evq_cli("stats", "--db", str(db)).stdout.splitlines()
+    assert table[0].split()[:3] == ["queue", "done", "failed"]
+    assert table[1].split()[:3] == ["fast", "2", "0"]
