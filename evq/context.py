@@ -87,7 +87,7 @@ class Context:
         self._reader: aiosqlite.Connection | None = None
         self._watcher = CommitWatcher(self.path, self.poll_interval, self._foreign_commit)
         self._watchers = 0
-        self._wake_callbacks: list[Callable[[], None]] = []
+        self._wake_callbacks: list[Callable[[bool], None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._subscriptions: dict[Subscription, asyncio.Task[int]] = {}
         self._sync_threads = sync_handler_threads
@@ -434,6 +434,11 @@ class Context:
         return [event_from_row(tuple(r), json.loads(r[8])) for r in rows
                 if seals or r[2] != "seal"]
 
+    async def cancelled_among(self, job_ids: Sequence[str]) -> list[str]:
+        """Which of these jobs have been cancelled."""
+        rows = await self._read(sql.CANCELLED_AMONG, (json.dumps(list(job_ids)),))
+        return [row[0] for row in rows]
+
     async def counts(self) -> dict[str, int]:
         return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}
 
@@ -514,15 +519,16 @@ class Context:
         for subscription in self._subscriptions:
             subscription.wake.set()
         if any(row[2] in _WAKING_KINDS for row in rows):
-            self.wake_workers()
+            self.wake_workers(foreign=False)
 
     # --- waking workers ----------------------------------------------------------------
-    def wake_workers(self) -> None:
+    def wake_workers(self, foreign: bool) -> None:
         for callback in list(self._wake_callbacks):
-            callback()
+            callback(foreign)
 
-    def on_wake(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Register a callback run when jobs may have become claimable."""
+    def on_wake(self, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """Register `callback(foreign)`, run when jobs may have become claimable; foreign
+        says the commit came from another connection (another process, say)."""
         self._wake_callbacks.append(callback)
         self._watch()
 
@@ -541,7 +547,7 @@ class Context:
         self._dispatcher.poke()
         for subscription in self._subscriptions:
             subscription.wake.set()
-        self.wake_workers()
+        self.wake_workers(foreign=True)
 
     def worker_running(self, worker: Worker) -> Callable[[], None]:
         """Track a running worker so close() can stop it first; returns the 'done' call."""

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
-import structlog
 
 from .codec import check_delay, check_name
 from .errors import InvalidInput, OutcomeAlreadySet
@@ -259,6 +258,3 @@ class JobRecord:
         moment = now or datetime.now(UTC)
         return self.state is JobState.PENDING and self.run_at > moment
 
-
-def log_for(**context: Any) -> Any:
-    return structlog.get_logger("evq").bind(**context)

@@ -96,6 +96,7 @@ class Worker:
         # Claim into any free slot when new work may have arrived; when only a job
         # finished, wait until half the slots are free, so claims come in batches.
         self._new_work = True
+        self._foreign_commit = False
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
         self._hooks_task: asyncio.Task[None] | None = None
@@ -144,7 +145,7 @@ class Worker:
         try:
             while not self._stopping:
                 self._wake.clear()
-                if self._new_work and self._running:
+                if self._foreign_commit and self._running:
                     await self._check_cancelled()
                 free = self.concurrency - len(self._running)
                 claimed: list[ops.Claimed] = []
@@ -213,14 +214,15 @@ class Worker:
             run.task.cancel()
 
     async def _check_cancelled(self) -> None:
-        """Another process may have cancelled jobs running here (its commit woke us)."""
-        running = json.dumps(sorted(self._running))
-        for job_id in await self.ctx.writer.run(functools.partial(
-                ops.cancelled_among, job_ids_json=running)):
+        """Another process may have cancelled jobs running here (its commit woke us);
+        a read, so it takes no write lock. Cancels made in this process arrive directly."""
+        self._foreign_commit = False
+        for job_id in await self.ctx.cancelled_among(sorted(self._running)):
             self._on_cancel(job_id)
 
-    def _on_new_work(self) -> None:
+    def _on_new_work(self, foreign: bool) -> None:
         self._new_work = True
+        self._foreign_commit = self._foreign_commit or foreign
         self._wake.set()
 
     def _install_signals(self) -> list[signal.Signals]:

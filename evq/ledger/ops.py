@@ -309,10 +309,6 @@ def cancel(tx: Tx, job_id: str, reason: str | None) -> bool:
     return running
 
 
-def cancelled_among(tx: Tx, job_ids_json: str) -> list[str]:
-    """Which of these (running) jobs have been cancelled meanwhile."""
-    return [row[0] for row in tx.rows(sql.CANCELLED_AMONG, (job_ids_json,))]
-
 
 RETRYABLE = ("failed", "expired", "cancelled")
 

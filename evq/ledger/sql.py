@@ -119,9 +119,6 @@ FIND_JOB_IDS_BY_PREFIX = (
 )
 LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM evq_jobs ORDER BY enqueue_position"
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
-COUNT_UNFINISHED = (
-    "SELECT count(*) FROM evq_jobs WHERE state IN ('pending', 'running')"
-)
 
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
 EVENTS_AFTER = (
