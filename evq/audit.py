@@ -108,10 +108,24 @@ def event_json(event: Event) -> str:
     }, ensure_ascii=False)
 
 
-def event_line(event: Event) -> str:
+# ANSI colours by how a kind or state reads: done, trouble, failure, neutral.
+_COLOURS = {"success": "32", "succeeded": "32", "error": "33", "rescue": "33",
+            "defer": "33", "orphan": "33", "reject": "33", "fail": "31", "failed": "31",
+            "expire": "31", "expired": "31", "cancel": "35", "cancelled": "35",
+            "running": "36", "dequeue": "36", "run": "36"}
+
+
+def paint(text: str, key: str, colour: bool) -> str:
+    """`text` in the colour of `key` (a kind or a state) when colour is on."""
+    code = _COLOURS.get(key)
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def event_line(event: Event, colour: bool = False) -> str:
     """One event on one line: position, time, kind, job, attempt, worker, the gist."""
     who = f"{event.job}#{short_id(event.job_id)}" if event.job_id else "-"
-    parts = [f"{event.position:>7}", fmt_time(event.at), f"{event.kind:<9}", who]
+    parts = [f"{event.position:>7}", fmt_time(event.at),
+             paint(f"{event.kind:<9}", event.kind, colour), who]
     if event.attempt is not None:
         parts.append(f"attempt={event.attempt}")
     if event.worker:
@@ -151,13 +165,15 @@ def describe(event: Event) -> str:
     return ""
 
 
-def history_lines(record: JobRecord | None, events: list[Event]) -> list[str]:
+def history_lines(record: JobRecord | None, events: list[Event], colour: bool = False
+                  ) -> list[str]:
     """A job's timeline: a header with its current state, then one line per event with
     the time since the previous one, errors with their traceback."""
     if not events:
         return []
     first = events[0]
-    state = record.state.value if record else "deleted (removed from the current state)"
+    state = paint(record.state.value, record.state.value, colour) if record else \
+        "deleted (removed from the current state)"
     lines = [f"job {first.job_id}  {first.job}  queue={first.queue}  state={state}"]
     if record is not None and record.result is not None:
         lines.append(f"result: {_short(record.result, 200)}")
@@ -168,7 +184,8 @@ def history_lines(record: JobRecord | None, events: list[Event]) -> list[str]:
         attempt = f"#{event.attempt}" if event.attempt is not None else "  "
         who = f" by {event.worker}" if event.worker else ""
         gist = describe(event)
-        lines.append(f"  {fmt_time(event.at)}  +{wait:8.3f}s  {event.kind:<9} {attempt:>3}"
+        kind = paint(f"{event.kind:<9}", event.kind, colour)
+        lines.append(f"  {fmt_time(event.at)}  +{wait:8.3f}s  {kind} {attempt:>3}"
                      f"{who}{'  ' + gist if gist else ''}")
         trace = (event.data.get("error") or {}).get("traceback") if event.kind == "error" else ""
         if trace:

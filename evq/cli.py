@@ -32,6 +32,11 @@ def _out(line: str = "") -> None:
     print(line, flush=True)
 
 
+def _colour() -> bool:
+    """Colour on a terminal, plain text when piped or when NO_COLOR is set."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def _db(args: argparse.Namespace) -> Path:
     value = args.db or os.environ.get("EVQ_DB")
     if not value:
@@ -62,15 +67,17 @@ def cmd_events(args: argparse.Namespace) -> int:
             args.queue.split(",") if args.queue else None, job_id, args.since, args.until)
         events = (audit.last_events(conn, args.limit) if args.limit
                   else audit.iter_events(conn))
+        colour = _colour()
         last = 0
         for event in events:
             last = event.position
             if wanted.wants(event):
-                _out(audit.event_json(event) if args.json else audit.event_line(event))
+                _out(audit.event_json(event) if args.json else audit.event_line(event, colour))
         if args.follow:
             for event in audit.follow(conn, last, args.poll):
                 if wanted.wants(event):
-                    _out(audit.event_json(event) if args.json else audit.event_line(event))
+                    _out(audit.event_json(event) if args.json
+                         else audit.event_line(event, colour))
     except KeyboardInterrupt:
         pass
     finally:
@@ -87,7 +94,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             for event in events:
                 _out(audit.event_json(event))
         else:
-            for line in audit.history_lines(audit.job_record(conn, job_id), events):
+            for line in audit.history_lines(audit.job_record(conn, job_id), events, _colour()):
                 _out(line)
     finally:
         conn.close()
@@ -98,16 +105,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
         from .jobs import JobRecord
-        from .ledger import sql
 
-        for row in conn.execute(sql.LIST_JOBS):
-            job = JobRecord.from_row(tuple(row))
-            if args.state and job.state.value != args.state:
-                continue
-            if args.queue and job.queue != args.queue:
-                continue
-            _out(f"{job.id}  {job.state.value:<9}  {job.queue:<12}  {job.name:<20}  "
-                 f"attempt={job.attempt} errors={job.errors}")
+        jobs = [JobRecord.from_row(tuple(row)) for row in conn.execute(sql.LIST_JOBS)]
+        jobs = [job for job in jobs if (not args.state or job.state.value == args.state)
+                and (not args.queue or job.queue == args.queue)]
+        table = [("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
+        table += [(job.id, job.state.value, job.queue, job.name, str(job.attempt),
+                   str(job.errors), audit.fmt_time(job.enqueued_at)) for job in jobs]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        colour = _colour()
+        for number, row in enumerate(table):
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+            if number:
+                cells[1] = audit.paint(cells[1], row[1], colour)
+            _out("  ".join(cells).rstrip())
     finally:
         conn.close()
     return EXIT_OK

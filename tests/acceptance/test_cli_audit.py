@@ -234,3 +234,33 @@ async def test_stats_per_queue_from_the_events(tmp_path: Path):
     table = evq_cli("stats", "--db", str(db)).stdout.splitlines()
     assert table[0].split()[:3] == ["queue", "done", "failed"]
     assert table[1].split()[:3] == ["fast", "2", "0"]
+
+
+def test_colour_on_a_terminal_and_plain_text_when_piped(demo_db: Path):
+    import os
+    import pty
+
+    def on_a_terminal(env: dict[str, str]) -> bytes:
+        leader, follower = pty.openpty()
+        try:
+            subprocess.run([sys.executable, "-m", "evq", "jobs", "--db", str(demo_db)],
+                           stdout=follower, stderr=subprocess.DEVNULL, timeout=60, env=env)
+            os.close(follower)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(leader)
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    assert b"\x1b[32msucceeded" in on_a_terminal(env)
+    assert b"\x1b[" not in on_a_terminal({**env, "NO_COLOR": "1"})
+    piped = evq_cli("jobs", "--db", str(demo_db)).stdout
+    assert "\x1b[" not in piped and piped.splitlines()[0].split()[:3] == ["id", "state", "queue"]
