@@ -32,6 +32,18 @@ def _out(line: str = "") -> None:
     print(line, flush=True)
 
 
+def _progress_bar(label: str) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr (a terminal only: never in pipes or logs)."""
+
+    def show(done: int, total: int) -> None:
+        filled = int(30 * done / total) if total else 30
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end,
+              file=sys.stderr, flush=True)
+
+    return show
+
+
 def _colour() -> bool:
     """Colour on a terminal, plain text when piped or when NO_COLOR is set."""
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -182,7 +194,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     target = Path(args.to)
     if target.exists():
         raise EvqError(f"{target} already exists; replay writes a new file")
-    count = replay.replay_into(source, target, upto)
+    count = replay.replay_into(source, target, upto,
+                               _progress_bar("replaying") if sys.stderr.isatty() else None)
     _out(f"replayed {count} events from {source} into {target}"
          + (f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK

@@ -4,6 +4,7 @@ uses, and compare it with the stored one."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,24 @@ class ReplayCheck:
         return not self.only_rebuilt and not self.only_stored and self.refused_at is None
 
 
-def replay_into(source: str | Path, target: str | Path, upto: int | None = None) -> int:
+Progress = Callable[[int, int], None]
+_CHUNK = 20_000
+
+
+def replay_into(source: str | Path, target: str | Path, upto: int | None = None,
+                progress: Progress | None = None) -> int:
     """Create a fresh ledger at `target` holding the events of `source` up to position
     `upto` (all by default), with the projection rebuilt from them. Returns the number
-    of events replayed. `target` may be ":memory:" only via `check`."""
+    of events replayed; `progress(done, total)` hears about long replays as they go."""
     conn = connection.connect(target)
     try:
-        return _replay(conn, source, upto).events
+        return _replay(conn, source, upto, progress=progress).events
     finally:
         conn.close()
 
 
 def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
-            compare: bool = False) -> ReplayCheck:
+            compare: bool = False, progress: Progress | None = None) -> ReplayCheck:
     connection.migrate(conn)
     conn.execute(sql.ATTACH_SOURCE, (str(source),))
     # A deferred transaction: one read snapshot of the source (workers keep writing
@@ -48,7 +54,14 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
     conn.execute(sql.BEGIN)
     last = upto if upto is not None else 2**62
     try:
-        count = conn.execute(sql.REPLAY_EVENTS, (last,)).rowcount
+        head = conn.execute(sql.SOURCE_HEAD, (last,)).fetchone()[0]
+        count, done = 0, 0
+        while done < head:  # in chunks, one transaction: progress on long ledgers
+            upper = min(head, done + _CHUNK)
+            count += conn.execute(sql.REPLAY_EVENTS, (done, upper)).rowcount
+            done = upper
+            if progress is not None:
+                progress(done, head)
     except sqlite3.IntegrityError:
         conn.execute(sql.ROLLBACK)
         position, reason = _first_refused(conn, last)

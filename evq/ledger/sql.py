@@ -147,8 +147,10 @@ ATTACH_SOURCE = "ATTACH DATABASE ? AS source"
 DETACH_SOURCE = "DETACH DATABASE source"
 REPLAY_EVENTS = (
     f"INSERT INTO main.evq_events ({EVENT_COLUMNS}) "
-    f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position <= ? ORDER BY position"
+    f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position > ? AND position <= ? "
+    "ORDER BY position"
 )
+SOURCE_HEAD = "SELECT coalesce(max(position), 0) FROM source.evq_events WHERE position <= ?"
 # Every table derived from the events, with the columns replay must reproduce.
 PROJECTIONS = {
     "evq_jobs": JOB_COLUMNS,

@@ -92,3 +92,19 @@ async def test_durability_power_uses_full_sync(db):
     async with evq.Context(db) as ctx:
         level = await ctx.writer.run(lambda tx: tx.one("PRAGMA synchronous")[0])
         assert level == 1  # NORMAL
+
+
+async def test_long_replays_report_progress_and_still_rebuild_exactly(ctx, tmp_path,
+                                                                      monkeypatch):
+    ctx.define("job", lambda p: None)
+    await ctx.enqueue_many(("job", i) for i in range(10))
+    await ctx.drain()
+    monkeypatch.setattr(replay, "_CHUNK", 7)
+    seen: list[tuple[int, int]] = []
+    count = replay.replay_into(ctx.path, tmp_path / "copy.db",
+                               progress=lambda done, total: seen.append((done, total)))
+    total = seen[-1][1]
+    assert count == total and seen[-1][0] == total
+    assert [done for done, _ in seen] == sorted({done for done, _ in seen})
+    assert len(seen) == -(-total // 7)
+    assert replay.check(tmp_path / "copy.db").ok
