@@ -6,6 +6,7 @@ DESIGN.md hold. Refused operations leave the ledger exactly as it was."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -98,7 +99,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if job_id == job.id:
                 self.jobs[job_id] = {"state": "pending", "errors": 0, "attempt": 0,
                                      "max": attempts, "group": group, "queue": queue,
-                                     "key": key}
+                                     "key": key, "hook": None}
             else:  # the key matched a live job: that one is the answer
                 assert key is not None and self.jobs[job_id]["key"] == key
                 assert self.jobs[job_id]["state"] in ("pending", "running")
@@ -125,7 +126,8 @@ class LedgerMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(sorted(self.held)))
         held = self.held[job_id]
         model = self.jobs[job_id]
-        policy = RetryPolicy(model["max"], Fixed(data.draw(st.sampled_from([0.0, 7.0]))))
+        policy = RetryPolicy(model["max"], Fixed(data.draw(st.sampled_from([0.0, 7.0]))),
+                             exhausted_hook=data.draw(st.booleans()))
         error = {"type": "E", "message": "boom", "traceback": ""}
         if outcome == "success":
             planned = [Planned("success", {"result": data.draw(payloads)})]
@@ -151,6 +153,8 @@ class LedgerMachine(RuleBasedStateMachine):
             model["errors"] += 1
             model["state"] = {"expire": "expired", "fail": "failed"}.get(
                 planned[-1].kind, "pending")
+            if planned[-1].kind == "expire" and planned[-1].data.get("hook"):
+                model["hook"] = "due"
         elif outcome == "delete":
             model["state"] = "gone"
         else:
@@ -171,6 +175,46 @@ class LedgerMachine(RuleBasedStateMachine):
             retry = model["max"] is None or model["errors"] < model["max"]
             model["state"] = "pending" if retry else "expired"
             self.stale.append(self.held.pop(job_id))
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def hooks_run(self, worker: str) -> None:
+        started = self.write(lambda tx: ops.start_hooks(tx, json.dumps(NAMES), worker, 20.0,
+                                                        10))
+        for row in started:
+            model = self.jobs[row[0]]
+            assert model["hook"] == "due" or (model["hook"] == "running"
+                                              and model["hook_until"] <= self.now)
+            model["hook"], model["hook_until"] = "running", self.now + 20.0
+            model["hook_worker"] = worker
+        for row in started[: len(started) // 2]:  # the others' runner dies mid-hook
+            job = self.jobs[row[0]]
+            self.write(lambda tx, row=row: ops.finish_hook(
+                tx, row[0], row[1], row[2], row[6], worker, None))
+            job["hook"] = "done"
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def worker_restarts(self, worker: str) -> None:
+        released = self.write(lambda tx: ops.release_previous(tx, worker, json.dumps(QUEUES)))
+        mine = sorted(j for j, held in self.held.items() if held.worker == worker)
+        assert sorted(released) == mine
+        for job_id in mine:
+            self.jobs[job_id]["state"] = "pending"
+            self.stale.append(self.held.pop(job_id))
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        model = self.jobs[job_id]
+        self.count += 1
+        new_id = f"{self.count:06d}"
+        if model["state"] not in ("failed", "expired", "cancelled"):
+            with pytest.raises(EvqError):
+                self.write(lambda tx: ops.retry(tx, job_id, new_id, "test"))
+            return
+        self.write(lambda tx: ops.retry(tx, job_id, new_id, "test"))
+        self.jobs[new_id] = {**model, "state": "pending", "errors": 0, "attempt": 0,
+                             "key": None, "hook": None}
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
@@ -221,7 +265,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def model_agrees_and_nothing_is_lost(self) -> None:
         stored = {row[0]: row[1:] for row in self.conn.execute(
-            "SELECT id, state, errors, attempt FROM evq_jobs")}
+            "SELECT id, state, errors, attempt, hook_state FROM evq_jobs")}
         for job_id, model in self.jobs.items():
             if model["state"] == "gone":
                 assert job_id not in stored
@@ -230,7 +274,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert kinds[-1] == "delete"
             else:
                 assert stored.get(job_id) == (model["state"], model["errors"],
-                                              model["attempt"]), job_id
+                                              model["attempt"], model["hook"]), job_id
 
     @invariant()
     def ledger_rules_hold(self) -> None:
@@ -259,7 +303,9 @@ class LedgerMachine(RuleBasedStateMachine):
         assert keys == []
 
 
+# EVQ_HYPOTHESIS_EXAMPLES=400 for a long search; CI keeps the default short.
 LedgerMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
+    max_examples=int(os.environ.get("EVQ_HYPOTHESIS_EXAMPLES", "40")),
+    stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_ledger_state_machine = LedgerMachine.TestCase
