@@ -434,11 +434,6 @@ class Context:
         return [event_from_row(tuple(r), json.loads(r[8])) for r in rows
                 if seals or r[2] != "seal"]
 
-    async def cancelled_among(self, job_ids: Sequence[str]) -> list[str]:
-        """Which of these jobs have been cancelled."""
-        rows = await self._read(sql.CANCELLED_AMONG, (json.dumps(list(job_ids)),))
-        return [row[0] for row in rows]
-
     async def counts(self) -> dict[str, int]:
         return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}
 

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 _counter = itertools.count(1)
 HOOK_LEASE = 300.0
+CANCEL_CHECK_EVERY = 0.05  # real seconds between checks for cancels made elsewhere
 SEEN_EVERY = 10.0  # how often a worker renews its entry in the registry of live workers
 Plan = Callable[[float], list[Planned]]
 
@@ -97,6 +99,7 @@ class Worker:
         # finished, wait until half the slots are free, so claims come in batches.
         self._new_work = True
         self._foreign_commit = False
+        self._next_cancel_check = 0.0
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
         self._hooks_task: asyncio.Task[None] | None = None
@@ -145,7 +148,8 @@ class Worker:
         try:
             while not self._stopping:
                 self._wake.clear()
-                if self._foreign_commit and self._running:
+                if (self._foreign_commit and self._running
+                        and time.monotonic() >= self._next_cancel_check):
                     await self._check_cancelled()
                 free = self.concurrency - len(self._running)
                 claimed: list[ops.Claimed] = []
@@ -214,10 +218,16 @@ class Worker:
             run.task.cancel()
 
     async def _check_cancelled(self) -> None:
-        """Another process may have cancelled jobs running here (its commit woke us);
-        a read, so it takes no write lock. Cancels made in this process arrive directly."""
+        """Another process may have cancelled jobs running here (its commit woke us).
+        Cancels made in this process arrive directly."""
+        # The file watcher cannot tell this process's own commits from others', so at a
+        # steady rate of commits this would run on every one: at most every 50 ms.
         self._foreign_commit = False
-        for job_id in await self.ctx.cancelled_among(sorted(self._running)):
+        self._next_cancel_check = time.monotonic() + CANCEL_CHECK_EVERY
+        # Through the writer: it joins the batch already going (a read connection would
+        # add a third thread competing for the GIL).
+        for job_id in await self.ctx.writer.run(functools.partial(
+                ops.cancelled_among, job_ids_json=json.dumps(sorted(self._running)))):
             self._on_cancel(job_id)
 
     def _on_new_work(self, foreign: bool) -> None:

@@ -333,6 +333,11 @@ def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
     return new_id
 
 
+def cancelled_among(tx: Tx, job_ids_json: str) -> list[str]:
+    """Which of these (running) jobs have been cancelled meanwhile."""
+    return [row[0] for row in tx.rows(sql.CANCELLED_AMONG, (job_ids_json,))]
+
+
 def delete(tx: Tx, job_id: str, reason: str | None) -> None:
     row = tx.one(sql.GET_JOB, (job_id,))
     queue, name = (row[1], row[2]) if row else (None, None)
