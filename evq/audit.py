@@ -157,6 +157,9 @@ def describe(event: Event) -> str:
         return text
     if kind == "success":
         return f"result={_short(data.get('result'))}"
+    if kind == "seal":
+        covered = f"{data.get('first')}..{event.position - 1}"
+        return f"seals {covered} hash={str(data.get('hash'))[:16]}..."
     if kind in ("expire", "fail", "cancel", "delete", "requeue"):
         text = f"reason={data.get('reason')}"
         if kind == "requeue" and data.get("run_at") is not None:
