@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from . import admin, audit, codec, demo, durable, stats, transfer
+from . import archive as archiving
 from .context import Context
 from .errors import EvqError
 from .events import EventKind
@@ -194,8 +195,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     target = Path(args.to)
     if target.exists():
         raise EvqError(f"{target} already exists; replay writes a new file")
+    kept, _ = archiving.load(args.archive or [])
     count = replay.replay_into(source, target, upto,
-                               _progress_bar("replaying") if sys.stderr.isatty() else None)
+                               _progress_bar("replaying") if sys.stderr.isatty() else None,
+                               archived=kept)
     _out(f"replayed {count} events from {source} into {target}"
          + (f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK
@@ -267,12 +270,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     path = _db(args)
     conn = audit.open_ledger(path)
+    problems = []
     try:
         guards = {row[0] for row in conn.execute(sql.GUARD_TRIGGERS)}
-        chain = seals.verify(conn, args.expect_head)
+        archived = archiving.archived_positions(conn)
+        kept, hashes = archiving.load(args.archive or [])
+        for stray in sorted(hashes - set(archived.values())):
+            problems.append(f"an archive file (sha256 {stray[:16]}...) is not one this "
+                            "ledger recorded: it was changed, or belongs elsewhere")
+        chain = seals.verify(conn, args.expect_head, archived, kept, hashes)
     finally:
         conn.close()
-    problems = []
     missing = {"evq_events_no_update", "evq_events_no_delete"} - guards
     if missing:
         problems.append(f"the append-only rule is off: trigger(s) {', '.join(sorted(missing))} "
@@ -294,6 +302,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_CHECK_FAILED
     _out(f"ok: {chain.events} events in {chain.seals} seals; the hash chain holds, the "
          "ledger is append-only, and replay equals the stored state")
+    if chain.unchecked:
+        _out(f"note: {chain.unchecked} archived events were not checked: pass their archive "
+             "files with --archive")
     _out(f"head: {chain.head}")
     return EXIT_OK
 
@@ -340,6 +351,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     admin.delete(path, job_id, args.reason)
     _out(f"deleted {job_id} from the current state (its events stay in the ledger)")
+    return EXIT_OK
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    path = _db(args)
+    audit.open_ledger(path).close()
+    done = archiving.archive(path, codec.parse_time(args.before, "--before"), args.to)
+    if not done.events:
+        _out("nothing to archive: no job deleted before that time still has events here")
+    else:
+        _out(f"archived {done.events} events of {done.jobs} jobs to {done.file} "
+             f"(sha256 {done.sha256})")
     return EXIT_OK
 
 
@@ -428,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="the new ledger file")
     p.add_argument("--upto", type=int, help="replay only up to this position")
     p.add_argument("--at", help="replay only what had happened at this time (ISO-8601)")
+    p.add_argument("--archive", action="append", metavar="FILE",
+                   help="archive files whose events to put back in place (repeatable)")
     p = command("stats", cmd_stats, "per queue: done, failed, throughput, wait and run "
                 "time percentiles, error rate (from the events)")
     p.add_argument("--since", help="window start (ISO-8601; default: the first event)")
@@ -441,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "replaying the events gives the stored state")
     p.add_argument("--expect-head", help="the head hash printed by an earlier verify: "
                    "catches a truncated ledger")
+    p.add_argument("--archive", action="append", metavar="FILE",
+                   help="an archive file to check the archived events too (repeatable)")
+    p = command("archive", cmd_archive, "move the events of jobs deleted before a time "
+                "into a compressed file, out of the ledger (the chain stays verifiable)")
+    p.add_argument("--before", required=True, help="jobs deleted at or before (ISO-8601)")
+    p.add_argument("--to", required=True, help="the new archive file (.jsonl.gz)")
     command("definitions", cmd_definitions,
             "deployed job definitions, and when repeating ones run next")
     for name, run, text in (

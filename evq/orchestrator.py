@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
 
+from . import archive as archiving
 from . import codec
 from .ledger import maintenance, ops
 from .schedules import Schedule
@@ -38,6 +40,7 @@ class Round:
     rescued: int = 0
     cleaned: int = 0
     orphans: list[str] = attrs.field(factory=list)
+    archived: int = 0
 
 
 class Orchestrator:
@@ -56,6 +59,9 @@ class Orchestrator:
         orphan_after: float = 60.0,
         worker_ttl: float = 30.0,
         batch: int = 500,
+        archive_to: str | Path | None = None,
+        archive_after: float = 7 * 86400,
+        archive_every: float = 3600.0,
     ) -> None:
         from .worker import default_worker_name
 
@@ -67,6 +73,10 @@ class Orchestrator:
         self.orphan_after = codec.check_delay(orphan_after, "orphan_after")
         self.worker_ttl = codec.check_delay(worker_ttl, "worker_ttl")
         self.batch = batch
+        self.archive_to = None if archive_to is None else Path(archive_to)
+        self.archive_after = codec.check_delay(archive_after, "archive_after")
+        self.archive_every = codec.check_delay(archive_every, "archive_every")
+        self._next_archive = float("-inf")
         self._stop = asyncio.Event()
         self._log = structlog.get_logger("evq.orchestrator").bind(orchestrator=self.name)
 
@@ -118,7 +128,24 @@ class Orchestrator:
             limit=self.batch))
         for job_id in orphans:
             self._log.warning("evq.orphan", job_id=job_id)
-        return Round(True, fired, rescued, cleaned, orphans)
+        archived = await self._archive()
+        return Round(True, fired, rescued, cleaned, orphans, archived)
+
+    async def _archive(self) -> int:
+        """Move the events of jobs deleted `archive_after` ago into a file in
+        `archive_to`, every `archive_every` seconds (see archive.py)."""
+        now = self.ctx.clock.now()
+        if self.archive_to is None or now < self._next_archive:
+            return 0
+        self._next_archive = now + self.archive_every
+        self.archive_to.mkdir(parents=True, exist_ok=True)
+        target = self.archive_to / f"evq-archive-{int(now)}-{self.name}.jsonl.gz"
+        done = await asyncio.to_thread(archiving.archive, self.ctx.path,
+                                       now - self.archive_after, target, now)
+        if done.events:
+            self._log.info("evq.archived", events=done.events, jobs=done.jobs,
+                           file=str(done.file), sha256=done.sha256)
+        return done.events
 
     def _schedules(self) -> dict[str, tuple[str, Schedule]]:
         return {name: (d.queue, d.schedule) for name, d in self.ctx.definitions.items()

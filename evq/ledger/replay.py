@@ -34,12 +34,16 @@ _CHUNK = 20_000
 
 
 def replay_into(source: str | Path, target: str | Path, upto: int | None = None,
-                progress: Progress | None = None) -> int:
+                progress: Progress | None = None,
+                archived: dict[int, tuple[Any, ...]] | None = None) -> int:
     """Create a fresh ledger at `target` holding the events of `source` up to position
     `upto` (all by default), with the projection rebuilt from them. Returns the number
-    of events replayed; `progress(done, total)` hears about long replays as they go."""
+    of events replayed; `progress(done, total)` hears about long replays as they go.
+    `archived` (position -> event row, from archive files) are put back in their places."""
     conn = connection.connect(target)
     try:
+        if archived:
+            return _replay_merged(conn, source, upto, archived)
         return _replay(conn, source, upto, progress=progress).events
     finally:
         conn.close()
@@ -82,6 +86,38 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
         raise
     conn.execute(sql.DETACH_SOURCE)
     return ReplayCheck(count, rebuilt_only, stored_only)
+
+
+def _replay_merged(conn: sqlite3.Connection, source: str | Path, upto: int | None,
+                   archived: dict[int, tuple[Any, ...]]) -> int:
+    """Replay the ledger's events and archived ones together, in position order."""
+    connection.migrate(conn)
+    conn.execute(sql.ATTACH_SOURCE, (str(source),))
+    last = upto if upto is not None else 2**62
+    pending = sorted(p for p in archived if p <= last)
+    conn.execute(sql.BEGIN)
+    try:
+        count, after = 0, 0
+        while True:
+            rows = conn.execute(sql.SOURCE_EVENTS_AFTER, (after, last, 5000)).fetchall()
+            for row in rows:
+                while pending and pending[0] < row[0]:
+                    conn.execute(sql.IMPORT_EVENT, archived[pending.pop(0)])
+                    count += 1
+                conn.execute(sql.IMPORT_EVENT, row)
+                count += 1
+            if len(rows) < 5000:
+                break
+            after = rows[-1][0]
+        for position in pending:
+            conn.execute(sql.IMPORT_EVENT, archived[position])
+            count += 1
+        conn.execute(sql.COMMIT)
+    except BaseException:
+        conn.execute(sql.ROLLBACK)
+        raise
+    conn.execute(sql.DETACH_SOURCE)
+    return count
 
 
 def _first_refused(conn: sqlite3.Connection, last: int) -> tuple[int | None, str]:

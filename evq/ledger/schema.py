@@ -26,6 +26,10 @@ def _kind(*kinds: str) -> str:
     return "(" + " OR ".join(f"NEW.kind = '{kind}'" for kind in kinds) + ")"
 
 
+# Archiving lifts this one trigger inside its own transaction, and restores it.
+EVENTS_NO_DELETE = f"""CREATE TRIGGER evq_events_no_delete BEFORE DELETE ON evq_events
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;"""
+
 _V1_TABLES = """
 CREATE TABLE IF NOT EXISTS evq_meta (
     key   TEXT PRIMARY KEY,
@@ -141,8 +145,7 @@ _V1_GUARDS = f"""
 CREATE TRIGGER evq_events_no_update BEFORE UPDATE ON evq_events
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
 
-CREATE TRIGGER evq_events_no_delete BEFORE DELETE ON evq_events
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+{EVENTS_NO_DELETE}
 
 -- Which transitions are allowed: one trigger per rule, each behind a WHEN on the kind so
 -- that an event pays only for the rules that concern it.

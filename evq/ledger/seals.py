@@ -61,32 +61,45 @@ def previous_hash(conn: sqlite3.Connection, first: int, last: LastSeal | None) -
 @attrs.frozen
 class ChainCheck:
     """What verifying the chain found. `position` names the first event where something
-    disagrees (None when all is well); `head` is the newest seal's hash."""
+    disagrees (None when all is well); `head` is the newest seal's hash; `unchecked`
+    counts archived events whose archive file was not given."""
 
     events: int
     seals: int
     head: str
     problem: str | None = None
     position: int | None = None
+    unchecked: int = 0
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
 
-def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> ChainCheck:
+def verify(conn: sqlite3.Connection, expect_head: str | None = None,
+           archived: dict[int, str] | None = None,
+           archive_rows: dict[int, tuple[Any, ...]] | None = None,
+           archive_hashes: set[str] | None = None) -> ChainCheck:
     """Recompute the chain over every event, in order, reading in short chunks.
 
     `expect_head`: a seal hash exported earlier (the head `evq verify` printed then). It
     must still be in the chain: whoever rewrote the ledger before it, or cut it short
-    after it, cannot bring it back; events appended since then are fine."""
-    previous, first, events, seals, after = GENESIS, 1, 0, 0, 0
+    after it, cannot bring it back; events appended since then are fine.
+    `archived`: positions that `archive` events say were moved out (-> their file's
+    sha256); with `archive_rows` from files whose sha256 is in `archive_hashes` they are
+    put back and checked, otherwise the seals covering them are taken as they are."""
+    archived = archived or {}
+    archive_rows = archive_rows or {}
+    archive_hashes = archive_hashes or set()
+    previous, first, events, seals, after, unchecked = GENESIS, 1, 0, 0, 0, 0
+    cursor = 1  # the next position expected
+    blind = False  # this seal covers an archived event we cannot see
     anchored = expect_head is None
     lines: list[bytes] = []
     rows: list[Any] = []
 
     def fail(problem: str, position: int | None) -> ChainCheck:
-        return ChainCheck(events, seals, previous, problem, position)
+        return ChainCheck(events, seals, previous, problem, position, unchecked)
 
     while True:
         chunk = conn.execute(sql.EVENTS_AFTER, (after, _BATCH)).fetchall()
@@ -94,10 +107,19 @@ def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> ChainChe
             break
         after = chunk[-1][0]
         for row in chunk:
-            expected = first + len(lines)
-            if row[0] != expected:
-                return fail(f"event {expected} is missing (the next one is {row[0]})",
-                            expected)
+            while cursor < row[0]:  # a gap: archived, or missing
+                if cursor not in archived:
+                    return fail(f"event {cursor} is missing (the next one is {row[0]})",
+                                cursor)
+                kept = archive_rows.get(cursor)
+                if kept is not None and archived[cursor] in archive_hashes:
+                    lines.append(line(*kept))
+                    rows.append(kept)
+                else:
+                    blind = True
+                    unchecked += 1
+                cursor += 1
+            cursor += 1
             if row[2] != SEAL:
                 lines.append(line(*row))
                 rows.append(row)
@@ -107,21 +129,21 @@ def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> ChainChe
                 stored, covers = str(seal["hash"]), int(seal["first"])
             except (TypeError, ValueError, KeyError):
                 return fail(f"the seal at {row[0]} was edited by hand", row[0])
-            if covers != first or chain(previous, lines) != stored:
+            if covers != first or (not blind and chain(previous, lines) != stored):
                 return fail(f"the seal at {row[0]} does not match events {first}..{row[0] - 1}:"
                             " an event was edited, deleted or inserted by hand",
                             _first_changed(rows) if rows else row[0])
-            previous, first = stored, row[0] + 1
+            previous, first, blind = stored, row[0] + 1, False
             anchored = anchored or stored == expect_head
             events += len(lines)
             seals += 1
             lines, rows = [], []
-    if lines:
+    if lines or blind:
         return fail(f"event {first} and after are not sealed: inserted by hand", first)
     if not anchored:
         return fail(f"the expected seal {str(expect_head)[:16]}... is not in the chain: "
                     "events were truncated or the ledger was rewritten", first)
-    return ChainCheck(events, seals, previous)
+    return ChainCheck(events, seals, previous, unchecked=unchecked)
 
 
 def _first_changed(rows: list[Any]) -> int:

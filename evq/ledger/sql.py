@@ -160,6 +160,10 @@ PROJECTIONS = {
 }
 IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 LAST_POSITION_AT = "SELECT coalesce(max(position), 0) FROM evq_events WHERE at <= ?"
+SOURCE_EVENTS_AFTER = (
+    f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position > ? AND position <= ? "
+    "ORDER BY position LIMIT ?"
+)
 SOURCE_POSITIONS = "SELECT position FROM source.evq_events WHERE position <= ? ORDER BY position"
 REPLAY_ONE_EVENT = (
     f"INSERT INTO main.evq_events ({EVENT_COLUMNS}) "
@@ -222,3 +226,18 @@ WHERE queue = ? AND state IN (SELECT value FROM json_each(?)) AND finished_at <=
   AND (hook_state IS NULL OR hook_state = 'done' OR hook_state = 'failed')
 LIMIT ?
 """
+
+# --- archiving -----------------------------------------------------------------------
+ARCHIVABLE_JOBS = """
+SELECT DISTINCT e.job_id FROM evq_events AS e
+WHERE e.kind = 'delete' AND e.at <= ? AND e.job_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM evq_jobs AS j WHERE j.id = e.job_id)
+"""
+EVENTS_OF_JOBS = f"""
+SELECT {EVENT_COLUMNS} FROM evq_events
+WHERE job_id IN (SELECT value FROM json_each(?))
+  AND kind NOT IN (SELECT value FROM json_each(?))
+ORDER BY position
+"""
+DELETE_EVENTS_AT = "DELETE FROM evq_events WHERE position IN (SELECT value FROM json_each(?))"
+ARCHIVE_EVENTS = "SELECT data FROM evq_events WHERE kind = 'archive' ORDER BY position"

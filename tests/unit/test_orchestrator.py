@@ -190,3 +190,29 @@ async def test_orchestrator_rescues_expired_leases(ctx, clock):
     clock.advance(5)
     assert (await ctx.orchestrator().tick()).rescued == 1
     assert (await ctx.get_job(job_id)).state is evq.JobState.PENDING
+
+
+async def test_orchestrator_archives_old_deleted_jobs_on_a_schedule(ctx, clock, tmp_path):
+    from evq import archive as archiving
+    from evq.ledger import connection, seals
+
+    ctx.queue("default", cleanup=evq.Cleanup(completed_after=60))
+    ctx.define("job", lambda p: None)
+    job_id = await ctx.enqueue("job")
+    await ctx.drain()
+    orch = ctx.orchestrator(archive_to=tmp_path / "archive", archive_after=3600,
+                            archive_every=7200)
+    clock.advance(60)
+    round_ = await orch.tick()
+    assert (round_.cleaned, round_.archived) == (1, 0)  # deleted now: not old enough
+    clock.advance(3600)
+    assert (await orch.tick()).archived == 0  # old enough, but no archive round is due
+    clock.advance(3600)
+    assert (await orch.tick()).archived == 5  # enqueue, dequeue, run, success, delete
+    files = list((tmp_path / "archive").iterdir())
+    assert len(files) == 1 and await ctx.history(job_id) == []
+    conn = connection.connect(ctx.path, read_only=True)
+    rows, hashes = archiving.load(files)
+    assert seals.verify(conn, archived=archiving.archived_positions(conn),
+                        archive_rows=rows, archive_hashes=hashes).ok
+    conn.close()
