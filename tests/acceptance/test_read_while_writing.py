@@ -51,7 +51,7 @@ async def test_reading_commands_while_a_worker_writes(tmp_path: Path):
                 reader = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "evq", *command, "--db", str(db),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                out, err = await asyncio.wait_for(reader.communicate(), 30)
+                _, err = await asyncio.wait_for(reader.communicate(), 30)
                 expected = 2 if command[0] == "history" else 0
                 assert reader.returncode == expected, (command, err)
                 seen_during = max(seen_during, len(finished))
