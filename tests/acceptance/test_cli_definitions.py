@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,25 @@ async def test_definitions_lists_deployed_jobs_and_next_runs(tmp_path: Path):
     out = evq_cli("definitions", "--db", str(db)).stdout.splitlines()
     assert out[0].startswith("nightly") and "cron 30 2 * * *, next" in out[0]
     assert out[1].startswith("send") and "max_attempts=7" in out[1]
+
+
+async def test_subscribers_shows_where_durable_handlers_stand(tmp_path: Path):
+    db = tmp_path / "s.db"
+    evq_cli("migrate", "--db", str(db))
+    assert "no durable event handlers" in evq_cli("subscribers", "--db", str(db)).stdout
+    async with evq.Context(db) as ctx:
+        ctx.define("job", None)
+        await ctx.enqueue("job", 1)
+        first, second = asyncio.Event(), asyncio.Event()
+        ctx.add_event_handler(lambda e: first.set(), durable="audit-sink")
+        ctx.add_event_handler(lambda e: second.set(), kinds=["enqueue"], durable="slow-sink",
+                              start="end")
+        await asyncio.wait_for(first.wait(), 5)
+        await ctx.enqueue("job", 2)
+        await asyncio.wait_for(second.wait(), 5)
+    lines = evq_cli("subscribers", "--db", str(db)).stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["audit-sink", "slow-sink"]
+    for line in lines:
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        assert int(fields["head"]) - int(fields["position"]) == int(fields["lag"]) >= 0
+        assert fields["held_by"] == "-"  # released when the context closed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 
 import evq
@@ -137,3 +138,23 @@ async def test_replay_into_a_handler_with_filters(ctx, clock):
     early = []
     await ctx.replay_to(lambda e: early.append(e.kind), until=clock.now() - 50)
     assert early == ["enqueue"]
+
+
+async def test_replay_then_follow_keeps_the_handler_live(ctx):
+    ctx.define("job", None)
+    await ctx.enqueue("job", "old")
+    got: list[str] = []
+    arrived = asyncio.Event()
+
+    def note(event: evq.Event) -> None:
+        got.append(event.data["payload"])
+        if len(got) == 2:
+            arrived.set()
+
+    live = asyncio.create_task(ctx.replay_to(note, kinds=["enqueue"], follow=True))
+    await ctx.enqueue("job", "new")
+    await asyncio.wait_for(arrived.wait(), 5)
+    live.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await live
+    assert got == ["old", "new"]
