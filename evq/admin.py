@@ -9,31 +9,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from .enqueueing import new_job_id
-from .errors import LedgerError
-from .ledger import connection, ops, sql
+from .ledger import connection, ops
 from .ledger.tx import Tx
 
 T = TypeVar("T")
 
 
 def _write(path: str | Path, op: Callable[[Tx], T]) -> T:
-    if not Path(path).exists():
-        raise LedgerError(f"no ledger at {path}: check the path or EVQ_DB")
-    conn = connection.connect(path)
-    try:
-        connection.require_schema(conn, path)
-        conn.execute(sql.BEGIN_IMMEDIATE)
-        try:
-            tx = Tx(conn, time.time())
-            result = op(tx)
-            tx.seal()
-            conn.execute(sql.COMMIT)
-        except BaseException:
-            conn.execute(sql.ROLLBACK)
-            raise
-        return result
-    finally:
-        conn.close()
+    with connection.write_transaction(path) as conn:
+        tx = Tx(conn, time.time())
+        result = op(tx)
+        tx.seal()
+    return result
 
 
 def retry(path: str | Path, job_id: str, reason: str | None) -> str:

@@ -46,20 +46,16 @@ def archive(path: str | Path, before: float, to: str | Path, now: float | None =
     target = Path(to)
     if target.exists():
         raise LedgerError(f"{target} already exists; archive writes a new file")
-    conn = connection.connect(path)
     try:
-        connection.require_schema(conn, path)
-        conn.execute(sql.BEGIN_IMMEDIATE)
-        try:
+        with connection.write_transaction(path) as conn:
             ids = [row[0] for row in conn.execute(sql.ARCHIVABLE_JOBS, (before,))]
             rows = conn.execute(sql.EVENTS_OF_JOBS, (json.dumps(ids), json.dumps(_KEEP))
                                 ).fetchall() if ids else []
             if not rows:
-                conn.execute(sql.ROLLBACK)
                 return Archived(0, 0, target, "")
             digest = _write(target, rows)
             positions = [row[0] for row in rows]
-            conn.execute("DROP TRIGGER evq_events_no_delete")
+            conn.execute(sql.DROP_EVENTS_NO_DELETE)
             conn.execute(sql.DELETE_EVENTS_AT, (json.dumps(positions),))
             conn.execute(schema.EVENTS_NO_DELETE)
             tx = Tx(conn, time.time() if now is None else now)
@@ -67,14 +63,9 @@ def archive(path: str | Path, before: float, to: str | Path, now: float | None =
                 "file": target.name, "sha256": digest, "events": len(rows), "jobs": len(ids),
                 "before": before, "positions": _ranges(positions)})
             tx.seal()
-            conn.execute(sql.COMMIT)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute(sql.ROLLBACK)
-            target.unlink(missing_ok=True)
-            raise
-    finally:
-        conn.close()
+    except BaseException:
+        target.unlink(missing_ok=True)  # no half-made archive beside an unchanged ledger
+        raise
     return Archived(len(rows), len(ids), target, digest)
 
 

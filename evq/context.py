@@ -350,7 +350,7 @@ class Context:
             raise InvalidInput(
                 "enqueue_in needs a transaction that is open on `conn`: write your own "
                 "rows first (or execute BEGIN), then enqueue, then commit")
-        files = {row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"}
+        files = {row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"}
         if str(self.path.resolve()) not in {str(Path(f).resolve()) for f in files if f}:
             raise InvalidInput(
                 f"the connection is not on this context's ledger {self.path}; open it on "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,6 +128,27 @@ def migrate_file(path: str | Path) -> tuple[int, int]:
     conn = connect(path)
     try:
         return migrate(conn), schema.LATEST_VERSION
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def write_transaction(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """One write transaction (`BEGIN IMMEDIATE`) on an existing ledger: committed when
+    the block ends, rolled back if it raises."""
+    if not Path(path).exists():
+        raise LedgerError(f"no ledger at {path}: check the path or EVQ_DB")
+    conn = connect(path)
+    try:
+        require_schema(conn, path)
+        conn.execute(sql.BEGIN_IMMEDIATE)
+        try:
+            yield conn
+            conn.execute(sql.COMMIT)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(sql.ROLLBACK)
+            raise
     finally:
         conn.close()
 

@@ -22,6 +22,7 @@ CONNECTION_PRAGMAS = (
 SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
 SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
 DATA_VERSION = "PRAGMA data_version"
+DATABASE_LIST = "PRAGMA database_list"
 CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 # --- transactions --------------------------------------------------------------------
@@ -239,5 +240,6 @@ WHERE job_id IN (SELECT value FROM json_each(?))
   AND kind NOT IN (SELECT value FROM json_each(?))
 ORDER BY position
 """
+DROP_EVENTS_NO_DELETE = "DROP TRIGGER evq_events_no_delete"
 DELETE_EVENTS_AT = "DELETE FROM evq_events WHERE position IN (SELECT value FROM json_each(?))"
 ARCHIVE_EVENTS = "SELECT data FROM evq_events WHERE kind = 'archive' ORDER BY position"
