@@ -92,6 +92,11 @@ class Worker:
         self.batch_size = max(1, int(batch_size))
         self.jobs_done = 0
         self._running: dict[str, _Running] = {}
+        # Attempts whose lease was lost while their handler still runs, superseded by a
+        # newer attempt of the same job: awaited at shutdown, never reported.
+        self._superseded: set[_Running] = set()
+        self._beat_wake = asyncio.Event()
+        self._beat_period = float("inf")
         self._wake = asyncio.Event()
         self._stopping = False
         self._finished_since_claim = False
@@ -151,7 +156,7 @@ class Worker:
                 if (self._foreign_commit and self._running
                         and time.monotonic() >= self._next_cancel_check):
                     await self._check_cancelled()
-                free = self.concurrency - len(self._running)
+                free = self.concurrency - len(self._running) - len(self._superseded)
                 claimed: list[ops.Claimed] = []
                 next_at: float | None = None
                 if free > 0 and (self._new_work or free >= self._refill or not self._running):
@@ -209,7 +214,12 @@ class Worker:
     def _on_cancel(self, job_id: str) -> None:
         """A job this worker may be running was cancelled: stop it."""
         run = self._running.get(job_id)
-        if run is None or run.cancelled or run.reporting:
+        if run is not None:
+            self._stop_run(run)
+
+    @staticmethod
+    def _stop_run(run: _Running) -> None:
+        if run.cancelled or run.reporting:
             return
         run.cancelled = True
         if run.job is not None:
@@ -286,14 +296,14 @@ class Worker:
         return planned
 
     @staticmethod
-    def _heartbeat_op(tx: Tx, *, runs: list[_Running]) -> list[str]:
+    def _heartbeat_op(tx: Tx, *, runs: list[_Running]) -> list[_Running]:
         lost = []
         for run in runs:
             lease_until = tx.now + run.lease
             try:
                 ops.report(tx, run.held, [Planned("heartbeat", {"lease_until": lease_until})])
             except LeaseLost:
-                lost.append(run.held.job_id)
+                lost.append(run)
             else:
                 run.lease_until = lease_until
         return lost
@@ -302,7 +312,15 @@ class Worker:
     def _start(self, claimed: ops.Claimed, definition: JobDefinition[Any]) -> None:
         held = ops.Attempt(claimed.id, claimed.queue, claimed.name, claimed.attempt, self.name)
         run = _Running(claimed, held, definition.lease, claimed.lease_until)
+        previous = self._running.get(claimed.id)
+        if previous is not None:
+            # The older attempt lost its lease (it was rescued and claimed again here):
+            # its handler is stopped if it can be, and its outcome would be refused.
+            self._stop_run(previous)
+            self._superseded.add(previous)
         self._running[claimed.id] = run
+        if run.lease / 3 < self._beat_period:
+            self._beat_wake.set()  # the heartbeat task sleeps longer than this lease allows
         run.task = asyncio.get_running_loop().create_task(self._execute(run, definition))
 
     async def _execute(self, run: _Running, definition: JobDefinition[Any]) -> None:
@@ -332,7 +350,9 @@ class Worker:
                 self._start_hooks()
         finally:
             # Only now is the slot free: the outcome is committed (or refused).
-            self._running.pop(claimed.id, None)
+            if self._running.get(claimed.id) is run:
+                del self._running[claimed.id]
+            self._superseded.discard(run)
             self._finished_since_claim = True
             self._wake.set()
 
@@ -458,21 +478,31 @@ class Worker:
     async def _heartbeats(self) -> None:
         clock = self.ctx.clock
         while True:
-            runs = list(self._running.values())
-            shortest = min((r.lease for r in runs), default=10.0)
-            await clock.sleep(shortest / 3)
+            self._beat_wake.clear()
+            self._beat_period = min((r.lease / 3 for r in self._running.values()),
+                                    default=float("inf"))
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._beat_wake.wait())]
+            if self._beat_period != float("inf"):
+                waiters.append(asyncio.ensure_future(clock.sleep(self._beat_period)))
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
             now = clock.now()
             due = [r for r in self._running.values()
                    if not r.reporting and r.lease_until - now < r.lease * 2 / 3]
             if due:
                 lost = await self.ctx.writer.run(functools.partial(self._heartbeat_op, runs=due))
-                for job_id in lost:
+                for run in lost:
                     # Rescued or cancelled elsewhere: this attempt is over, stop its handler.
-                    self._log.warning("evq.lease_lost", job_id=job_id)
-                    self._on_cancel(job_id)
+                    self._log.warning("evq.lease_lost", job_id=run.held.job_id,
+                                      attempt=run.held.attempt)
+                    self._stop_run(run)
 
     async def _finish_running(self) -> None:
-        tasks = [r.task for r in self._running.values() if r.task is not None]
+        runs = [*self._running.values(), *self._superseded]
+        tasks = [r.task for r in runs if r.task is not None]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=self.grace)

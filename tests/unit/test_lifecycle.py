@@ -11,6 +11,7 @@ import pytest
 import evq
 from evq.ledger import ops, replay
 from evq.testing import kinds_of, settle
+from evq.worker import Worker
 
 RUN = ["enqueue", "dequeue", "run"]
 
@@ -481,3 +482,36 @@ async def test_retry_runs_an_ended_job_again_as_a_new_linked_job(ctx, clock):
     with pytest.raises(evq.JobStateConflict, match="only failed, expired or cancelled"):
         await ctx.retry(new)
     assert replay.check(ctx.path).ok
+
+
+async def test_an_attempt_that_lost_its_lease_here_is_stopped_and_awaited(ctx, clock,
+                                                                           monkeypatch):
+    """Its heartbeats stalled (say, a starved event loop), so this very worker rescues
+    the job and runs attempt 2 while attempt 1's handler is still going."""
+    async def stalled(self: Worker) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Worker, "_heartbeats", stalled)
+    first_started, first_stopped = asyncio.Event(), asyncio.Event()
+
+    @ctx.job(lease=2, max_attempts=3, backoff=evq.Fixed(0))
+    async def job(payload, job: evq.Job):
+        if job.attempt == 1:
+            first_started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                first_stopped.set()
+                raise
+        return f"attempt {job.attempt}"
+
+    job_id = await job.enqueue()
+    worker = ctx.worker(concurrency=2)
+    task = asyncio.create_task(worker.run(until_idle=True))
+    await first_started.wait()
+    clock.advance(3)
+    assert await task == 1
+    assert first_stopped.is_set()
+    record = await ctx.get_job(job_id)
+    assert record.state is evq.JobState.SUCCEEDED and record.result == "attempt 2"
+    assert await kinds_of(ctx, job_id) == [*RUN, "rescue", "dequeue", "run", "success"]
