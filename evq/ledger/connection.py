@@ -53,11 +53,15 @@ def connect(
         conn = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=check_same_thread
         )
-    conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
-    for pragma in sql.CONNECTION_PRAGMAS:
-        if read_only and pragma.startswith(("PRAGMA journal_mode", "PRAGMA journal_size")):
-            continue
-        conn.execute(pragma)
+    try:
+        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
+        for pragma in sql.CONNECTION_PRAGMAS:
+            if read_only and pragma.startswith(("PRAGMA journal_mode", "PRAGMA journal_size")):
+                continue
+            conn.execute(pragma)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _not_a_database(path, exc) from exc
     level = "FULL" if Durability(durability) is Durability.POWER else "NORMAL"
     conn.execute(sql.SET_SYNCHRONOUS.format(level=level))
     return conn
@@ -153,8 +157,15 @@ def write_transaction(path: str | Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def _not_a_database(path: str | Path, exc: sqlite3.DatabaseError) -> LedgerError:
+    return LedgerError(f"{path} is not a SQLite database ({exc}): check the path or EVQ_DB")
+
+
 def require_schema(conn: sqlite3.Connection, path: str | Path) -> None:
-    version = schema_version(conn)
+    try:
+        version = schema_version(conn)
+    except sqlite3.DatabaseError as exc:
+        raise _not_a_database(path, exc) from exc
     if version == 0:
         raise LedgerError(f"{path} is not an evq ledger (no evq schema): run `evq migrate`")
     if version != schema.LATEST_VERSION:
