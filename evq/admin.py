@@ -27,9 +27,9 @@ def retry(path: str | Path, job_id: str, reason: str | None) -> str:
     return _write(path, lambda tx: ops.retry(tx, job_id, new_job_id(), reason))
 
 
-def cancel(path: str | Path, job_id: str, reason: str | None) -> bool:
+def cancel(path: str | Path, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
     return _write(path, lambda tx: ops.cancel(tx, job_id, reason))
 
 
-def delete(path: str | Path, job_id: str, reason: str | None) -> None:
-    _write(path, lambda tx: ops.delete(tx, job_id, reason))
+def delete(path: str | Path, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
+    return _write(path, lambda tx: ops.delete(tx, job_id, reason))

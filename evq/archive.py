@@ -39,6 +39,23 @@ class Archived:
     sha256: str
 
 
+def _whole_flows(deleted: set[str], edges: list[tuple[str, str]]) -> list[str]:
+    """Of the deleted jobs, those whose events can leave the ledger: a flow's child only
+    with its parent (or after it), since the parent's `wait` event needs the child's
+    enqueue to replay."""
+    parent_of = {child: parent for parent, child in edges}
+    kept = set(deleted)
+    changed = True
+    while changed:
+        changed = False
+        for job_id in list(kept):
+            parent = parent_of.get(job_id)
+            if parent is not None and parent not in kept:
+                kept.discard(job_id)
+                changed = True
+    return sorted(kept)
+
+
 def archive(path: str | Path, before: float, to: str | Path, now: float | None = None
             ) -> Archived:
     """Move out the events of jobs deleted at or before `before`; write them to `to`
@@ -48,7 +65,8 @@ def archive(path: str | Path, before: float, to: str | Path, now: float | None =
         raise LedgerError(f"{target} already exists; archive writes a new file")
     try:
         with connection.write_transaction(path) as conn:
-            ids = [row[0] for row in conn.execute(sql.ARCHIVABLE_JOBS, (before,))]
+            ids = _whole_flows({row[0] for row in conn.execute(sql.ARCHIVABLE_JOBS, (before,))},
+                               conn.execute(sql.FLOW_EDGES_IN_LEDGER).fetchall())
             rows = conn.execute(sql.EVENTS_OF_JOBS, (json.dumps(ids), json.dumps(_KEEP))
                                 ).fetchall() if ids else []
             if not rows:

@@ -74,3 +74,8 @@ class LedgerError(EvqError):
 
 class ContextClosed(LedgerError):
     """The context was used after it was closed, or before it was opened."""
+
+
+class FlowError(EvqError):
+    """A flow cannot be built as asked: a child that does not exist, has ended, already
+    belongs to another parent, or would make the tree a cycle."""

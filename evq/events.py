@@ -40,6 +40,12 @@ class EventKind(enum.StrEnum):
     LEADER = "leader"
     PAUSE = "pause"
     RESUME = "resume"
+    WAIT = "wait"
+    """A flow's parent waits for children: data.children [{id, on_failure}]."""
+    CHILD = "child"
+    """A child of a waiting parent settled: data {child, outcome, result or error}."""
+    READY = "ready"
+    """Nothing is left for a parent to wait for: it is pending from data.run_at."""
 
 
 TERMINAL_KINDS = frozenset({"success", "fail", "expire", "cancel"})

@@ -36,6 +36,8 @@ class JobState(enum.StrEnum):
     """Where a job is. pending includes jobs scheduled for later (see JobRecord.scheduled)."""
 
     PENDING = "pending"
+    WAITING = "waiting"
+    """A flow's parent waiting for its children (see `blocked_by` for a failed one)."""
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -44,7 +46,7 @@ class JobState(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING)
+        return self not in (JobState.PENDING, JobState.WAITING, JobState.RUNNING)
 
 
 def _check_attempts(instance: Any, attribute: Any, value: int | None) -> None:
@@ -167,6 +169,8 @@ class Job:
     worker: str
     log: Any = attrs.field(repr=False)
     _outcome: Planned | None = attrs.field(default=None, repr=False)
+    children: tuple[Child, ...] = ()
+    """A flow parent's children, as they settled (their results and errors)."""
     cancel_requested: bool = False
     """Set when the job was cancelled while running: stop early (an async handler is
     also cancelled; a sync one can only see this)."""
@@ -174,6 +178,20 @@ class Job:
     @property
     def outcome(self) -> Planned | None:
         return self._outcome
+
+    @property
+    def children_values(self) -> dict[str, Any]:
+        """The results of the children that succeeded, by child job id (BullMQ's
+        `getChildrenValues`)."""
+        return {c.id: c.result for c in self.children if c.state == "succeeded"}
+
+    def child_result(self, name: str) -> Any:
+        """The result of the one succeeded child with this job name."""
+        found = [c for c in self.children if c.name == name and c.state == "succeeded"]
+        if len(found) != 1:
+            raise LookupError(f"job {self.id} has {len(found)} succeeded children named "
+                              f"{name!r}; use job.children_values (by id) instead")
+        return found[0].result
 
     def _choose(self, planned: Planned) -> None:
         if self._outcome is not None:
@@ -214,6 +232,27 @@ def _time(value: float | None) -> datetime | None:
 
 
 @attrs.frozen
+class Child:
+    """One edge of a flow, as its parent sees it. state: open, succeeded, failed (the
+    parent waits on it), ignored (failed, and the parent runs anyway), removed (failed,
+    and dropped from the parent's dependencies) or replaced (by a retry of it)."""
+
+    id: str
+    name: str
+    queue: str
+    on_failure: str
+    state: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Child:
+        id_, name, queue, on_failure, state, result, error = row
+        return cls(id_, name, queue, on_failure, state, _json_or_none(result),
+                   _json_or_none(error))
+
+
+@attrs.frozen
 class JobRecord:
     """A job's current state: one row of the projection."""
 
@@ -239,18 +278,26 @@ class JobRecord:
     orphaned_at: datetime | None
     enqueue_position: int
     updated_position: int
+    parent_id: str | None = None
+    """The job waiting for this one, in a flow."""
+    children: int = 0
+    """How many children this job has waited for, in a flow."""
+    blocked_by: str | None = None
+    """A waiting parent's child that failed for good, which it waits for forever (unless
+    that child is retried)."""
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         (id_, queue, name, state, priority, run_at, attempt, errors, max_attempts,
          lease_until, worker, enqueued_at, started_at, finished_at, result, error,
-         key, group, hook_state, orphaned_at, enqueue_position, updated_position) = row
+         key, group, hook_state, orphaned_at, enqueue_position, updated_position,
+         parent_id, children, blocked_by) = row
         return cls(
             id_, queue, name, JobState(state), priority, _time(run_at), attempt, errors,  # type: ignore[arg-type]
             max_attempts, _time(lease_until), worker, _time(enqueued_at),  # type: ignore[arg-type]
             _time(started_at), _time(finished_at), _json_or_none(result),
             _json_or_none(error), key, group, hook_state, _time(orphaned_at),
-            enqueue_position, updated_position,
+            enqueue_position, updated_position, parent_id, children, blocked_by,
         )
 
     def scheduled(self, now: datetime | None = None) -> bool:

@@ -330,7 +330,7 @@ class Worker:
         job = Job(claimed.id, claimed.name, claimed.queue, claimed.attempt, claimed.errors,
                   claimed.max_attempts, claimed.priority,
                   datetime.fromtimestamp(claimed.enqueued_at, UTC),
-                  claimed.payload, self.name, log)
+                  claimed.payload, self.name, log, children=claimed.children)
         run.job = job
         run.is_async = definition.is_async
         try:

@@ -13,8 +13,9 @@ from typing import Any
 import attrs
 
 from ..errors import JobStateConflict, UnknownJob
+from ..jobs import Child
 from ..outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure
-from . import sql
+from . import flows, sql
 from .tx import NewEvent, Tx
 
 
@@ -33,12 +34,13 @@ class NewJob:
     group: str | None = None
     payload_json: str | None = None
     retry_of: str | None = None
+    parent: str | None = None
 
     def event_text(self) -> str | None:
         """The enqueue event's data as JSON text, reusing the payload's text encoded at
         validation (the payload is the bulk of it; encoding it twice costs)."""
         if (self.payload_json is None or self.key is not None or self.group is not None
-                or self.retry_of is not None):
+                or self.retry_of is not None or self.parent is not None):
             return None
         attempts = "null" if self.max_attempts is None else int(self.max_attempts)
         return (f'{{"payload":{self.payload_json},"run_at":{float(self.run_at)!r},'
@@ -57,6 +59,8 @@ class NewJob:
             data["group"] = self.group
         if self.retry_of is not None:
             data["retry_of"] = self.retry_of
+        if self.parent is not None:
+            data["parent"] = self.parent
         return data
 
 
@@ -75,6 +79,7 @@ class Claimed:
     enqueued_at: float
     payload: Any
     lease_until: float
+    children: tuple[Child, ...] = ()
 
 
 def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
@@ -183,7 +188,7 @@ def claim(
     claimed = []
     events: list[NewEvent] = []
     for (job_id, queue, name, attempt, errors, max_attempts, priority, run_at,
-         enqueued_at, enqueue_data, _, _) in rows:
+         enqueued_at, enqueue_data, _, _, children) in rows:
         lease_until = tx.now + lease_seconds(name)
         events.append(("dequeue", job_id, queue, name, attempt + 1, worker,
                        {"lease_until": lease_until}, None))
@@ -191,6 +196,7 @@ def claim(
         claimed.append(Claimed(
             job_id, queue, name, attempt + 1, errors, max_attempts, priority, run_at,
             enqueued_at, json.loads(enqueue_data)["payload"], lease_until,
+            children_of(tx, job_id) if children else (),
         ))
     tx.append_many(events)
     return claimed
@@ -251,6 +257,10 @@ def next_lease_expiry(tx: Tx) -> float | None:
     return None if value is None else float(value)
 
 
+def children_of(tx: Tx, job_id: str) -> tuple[Child, ...]:
+    return tuple(Child.from_row(tuple(row)) for row in tx.rows(sql.CHILDREN_OF, (job_id,)))
+
+
 @attrs.frozen
 class Attempt:
     """Who holds which attempt of which job: the fencing token of every report."""
@@ -267,6 +277,7 @@ def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> None:
     for step in planned:
         tx.append(step.kind, held.job_id, held.queue, held.name, held.attempt,
                   held.worker, step.data)
+    flows.settle_planned(tx, held.job_id, planned)
 
 
 def rescue_expired(
@@ -280,9 +291,11 @@ def rescue_expired(
     for job_id, queue, name, attempt, errors, max_attempts, holder in rows:
         error = {"type": "LeaseExpired",
                  "message": f"worker {holder} stopped renewing its lease", "traceback": ""}
-        for step in after_failure("rescue", error, errors, policy_for(name, max_attempts),
-                                  tx.now, extra={"reason": "lease_expired", "holder": holder}):
+        steps = after_failure("rescue", error, errors, policy_for(name, max_attempts),
+                              tx.now, extra={"reason": "lease_expired", "holder": holder})
+        for step in steps:
             tx.append(step.kind, job_id, queue, name, attempt, rescuer, step.data)
+        flows.settle_planned(tx, job_id, steps)
     return len(rows)
 
 
@@ -297,16 +310,26 @@ def release_previous(tx: Tx, worker: str, queues_json: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def cancel(tx: Tx, job_id: str, reason: str | None) -> bool:
-    """Cancel a pending or running job; True if it was running (its worker must stop)."""
+_PARENT, _CHILDREN = sql.JOB_FIELD["parent_id"], sql.JOB_FIELD["children"]
+
+
+def cancel(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
+    """Cancel a job that has not ended, and the descendants of a flow's parent that have
+    not; returns (id, was it running) for each, this job first (a running one's worker
+    must stop)."""
     row = tx.one(sql.GET_JOB, (job_id,))
     queue, name, state, worker = (row[1], row[2], row[3], row[10]) if row else (None,) * 4
-    running = state == "running"
     data: dict[str, Any] = {"reason": reason}
-    if running:
+    if state == "running":
         data["running_on"] = worker
     tx.append("cancel", job_id, queue, name, data=data)
-    return running
+    cancelled = [(job_id, state == "running")]
+    if row and row[_CHILDREN]:
+        cancelled += flows.cancel_descendants(tx, flows.live_children(tx, job_id), job_id,
+                                            "parent_cancelled")
+    if row and row[_PARENT] is not None:
+        flows.settle(tx, job_id, False, error=flows.ended_by("cancel", reason))
+    return cancelled
 
 
 
@@ -330,6 +353,14 @@ def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
                  data.get("max_attempts"), group=data.get("group"), retry_of=job_id)
     enqueue(tx, [new])
     tx.append("retry", job_id, row[1], row[2], data={"reason": reason, "new_job_id": new_id})
+    edge = tx.one(sql.FAILED_EDGE_OF_CHILD, (job_id,))
+    if edge is not None:
+        # A parent waits on this failed child: the new job takes its place.
+        parent, on_failure, queue, name = edge
+        tx.append("child", parent, queue, name,
+                  data={"child": job_id, "outcome": "replaced", "by": new_id})
+        tx.append("wait", parent, queue, name,
+                  data={"children": [{"id": new_id, "on_failure": on_failure}]})
     return new_id
 
 
@@ -338,7 +369,16 @@ def cancelled_among(tx: Tx, job_ids_json: str) -> list[str]:
     return [row[0] for row in tx.rows(sql.CANCELLED_AMONG, (job_ids_json,))]
 
 
-def delete(tx: Tx, job_id: str, reason: str | None) -> None:
+def delete(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
+    """Remove a job that is not running from the current state; a flow's parent takes
+    its descendants that have not ended with it (cancelled). Returns (id, was it
+    running) for each of those."""
     row = tx.one(sql.GET_JOB, (job_id,))
     queue, name = (row[1], row[2]) if row else (None, None)
+    children = flows.live_children(tx, job_id) if row and row[_CHILDREN] else []
     tx.append("delete", job_id, queue, name, data={"reason": reason})
+    assert row is not None  # the delete guard refuses an unknown job
+    cancelled = flows.cancel_descendants(tx, children, job_id, "parent_deleted")
+    if row[_PARENT] is not None:
+        flows.settle(tx, job_id, False, error=flows.ended_by("delete", reason))
+    return cancelled

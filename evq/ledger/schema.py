@@ -19,6 +19,7 @@ NOT_PENDING = "evq:not_pending"
 UNKNOWN_JOB = "evq:unknown_job"
 RUNNING = "evq:running"
 APPEND_ONLY = "evq:append_only"
+FLOW = "evq:flow"
 
 def _kind(*kinds: str) -> str:
     """`NEW.kind = 'a' OR NEW.kind = 'b'`: SQLite 3.40 builds an ephemeral table for
@@ -300,8 +301,159 @@ _V1_FOLD = "\n".join(
     for name, kinds, body in _TRANSITIONS
 )
 
+# Version 2: flows. A parent job waits (state `waiting`) for its children; each edge is a
+# row of evq_dependencies, opened by the parent's `wait` event and settled by `child`
+# events; `ready` makes the parent pending once nothing is left to wait for, and a `fail`
+# without an attempt fails a waiting parent because of a child. The writer decides each
+# of these (see ledger/flows.py) and the events record the decision.
+_V2_FLOWS = f"""
+ALTER TABLE evq_jobs ADD COLUMN parent_id TEXT;
+ALTER TABLE evq_jobs ADD COLUMN children INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE evq_jobs ADD COLUMN blocked_by TEXT;
+
+-- One row per parent -> child edge. state: open, succeeded, failed (blocks the parent),
+-- ignored, removed, replaced (by a retry of the child). The child's result or error is
+-- copied here, so the parent can read it even after cleanup removed the child.
+CREATE TABLE evq_dependencies (
+    parent_id        TEXT    NOT NULL,
+    child_id         TEXT    NOT NULL,
+    child_name       TEXT    NOT NULL,
+    child_queue      TEXT    NOT NULL,
+    on_failure       TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    result           TEXT,
+    error            TEXT,
+    opened_position  INTEGER NOT NULL,
+    rank             INTEGER NOT NULL,
+    updated_position INTEGER NOT NULL,
+    PRIMARY KEY (parent_id, child_id)
+) WITHOUT ROWID;
+CREATE INDEX evq_dependencies_by_child ON evq_dependencies (child_id);
+CREATE INDEX evq_jobs_parent ON evq_jobs (parent_id) WHERE parent_id IS NOT NULL;
+
+-- A waiting parent is live too: its idempotency key stays taken.
+DROP INDEX evq_jobs_live_key;
+CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL
+      AND (state = 'pending' OR state = 'running' OR state = 'waiting');
+
+-- A fail without an attempt is a waiting parent failed because of a child: it has its own
+-- guard below, not the holder's.
+DROP TRIGGER evq_guard_holder;
+CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
+WHEN ({_kind("run", "heartbeat", "success", "error", "requeue", "defer")}
+      OR (NEW.kind = 'fail' AND NEW.attempt IS NOT NULL))
+ AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs
+    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+      AND worker IS NEW.worker)
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+CREATE TRIGGER evq_guard_flow_fail BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'fail' AND NEW.attempt IS NULL AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'waiting')
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+-- Cancel also takes a waiting parent.
+DROP TRIGGER evq_guard_admin;
+CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
+WHEN {_kind("cancel", "delete")}
+BEGIN
+    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
+    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    SELECT RAISE(ABORT, '{NOT_PENDING}')
+    WHERE NEW.kind = 'cancel' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
+          AND (state = 'pending' OR state = 'running' OR state = 'waiting'));
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
+          AND attempt = NEW.attempt AND worker IS NEW.worker);
+    SELECT RAISE(ABORT, '{RUNNING}')
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
+END;
+
+-- A parent takes children only before it starts; each child exists, has not ended, is
+-- not the parent and has no other parent. (Cycles through grandparents are refused by
+-- the writer: a trigger cannot walk the tree.)
+CREATE TRIGGER evq_guard_wait BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'wait'
+BEGIN
+    SELECT RAISE(ABORT, '{NOT_PENDING}') WHERE NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
+          AND (state = 'pending' OR state = 'waiting'));
+    SELECT RAISE(ABORT, '{FLOW}') WHERE EXISTS (
+        SELECT 1 FROM json_each(NEW.data, '$.children') AS c
+        LEFT JOIN evq_jobs AS j ON j.id = json_extract(c.value, '$.id')
+        WHERE j.id IS NULL OR j.id = NEW.job_id OR j.parent_id IS NOT NULL
+           OR NOT (j.state = 'pending' OR j.state = 'running' OR j.state = 'waiting'));
+END;
+
+-- A child settles an open edge once (or replaces a failed one, on retry).
+CREATE TRIGGER evq_guard_child BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'child' AND NOT EXISTS (
+    SELECT 1 FROM evq_dependencies
+    WHERE parent_id = NEW.job_id AND child_id = json_extract(NEW.data, '$.child')
+      AND (state = 'open'
+           OR (state = 'failed' AND json_extract(NEW.data, '$.outcome') = 'replaced')))
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+-- A parent is ready once no edge is open or failed.
+CREATE TRIGGER evq_guard_ready BEFORE INSERT ON evq_events
+WHEN NEW.kind = 'ready' AND (
+    NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'waiting')
+    OR EXISTS (SELECT 1 FROM evq_dependencies WHERE parent_id = NEW.job_id
+                 AND (state = 'open' OR state = 'failed')))
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+
+CREATE TRIGGER evq_fold_wait AFTER INSERT ON evq_events WHEN NEW.kind = 'wait'
+BEGIN
+    INSERT INTO evq_dependencies (parent_id, child_id, child_name, child_queue,
+        on_failure, state, opened_position, rank, updated_position)
+    SELECT NEW.job_id, j.id, j.name, j.queue, json_extract(c.value, '$.on_failure'),
+        'open', NEW.position, c.key, NEW.position
+    FROM json_each(NEW.data, '$.children') AS c
+    JOIN evq_jobs AS j ON j.id = json_extract(c.value, '$.id');
+    UPDATE evq_jobs SET parent_id = NEW.job_id
+    WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(NEW.data, '$.children'));
+    UPDATE evq_jobs SET state = 'waiting',
+        children = children + json_array_length(NEW.data, '$.children'),
+        updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_fold_child AFTER INSERT ON evq_events WHEN NEW.kind = 'child'
+BEGIN
+    UPDATE evq_dependencies SET state = json_extract(NEW.data, '$.outcome'),
+        result = NEW.data -> '$.result', error = NEW.data -> '$.error',
+        updated_position = NEW.position
+    WHERE parent_id = NEW.job_id AND child_id = json_extract(NEW.data, '$.child');
+    UPDATE evq_jobs SET blocked_by = (
+            SELECT min(child_id) FROM evq_dependencies
+            WHERE parent_id = NEW.job_id AND state = 'failed'),
+        updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+CREATE TRIGGER evq_fold_ready AFTER INSERT ON evq_events WHEN NEW.kind = 'ready'
+BEGIN
+    UPDATE evq_jobs SET state = 'pending', run_at = json_extract(NEW.data, '$.run_at'),
+        updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+
+-- A deleted parent takes its edges with it, and its children no longer name it: nothing
+-- in the current state depends on a deleted job's events, so they can be archived.
+CREATE TRIGGER evq_fold_delete_edges AFTER INSERT ON evq_events WHEN NEW.kind = 'delete'
+BEGIN
+    DELETE FROM evq_dependencies WHERE parent_id = NEW.job_id;
+    UPDATE evq_jobs SET parent_id = NULL WHERE parent_id = NEW.job_id;
+END;
+"""
+
 # Each entry upgrades the schema by one version; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD,)
+MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS)
 
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -62,7 +62,7 @@ GUARD_TRIGGERS = (
 # The payload is read from the enqueue event, so it is stored once.
 CLAIM_DUE = """
 SELECT j.id, j.queue, j.name, j.attempt, j.errors, j.max_attempts, j.priority,
-       j.run_at, j.enqueued_at, e.data, j.enqueue_position, j.job_group
+       j.run_at, j.enqueued_at, e.data, j.enqueue_position, j.job_group, j.children
 FROM evq_jobs AS j INDEXED BY evq_jobs_due
 JOIN evq_events AS e ON e.position = j.enqueue_position
 WHERE j.state = 'pending' AND j.queue = ? AND j.run_at <= ?
@@ -77,7 +77,7 @@ RUNNING_IN_QUEUE = "SELECT count(*) FROM evq_jobs WHERE state = 'running' AND qu
 PAUSED_QUEUES = "SELECT name FROM evq_queues WHERE paused"
 LIVE_JOB_WITH_KEY = (
     "SELECT id FROM evq_jobs WHERE idempotency_key = ? "
-    "AND (state = 'pending' OR state = 'running')"
+    "AND (state = 'pending' OR state = 'running' OR state = 'waiting')"
 )
 
 NEXT_DUE = """
@@ -103,11 +103,39 @@ CANCELLED_AMONG = (
 )
 NEXT_LEASE_EXPIRY = "SELECT min(lease_until) FROM evq_jobs WHERE state = 'running'"
 
+# --- flows ---------------------------------------------------------------------------
+CHILD_COLUMNS = "child_id, child_name, child_queue, on_failure, state, result, error"
+CHILDREN_OF = (f"SELECT {CHILD_COLUMNS} FROM evq_dependencies WHERE parent_id = ? "
+               "ORDER BY opened_position, rank")
+# The edge a job's end settles: its parent's, while that parent still waits.
+OPEN_EDGE_OF_CHILD = """
+SELECT d.parent_id, d.on_failure, p.queue, p.name, p.run_at
+FROM evq_dependencies AS d JOIN evq_jobs AS p ON p.id = d.parent_id
+WHERE d.child_id = ? AND d.state = 'open' AND p.state = 'waiting'
+"""
+FAILED_EDGE_OF_CHILD = """
+SELECT d.parent_id, d.on_failure, p.queue, p.name
+FROM evq_dependencies AS d JOIN evq_jobs AS p ON p.id = d.parent_id
+WHERE d.child_id = ? AND d.state = 'failed' AND p.state = 'waiting'
+"""
+UNSETTLED_EDGES = (
+    "SELECT count(*) FROM evq_dependencies WHERE parent_id = ? "
+    "AND (state = 'open' OR state = 'failed')"
+)
+LIVE_CHILDREN = """
+SELECT j.id FROM evq_dependencies AS d JOIN evq_jobs AS j ON j.id = d.child_id
+WHERE d.parent_id = ? AND (j.state = 'pending' OR j.state = 'waiting' OR j.state = 'running')
+ORDER BY j.enqueue_position
+"""
+PARENT_OF = "SELECT parent_id FROM evq_jobs WHERE id = ?"
+JOB_STATE = "SELECT state, queue, name FROM evq_jobs WHERE id = ?"
+
 # --- reads ---------------------------------------------------------------------------
 JOB_COLUMNS = (
     "id, queue, name, state, priority, run_at, attempt, errors, max_attempts, "
     "lease_until, worker, enqueued_at, started_at, finished_at, result, error, "
-    "idempotency_key, job_group, hook_state, orphaned_at, enqueue_position, updated_position"
+    "idempotency_key, job_group, hook_state, orphaned_at, enqueue_position, updated_position, "
+    "parent_id, children, blocked_by"
 )
 JOB_FIELD = {name: index for index, name in enumerate(JOB_COLUMNS.split(", "))}
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
@@ -158,6 +186,8 @@ PROJECTIONS = {
     "evq_queues": "name, paused, updated_position",
     "evq_definitions": "name, queue, data, updated_position",
     "evq_schedules": "name, spec, next_at, updated_position",
+    "evq_dependencies": "parent_id, child_id, child_name, child_queue, on_failure, state, "
+                        "result, error, opened_position, rank, updated_position",
 }
 IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 LAST_POSITION_AT = "SELECT coalesce(max(position), 0) FROM evq_events WHERE at <= ?"
@@ -233,6 +263,12 @@ ARCHIVABLE_JOBS = """
 SELECT DISTINCT e.job_id FROM evq_events AS e
 WHERE e.kind = 'delete' AND e.at <= ? AND e.job_id IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM evq_jobs AS j WHERE j.id = e.job_id)
+"""
+# (parent, child) of every flow edge whose `wait` event is still in the ledger.
+FLOW_EDGES_IN_LEDGER = """
+SELECT e.job_id, json_extract(c.value, '$.id') FROM evq_events AS e,
+     json_each(e.data, '$.children') AS c
+WHERE e.kind = 'wait'
 """
 EVENTS_OF_JOBS = f"""
 SELECT {EVENT_COLUMNS} FROM evq_events

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..codec import dumps
-from ..errors import JobStateConflict, LeaseLost, LedgerError, UnknownJob
+from ..errors import FlowError, JobStateConflict, LeaseLost, LedgerError, UnknownJob
 from . import schema, seals, sql
 
 # (position, at, kind, job_id, queue, job, attempt, worker, data-dict)
@@ -123,6 +123,10 @@ def refusal(exc: sqlite3.IntegrityError, kind: str, job_id: str | None,
             "holds that attempt (its lease ran out and it was rescued, or it was "
             "cancelled); the ledger is unchanged"
         )
+    if schema.FLOW in text:
+        return FlowError(
+            f"{kind} refused for job {job_id}: each child must be a job that has not ended "
+            "and has no other parent")
     if schema.UNKNOWN_JOB in text:
         return UnknownJob(f"no job {job_id} in the ledger (it may have been deleted)")
     if schema.NOT_PENDING in text:

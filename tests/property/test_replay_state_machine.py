@@ -1,7 +1,8 @@
-"""For any sequence of operations (enqueues, claims, every outcome, heartbeats, cancels,
-deletes, pauses, lease expiries, abandoned workers), replaying the events gives exactly
-the stored projection, a model of each job agrees with it, and the invariants of
-DESIGN.md hold. Refused operations leave the ledger exactly as it was."""
+"""For any sequence of operations (enqueues, flows, claims, every outcome, heartbeats,
+cancels, deletes, retries, pauses, lease expiries, abandoned workers), replaying the
+events gives exactly the stored projection, a model of each job and of each flow's edges
+agrees with it, and the invariants of DESIGN.md hold. Refused operations leave the
+ledger exactly as it was."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from evq.errors import EvqError, LeaseLost
-from evq.ledger import connection, ops, replay, seals
+from evq.ledger import connection, ops, replay, seals, trees
 from evq.ledger.tx import Tx
 from evq.outcomes import Planned, RetryPolicy, after_failure
 from evq.retry import Fixed
@@ -28,6 +29,10 @@ QUEUES = ["a", "b"]
 NAMES = ["x", "y"]
 WORKERS = ["w1", "w2", "w3"]
 TERMINAL = {"success", "expire", "fail", "cancel"}
+ON_FAILURE = ["wait", "fail_parent", "ignore", "remove"]
+FAILED_EDGE = {"wait": "failed", "fail_parent": "failed", "ignore": "ignored",
+               "remove": "removed"}
+LIVE = ("pending", "waiting", "running")
 json_leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
 payloads = st.recursive(json_leaves, lambda inner: st.one_of(
@@ -49,6 +54,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.held: dict[str, ops.Attempt] = {}  # job id -> the attempt a worker holds
         self.stale: list[ops.Attempt] = []  # attempts whose holder lost them
         self.paused: set[str] = set()
+        # flows: parent -> child -> {"on": on_failure, "state": edge state}
+        self.edges: dict[str, dict[str, dict[str, str]]] = {}
+        self.parent_of: dict[str, str] = {}
 
     def teardown(self) -> None:
         if self.conn.execute("SELECT count(*) FROM evq_events").fetchone()[0]:
@@ -102,7 +110,7 @@ class LedgerMachine(RuleBasedStateMachine):
                                      "key": key, "hook": None}
             else:  # the key matched a live job: that one is the answer
                 assert key is not None and self.jobs[job_id]["key"] == key
-                assert self.jobs[job_id]["state"] in ("pending", "running")
+                assert self.jobs[job_id]["state"] in LIVE
 
     @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 4),
           lease=st.sampled_from([10.0, 30.0]))
@@ -149,14 +157,18 @@ class LedgerMachine(RuleBasedStateMachine):
         del self.held[job_id]
         if outcome == "success":
             model["state"] = "succeeded"
+            self.settle(job_id, True)
         elif outcome in ("error", "fail"):
             model["errors"] += 1
             model["state"] = {"expire": "expired", "fail": "failed"}.get(
                 planned[-1].kind, "pending")
             if planned[-1].kind == "expire" and planned[-1].data.get("hook"):
                 model["hook"] = "due"
+            if model["state"] != "pending":
+                self.settle(job_id, False)
         elif outcome == "delete":
             model["state"] = "gone"
+            self.settle(job_id, False)
         else:
             model["state"] = "pending"
 
@@ -175,6 +187,8 @@ class LedgerMachine(RuleBasedStateMachine):
             retry = model["max"] is None or model["errors"] < model["max"]
             model["state"] = "pending" if retry else "expired"
             self.stale.append(self.held.pop(job_id))
+            if not retry:
+                self.settle(job_id, False)
 
     @rule(worker=st.sampled_from(WORKERS))
     def hooks_run(self, worker: str) -> None:
@@ -215,6 +229,13 @@ class LedgerMachine(RuleBasedStateMachine):
         self.write(lambda tx: ops.retry(tx, job_id, new_id, "test"))
         self.jobs[new_id] = {**model, "state": "pending", "errors": 0, "attempt": 0,
                              "key": None, "hook": None}
+        parent = self.parent_of.get(job_id)
+        edge = self.edges.get(parent or "", {}).get(job_id)
+        if parent and edge and edge["state"] == "failed" \
+                and self.jobs[parent]["state"] == "waiting":
+            edge["state"] = "replaced"  # the new job takes the failed child's place
+            self.edges[parent][new_id] = {"on": edge["on"], "state": "open"}
+            self.parent_of[new_id] = parent
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
@@ -228,14 +249,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.jobs)))
         model = self.jobs[job_id]
-        if model["state"] not in ("pending", "running"):
+        if model["state"] not in LIVE:
             with pytest.raises(EvqError):
                 self.write(lambda tx: ops.cancel(tx, job_id, "test"))
             return
-        self.write(lambda tx: ops.cancel(tx, job_id, "test"))
-        model["state"] = "cancelled"
-        if job_id in self.held:
-            self.stale.append(self.held.pop(job_id))
+        cancelled = self.write(lambda tx: ops.cancel(tx, job_id, "test"))
+        expected = self.cancel_in_model(job_id)
+        assert [job for job, _ in cancelled] == expected
+        self.settle(job_id, False)
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
@@ -246,8 +267,90 @@ class LedgerMachine(RuleBasedStateMachine):
             with pytest.raises(EvqError):
                 self.write(lambda tx: ops.delete(tx, job_id, "admin"))
             return
-        self.write(lambda tx: ops.delete(tx, job_id, "admin"))
+        cancelled = self.write(lambda tx: ops.delete(tx, job_id, "admin"))
         model["state"] = "gone"
+        # A deleted parent takes its live descendants along, whatever its own state.
+        expected = [job for child in self.edges.pop(job_id, {})
+                    if self.jobs[child]["state"] in LIVE
+                    for job in self.cancel_in_model(child)]
+        assert sorted(job for job, _ in cancelled) == sorted(expected)
+        self.settle(job_id, False)
+
+    # --- flows -------------------------------------------------------------------------
+    def new_node(self, queue: str, name: str, on_failure: str,
+                 children: tuple[trees.PlannedNode, ...] = (), key: str | None = None
+                 ) -> trees.PlannedNode:
+        self.count += 1
+        job = ops.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key)
+        return trees.PlannedNode(job, on_failure, children)
+
+    @rule(data=st.data(), key=st.sampled_from([None, None, "k1"]))
+    def enqueue_tree(self, data: st.DataObject, key: str | None) -> None:
+        def grow(depth: int, on_failure: str, key: str | None = None) -> trees.PlannedNode:
+            fanout = data.draw(st.integers(0, 2 if depth < 2 else 0))
+            children = tuple(grow(depth + 1, data.draw(st.sampled_from(ON_FAILURE)))
+                             for _ in range(fanout))
+            return self.new_node(data.draw(st.sampled_from(QUEUES)),
+                                 data.draw(st.sampled_from(NAMES)), on_failure, children,
+                                 key)
+        root = grow(0, "wait", key)
+        placed = self.write(lambda tx: trees.enqueue_tree(tx, root))
+        if not placed.added:  # the key named a live job: nothing was added
+            assert key is not None and self.jobs[placed.id]["key"] == key
+            assert self.jobs[placed.id]["state"] in LIVE
+            return
+        self.add_to_model(root, parent=None)
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), on_failure=st.sampled_from(ON_FAILURE))
+    def add_child(self, data: st.DataObject, on_failure: str) -> None:
+        parent = data.draw(st.sampled_from(sorted(self.jobs)))
+        child = self.new_node("a", "x", on_failure)
+        if self.jobs[parent]["state"] not in ("pending", "waiting"):
+            with pytest.raises(EvqError):
+                self.write(lambda tx: trees.add_children(tx, parent, (child,)))
+            return
+        self.write(lambda tx: trees.add_children(tx, parent, (child,)))
+        self.add_to_model(child, parent)
+        self.jobs[parent]["state"] = "waiting"
+
+    def add_to_model(self, node: trees.PlannedNode, parent: str | None) -> None:
+        job = node.job
+        self.jobs[job.id] = {"state": "waiting" if node.children else "pending", "errors": 0,
+                             "attempt": 0, "max": job.max_attempts, "group": None,
+                             "queue": job.queue, "key": job.key, "hook": None}
+        if parent is not None:
+            self.edges.setdefault(parent, {})[job.id] = {"on": node.on_failure,
+                                                        "state": "open"}
+            self.parent_of[job.id] = parent
+        for child in node.children:
+            self.add_to_model(child, job.id)
+
+    def settle(self, job_id: str, succeeded: bool) -> None:
+        """The model of what a job's end does to its parent."""
+        parent = self.parent_of.get(job_id)
+        edge = self.edges.get(parent or "", {}).get(job_id)
+        if parent is None or edge is None or edge["state"] != "open" \
+                or self.jobs[parent]["state"] != "waiting":
+            return
+        edge["state"] = "succeeded" if succeeded else FAILED_EDGE[edge["on"]]
+        if not succeeded and edge["on"] == "fail_parent":
+            self.jobs[parent]["state"] = "failed"
+            self.settle(parent, False)
+        elif all(e["state"] not in ("open", "failed") for e in self.edges[parent].values()):
+            self.jobs[parent]["state"] = "pending"
+
+    def cancel_in_model(self, job_id: str) -> list[str]:
+        """Cancel a job and its live descendants; the ids, in the order ops cancels."""
+        model = self.jobs[job_id]
+        model["state"] = "cancelled"
+        if job_id in self.held:
+            self.stale.append(self.held.pop(job_id))
+        done = [job_id]
+        for child in self.edges.get(job_id, {}):
+            if self.jobs[child]["state"] in LIVE:
+                done += self.cancel_in_model(child)
+        return done
 
     @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
     def pause(self, queue: str, paused: bool) -> None:
@@ -266,6 +369,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def model_agrees_and_nothing_is_lost(self) -> None:
         stored = {row[0]: row[1:] for row in self.conn.execute(
             "SELECT id, state, errors, attempt, hook_state FROM evq_jobs")}
+        edges = {(p, c): state for p, c, state in self.conn.execute(
+            "SELECT parent_id, child_id, state FROM evq_dependencies")}
+        assert edges == {(p, c): e["state"] for p, children in self.edges.items()
+                         for c, e in children.items()}
+        for job_id, blocked_by in self.conn.execute("SELECT id, blocked_by FROM evq_jobs"):
+            failed = sorted(c for c, e in self.edges.get(job_id, {}).items()
+                            if e["state"] == "failed")
+            assert blocked_by == (failed[0] if failed else None), job_id
         for job_id, model in self.jobs.items():
             if model["state"] == "gone":
                 assert job_id not in stored
@@ -299,8 +410,17 @@ class LedgerMachine(RuleBasedStateMachine):
         assert groups == [], "two jobs of one group ran at once"
         keys = self.conn.execute(
             "SELECT idempotency_key, count(*) FROM evq_jobs WHERE idempotency_key IS NOT NULL "
-            "AND state IN ('pending', 'running') GROUP BY 1 HAVING count(*) > 1").fetchall()
+            "AND state IN ('pending', 'running', 'waiting') GROUP BY 1 HAVING count(*) > 1"
+        ).fetchall()
         assert keys == []
+        # A parent waits exactly while an edge of it is open or failed.
+        waiting = {row[0] for row in self.conn.execute(
+            "SELECT id FROM evq_jobs WHERE state = 'waiting'")}
+        blocked = {row[0] for row in self.conn.execute(
+            "SELECT DISTINCT d.parent_id FROM evq_dependencies AS d JOIN evq_jobs AS p "
+            "ON p.id = d.parent_id WHERE d.state IN ('open', 'failed') "
+            "AND p.state IN ('pending', 'waiting')")}
+        assert waiting == blocked
 
 
 # EVQ_HYPOTHESIS_EXAMPLES=400 for a long search; CI keeps the default short.

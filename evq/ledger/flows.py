@@ -1,0 +1,88 @@
+"""What a job's end does to the flow around it, decided inside the same transaction.
+
+A child that ends settles its edge to a waiting parent with a `child` event; the parent
+then becomes `ready`, keeps waiting (a failed child it must wait for), or fails because of
+the child (`fail` without an attempt), which settles the parent's own edge in turn. A
+cancelled or deleted parent cancels its descendants that have not ended. The triggers
+only fold these events; every decision is made here and recorded in them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..outcomes import Planned
+from . import sql
+from .tx import Tx
+
+# What a child's failure makes of its edge, by the edge's on_failure setting.
+ON_FAILURE = {"wait": "failed", "fail_parent": "failed", "ignore": "ignored",
+              "remove": "removed"}
+ENDINGS = ("success", "expire", "fail", "cancel", "delete")
+
+
+def settle(tx: Tx, child_id: str, succeeded: bool, result: Any = None,
+           error: dict[str, Any] | None = None) -> None:
+    """The child ended: settle its edge to a parent that still waits, if it has one."""
+    row = tx.one(sql.OPEN_EDGE_OF_CHILD, (child_id,))
+    if row is None:
+        return
+    parent, on_failure, queue, name, run_at = row
+    outcome = "succeeded" if succeeded else ON_FAILURE[on_failure]
+    data: dict[str, Any] = {"child": child_id, "outcome": outcome}
+    if succeeded:
+        data["result"] = result
+    else:
+        data["error"] = error
+    tx.append("child", parent, queue, name, data=data)
+    if outcome == "failed" and on_failure == "fail_parent":
+        message = (error or {}).get("message", "")
+        failure = {"type": "ChildFailed", "traceback": "",
+                   "message": f"child {child_id} failed for good: {message}".rstrip(": ")}
+        tx.append("fail", parent, queue, name,
+                  data={"reason": "child_failed", "child": child_id, "error": failure})
+        settle(tx, parent, False, error=failure)
+    elif tx.one(sql.UNSETTLED_EDGES, (parent,))[0] == 0:
+        tx.append("ready", parent, queue, name, data={"run_at": max(run_at, tx.now)})
+
+
+def settle_planned(tx: Tx, job_id: str, planned: Sequence[Planned]) -> None:
+    """Settle the edge of a job whose reported outcome may have ended it. Every ending
+    looks for an edge (an indexed lookup) rather than trusting the caller to know."""
+    ending = next((step for step in reversed(planned) if step.kind in ENDINGS), None)
+    if ending is None:
+        return
+    if ending.kind == "success":
+        settle(tx, job_id, True, result=ending.data.get("result"))
+        return
+    error = next((step.data["error"] for step in reversed(planned)
+                  if step.data.get("error") is not None), None)
+    settle(tx, job_id, False, error=error or ended_by(ending.kind, ending.data.get("reason")))
+
+
+def ended_by(kind: str, reason: str | None) -> dict[str, Any]:
+    """The error a parent sees for a child that was cancelled or deleted."""
+    what = {"cancel": "Cancelled", "delete": "Deleted"}.get(kind, kind.title())
+    text = f"the job was {what.lower()}" + (f": {reason}" if reason else "")
+    return {"type": what, "message": text, "traceback": ""}
+
+
+def live_children(tx: Tx, parent_id: str) -> list[str]:
+    """A parent's children that have not ended."""
+    return [row[0] for row in tx.rows(sql.LIVE_CHILDREN, (parent_id,))]
+
+
+def cancel_descendants(tx: Tx, children: list[str], parent_id: str,
+                       reason: str) -> list[tuple[str, bool]]:
+    """Cancel these children of a parent that was cancelled or deleted, and theirs in
+    turn; returns (id, was it running) for each (a running one's worker must stop)."""
+    cancelled: list[tuple[str, bool]] = []
+    for child_id in children:
+        row = tx.one(sql.JOB_STATE, (child_id,))
+        if row is None or row[0] not in ("pending", "waiting", "running"):
+            continue
+        data: dict[str, Any] = {"reason": reason, "parent": parent_id}
+        tx.append("cancel", child_id, row[1], row[2], data=data)
+        cancelled.append((child_id, row[0] == "running"))
+        cancelled += cancel_descendants(tx, live_children(tx, child_id), child_id, reason)
+    return cancelled

@@ -1,0 +1,113 @@
+"""Adding flows to the ledger: a whole tree in one transaction, or more children for a
+parent that has not started. Jobs are added with `enqueue` events, parent first; then each
+parent's `wait` event opens its edges. A node whose idempotency key matches a live job is
+that job (its subtree is not added again), linked to its new parent if it has none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import FlowError, JobStateConflict, UnknownJob
+from . import ops, sql
+from .tx import Tx
+
+
+@attrs.frozen
+class PlannedNode:
+    """One validated job of a tree, with how its parent treats its failure."""
+
+    job: ops.NewJob
+    on_failure: str
+    children: tuple[PlannedNode, ...] = ()
+
+
+@attrs.frozen
+class FlowNode:
+    """Where a node of the tree went: its job id, and whether it was added now (False:
+    its key named a live job, which stands in for it)."""
+
+    id: str
+    name: str
+    queue: str
+    added: bool
+    children: tuple[FlowNode, ...] = ()
+
+
+def jobs_of(node: PlannedNode) -> list[ops.NewJob]:
+    """Every job of a planned tree, parents first."""
+    return [node.job, *(job for child in node.children for job in jobs_of(child))]
+
+
+def enqueue_tree(tx: Tx, root: PlannedNode) -> FlowNode:
+    plan = _Plan(tx, ancestors=set())
+    placed = plan.place(root, parent=None)
+    plan.write()
+    return placed
+
+
+def add_children(tx: Tx, parent_id: str, children: tuple[PlannedNode, ...]
+                 ) -> list[FlowNode]:
+    row = tx.one(sql.JOB_STATE, (parent_id,))
+    if row is None:
+        raise UnknownJob(f"no job {parent_id} in the current state")
+    if row[0] not in ("pending", "waiting"):
+        raise JobStateConflict(
+            f"job {parent_id} is {row[0]}: children can be added only to a job that has "
+            "not started (pending, or waiting for other children)")
+    plan = _Plan(tx, ancestors=_ancestors(tx, parent_id))
+    placed = [plan.place(child, parent=parent_id) for child in children]
+    plan.waits.append((parent_id, row[1], row[2], [
+        {"id": node.id, "on_failure": child.on_failure}
+        for node, child in zip(placed, children, strict=True)]))
+    plan.write()
+    return placed
+
+
+def _ancestors(tx: Tx, job_id: str) -> set[str]:
+    found = {job_id}
+    parent = tx.one(sql.PARENT_OF, (job_id,))
+    while parent is not None and parent[0] is not None and parent[0] not in found:
+        found.add(parent[0])
+        parent = tx.one(sql.PARENT_OF, (parent[0],))
+    return found
+
+
+class _Plan:
+    """The events of one tree, gathered before any is written so that the enqueues
+    come first (parents before children) and the waits after them."""
+
+    def __init__(self, tx: Tx, ancestors: set[str]) -> None:
+        self.tx = tx
+        self.ancestors = ancestors
+        self.new: list[ops.NewJob] = []
+        self.keys: dict[str, str] = {}
+        self.waits: list[tuple[str, str, str, list[dict[str, Any]]]] = []
+
+    def place(self, node: PlannedNode, parent: str | None) -> FlowNode:
+        job = node.job
+        if job.key is not None:
+            existing = self.keys.get(job.key)
+            if existing is None:
+                found = self.tx.one(sql.LIVE_JOB_WITH_KEY, (job.key,))
+                existing = found[0] if found else None
+            if existing is not None:
+                if existing in self.ancestors:
+                    raise FlowError(f"job {existing} (key {job.key!r}) is an ancestor of "
+                                    "its new parent: a flow cannot be a cycle")
+                return FlowNode(existing, job.name, job.queue, added=False)
+            self.keys[job.key] = job.id
+        self.new.append(attrs.evolve(job, parent=parent))
+        children = tuple(self.place(child, parent=job.id) for child in node.children)
+        if children:
+            self.waits.append((job.id, job.queue, job.name, [
+                {"id": placed.id, "on_failure": child.on_failure}
+                for placed, child in zip(children, node.children, strict=True)]))
+        return FlowNode(job.id, job.name, job.queue, added=True, children=children)
+
+    def write(self) -> None:
+        if self.new:
+            ops.enqueue(self.tx, self.new)
+        for parent, queue, name, edges in self.waits:
+            self.tx.append("wait", parent, queue, name, data={"children": edges})
