@@ -12,6 +12,7 @@ from .errors import (
     ContextClosed,
     DuplicateJob,
     EvqError,
+    FlowError,
     InvalidInput,
     InvalidName,
     InvalidPayload,
@@ -26,10 +27,12 @@ from .errors import (
     UnrecoverableError,
 )
 from .events import Event, EventKind
-from .jobs import Job, JobDefinition, JobRecord, JobState
+from .flows import FlowJob, FlowTree
+from .jobs import Child, Job, JobDefinition, JobRecord, JobState
 from .ledger.connection import Durability
 from .ledger.connection import migrate_file as migrate
 from .ledger.schema import schema_sql
+from .ledger.trees import FlowNode
 from .orchestrator import Orchestrator
 from .queues import Cleanup, Queue
 from .retry import Exponential, Fixed
@@ -38,11 +41,12 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
-    "advance_cursor", "Cleanup", "Clock", "Context", "ContextClosed", "DuplicateJob",
-    "Durability", "EnqueueRequest", "Event", "EventFilter", "EventKind", "EvqError",
-    "Exponential", "FakeClock", "Fixed", "InvalidInput", "InvalidName", "InvalidPayload",
-    "InvalidTime", "Job", "JobDefinition", "JobRecord", "JobRejected", "JobState",
-    "JobStateConflict", "LeaseLost", "LedgerError", "migrate", "Orchestrator",
-    "OutcomeAlreadySet", "PayloadTooLarge", "Queue", "schema_sql", "SubscriberState",
-    "SystemClock", "UnknownJob", "UnrecoverableError", "Worker", "__version__",
+    "advance_cursor", "Child", "Cleanup", "Clock", "Context", "ContextClosed",
+    "DuplicateJob", "Durability", "EnqueueRequest", "Event", "EventFilter", "EventKind",
+    "EvqError", "Exponential", "FakeClock", "Fixed", "FlowError", "FlowJob", "FlowNode", "FlowTree",
+    "InvalidInput", "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition",
+    "JobRecord", "JobRejected", "JobState", "JobStateConflict", "LeaseLost", "LedgerError",
+    "migrate", "Orchestrator", "OutcomeAlreadySet", "PayloadTooLarge", "Queue",
+    "schema_sql", "SubscriberState", "SystemClock", "UnknownJob", "UnrecoverableError",
+    "Worker", "__version__",
 ]

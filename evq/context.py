@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from . import codec, enqueueing
+from . import codec, enqueueing, flows
 from .clock import Clock, SystemClock
 from .durable import EventFilter, SubscriberState, Subscription
 from .enqueueing import EnqueueRequest
@@ -27,9 +27,9 @@ from .errors import (
     InvalidInput,
     UnknownJob,
 )
-from .events import Event, event_from_row
+from .events import TERMINAL_KINDS, Event, event_from_row
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
-from .ledger import connection, maintenance, ops, sql
+from .ledger import connection, maintenance, ops, sql, trees
 from .ledger.connection import Durability
 from .ledger.tx import AppendedRow, Tx
 from .ledger.writer import Writer
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
-_WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue"})
+_WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue", "ready"})
 _log = structlog.get_logger("evq")
 
 
@@ -334,6 +334,63 @@ class Context:
         stream.feed.put(None)
         return await done
 
+    # --- flows -------------------------------------------------------------------------
+    async def enqueue_flow(self, flow: flows.FlowJob) -> trees.FlowNode:
+        """Add a tree of jobs in one transaction, all of it or none: each parent waits
+        (state `waiting`) until its children have succeeded, then runs and reads their
+        results as `job.children`. Returns where each node went (its job id)."""
+        root = self.plan_flow(flow)
+        await self._preflight(trees.jobs_of(root))
+        return await self.writer.run(functools.partial(trees.enqueue_tree, root=root))
+
+    async def add_children(self, parent_id: str, children: Sequence[flows.FlowJob]
+                           ) -> list[trees.FlowNode]:
+        """Add children (trees too) to a job that has not started: pending, or already
+        waiting for others. It then waits for these as well."""
+        planned = tuple(self.plan_flow(child) for child in children)
+        await self._preflight([job for node in planned for job in trees.jobs_of(node)])
+        return await self.writer.run(functools.partial(
+            trees.add_children, parent_id=parent_id, children=planned))
+
+    def plan_flow(self, flow: flows.FlowJob) -> trees.PlannedNode:
+        """Validate a whole tree (typed error naming the node); writes nothing."""
+        now = self.clock.now()
+        return flows.plan(flow, lambda node: self.prepare(
+            node.job, node.payload, delay=node.delay, run_at=node.run_at,
+            priority=node.priority, key=node.key, group=node.group, now=now))
+
+    async def wait_for(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Wait until a job has ended (succeeded, failed, expired or cancelled), whichever
+        process runs it, and return its record. Raises UnknownJob if it is not in the
+        current state (or is deleted meanwhile), TimeoutError after `timeout` seconds."""
+        changed = asyncio.Event()
+
+        def note(event: Event) -> None:
+            if event.job_id == job_id:
+                changed.set()
+
+        remove = self.add_event_handler(note, kinds=(*TERMINAL_KINDS, "delete"))
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed.clear()
+                    record = await self.get_job(job_id)
+                    if record is None:
+                        raise UnknownJob(f"no job {job_id} in the current state (deleted, "
+                                         "or never added)")
+                    if record.state.terminal:
+                        return record
+                    await changed.wait()
+        finally:
+            remove()
+
+    async def flow(self, job_id: str) -> flows.FlowTree | None:
+        """The current state of the whole flow that holds this job, from its root."""
+        def read() -> flows.FlowTree | None:
+            with contextlib.closing(connection.connect(self.path, read_only=True)) as conn:
+                return flows.read_tree(conn, job_id)
+        return await asyncio.to_thread(read)
+
     def enqueue_in(
         self,
         conn: sqlite3.Connection,
@@ -383,8 +440,11 @@ class Context:
         it as `job.cancel_requested`. Raises JobStateConflict if the job already ended."""
         running = await self.writer.run(functools.partial(ops.cancel, job_id=job_id,
                                                           reason=reason))
-        if running:
-            for listener in list(self._cancel_listeners):
+        self._stop_running(running)
+
+    def _stop_running(self, cancelled: list[tuple[str, bool]]) -> None:
+        for job_id, running in cancelled:
+            for listener in list(self._cancel_listeners) if running else ():
                 listener(job_id)
 
     async def retry(self, job_id: str, reason: str | None = None) -> str:
@@ -394,8 +454,10 @@ class Context:
             ops.retry, job_id=job_id, new_id=enqueueing.new_job_id(), reason=reason))
 
     async def delete(self, job_id: str, reason: str | None = None) -> None:
-        """Remove a job that is not running from the current state; its events stay."""
-        await self.writer.run(functools.partial(ops.delete, job_id=job_id, reason=reason))
+        """Remove a job that is not running from the current state; its events stay. A
+        flow's parent cancels its descendants that have not ended."""
+        self._stop_running(await self.writer.run(functools.partial(
+            ops.delete, job_id=job_id, reason=reason)))
 
     async def rescue_expired(self, rescuer: str = "evq") -> int:
         """Put back (or expire) jobs whose lease ran out; workers also do this."""

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
-from .ledger import connection, ops, seals, sql
+from .ledger import connection, ops, seals, sql, trees
 from .ledger.tx import Tx
 
 if TYPE_CHECKING:
     from .context import Context
     from .enqueueing import EnqueueRequest
+    from .flows import FlowJob
     from .jobs import JobDefinition
+
+T = TypeVar("T")
 
 
 BUSY_TIMEOUT_MS = 10_000
@@ -68,14 +71,20 @@ class SyncProducer:
         """Add a job; returns its id once committed (see `Context.enqueue`)."""
         new = self._ctx.prepare(job, payload, delay=delay, run_at=run_at, priority=priority,
                                 key=key, group=group)
-        return self._write([new])[0]
+        return self._write([new], ops.enqueue)[0]
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]) -> list[str]:
         """Add many jobs in one transaction: all of them or, on any bad one, none."""
         jobs = [job for chunk in prepared_chunks(self._ctx, requests) for job in chunk]
-        return self._write(jobs) if jobs else []
+        return self._write(jobs, ops.enqueue) if jobs else []
 
-    def _write(self, jobs: list[ops.NewJob]) -> list[str]:
+    def enqueue_flow(self, flow: FlowJob) -> trees.FlowNode:
+        """Add a tree of jobs in one transaction (see `Context.enqueue_flow`)."""
+        root = self._ctx.plan_flow(flow)
+        return self._write(trees.jobs_of(root), lambda tx, _: trees.enqueue_tree(tx, root))
+
+    def _write(self, jobs: list[ops.NewJob], write: Callable[[Tx, list[ops.NewJob]], T]
+               ) -> T:
         refused = refusals_now(self._ctx, jobs, "a SyncProducer")
         with self._lock:
             conn = self._conn
@@ -87,7 +96,7 @@ class SyncProducer:
                 if refused:
                     ops.reject(tx, [j for j in jobs if j.id in refused], refused)
                 else:
-                    ids = ops.enqueue(tx, jobs)
+                    written = write(tx, jobs)
                 tx.seal(self._last_seal)
                 conn.execute(sql.COMMIT)
             except BaseException:
@@ -97,4 +106,4 @@ class SyncProducer:
             connection.checkpoint(conn, self._ctx.path, BUSY_TIMEOUT_MS)
         if refused:
             raise rejected(jobs, refused, "nothing was added")
-        return ids
+        return written

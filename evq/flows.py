@@ -1,0 +1,144 @@
+"""Flows, as BullMQ users know them: a tree of jobs across queues, enqueued at once, in
+which a parent runs only after its children. `FlowJob` describes a tree; `plan` validates
+it into the ledger's terms; `read_tree` reads a flow's current state back, for
+`Context.flow` and `evq tree`."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .errors import EvqError, FlowError, InvalidInput
+from .jobs import Child, JobDefinition, JobRecord
+from .ledger import sql
+from .ledger.ops import NewJob
+from .ledger.trees import PlannedNode
+
+MAX_DEPTH = 64
+MAX_NODES = 10_000
+
+
+@attrs.frozen
+class FlowJob:
+    """One job of a flow and the children it waits for.
+
+    A child that fails for good (attempts used up, UnrecoverableError, cancelled or
+    deleted) leaves its parent waiting, visibly (`JobRecord.blocked_by`), unless the
+    child says otherwise: fail_parent_on_failure fails the parent too (and so on up the
+    tree), ignore_dependency_on_failure lets the parent run anyway (it sees the failure in
+    `job.children`), remove_dependency_on_failure drops the child from the parent's
+    dependencies. key makes the node idempotent: while a job with that key is live, it
+    stands in for this node and its subtree."""
+
+    job: str | JobDefinition[Any]
+    payload: Any = None
+    children: Sequence[FlowJob] = ()
+    fail_parent_on_failure: bool = False
+    ignore_dependency_on_failure: bool = False
+    remove_dependency_on_failure: bool = False
+    key: str | None = None
+    delay: float | None = None
+    run_at: datetime | str | float | None = None
+    priority: int | None = None
+    group: str | None = None
+
+    @property
+    def on_failure(self) -> str:
+        chosen = [name for flag, name in ((self.fail_parent_on_failure, "fail_parent"),
+                                          (self.ignore_dependency_on_failure, "ignore"),
+                                          (self.remove_dependency_on_failure, "remove"))
+                  if flag]
+        if len(chosen) > 1:
+            raise InvalidInput(
+                "choose at most one of fail_parent_on_failure, ignore_dependency_on_failure "
+                f"and remove_dependency_on_failure (got {', '.join(chosen)})")
+        return chosen[0] if chosen else "wait"
+
+
+Prepare = Callable[[FlowJob], NewJob]
+
+
+def plan(node: FlowJob, prepare: Prepare) -> PlannedNode:
+    """Validate a whole tree before anything is written; an error names the node."""
+    count = [0]
+
+    def visit(node: FlowJob, path: str, depth: int) -> PlannedNode:
+        if not isinstance(node, FlowJob):
+            raise InvalidInput(f"{path}: a flow is made of FlowJob, got {type(node).__name__}")
+        count[0] += 1
+        if depth > MAX_DEPTH or count[0] > MAX_NODES:
+            raise FlowError(f"a flow may be {MAX_DEPTH} levels deep and hold {MAX_NODES} "
+                            "jobs at most; split it")
+        try:
+            job = prepare(node)
+            on_failure = node.on_failure
+        except EvqError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+        children = tuple(visit(child, f"{path}.children[{i}]", depth + 1)
+                         for i, child in enumerate(node.children))
+        return PlannedNode(job, on_failure, children)
+
+    return visit(node, "flow", 0)
+
+
+@attrs.frozen
+class FlowTree:
+    """A flow's current state: a job, the edge to its parent, and its children. A child
+    that cleanup removed from the current state has job=None (its edge keeps its name,
+    result and error)."""
+
+    id: str
+    name: str
+    queue: str
+    job: JobRecord | None
+    edge: Child | None
+    children: tuple[FlowTree, ...] = ()
+
+    @property
+    def state(self) -> str:
+        return str(self.job.state) if self.job is not None else "deleted"
+
+    def walk(self) -> list[FlowTree]:
+        """This node and every node below it, depth first."""
+        return [self, *(node for child in self.children for node in child.walk())]
+
+
+def root_of(conn: sqlite3.Connection, job_id: str) -> str:
+    seen = {job_id}
+    current = job_id
+    while (row := conn.execute(sql.PARENT_OF, (current,)).fetchone()) and row[0]:
+        if row[0] in seen:
+            break
+        seen.add(row[0])
+        current = row[0]
+    return current
+
+
+def read_tree(conn: sqlite3.Connection, job_id: str) -> FlowTree | None:
+    """The whole flow that holds this job, from its root down; None if the job is not
+    in the current state."""
+    root = root_of(conn, job_id)
+    row = conn.execute(sql.GET_JOB, (root,)).fetchone()
+    if row is None:
+        return None
+    return _subtree(conn, JobRecord.from_row(tuple(row)), None, depth=0)
+
+
+def _subtree(conn: sqlite3.Connection, record: JobRecord | None, edge: Child | None,
+             depth: int, node_id: str = "") -> FlowTree:
+    ident = record.id if record is not None else node_id
+    name = record.name if record is not None else edge.name if edge else ""
+    queue = record.queue if record is not None else edge.queue if edge else ""
+    children: list[FlowTree] = []
+    if depth < MAX_DEPTH:
+        for row in conn.execute(sql.CHILDREN_OF, (ident,)).fetchall():
+            child = Child.from_row(tuple(row))
+            found = conn.execute(sql.GET_JOB, (child.id,)).fetchone()
+            children.append(_subtree(
+                conn, JobRecord.from_row(tuple(found)) if found else None, child,
+                depth + 1, child.id))
+    return FlowTree(ident, name, queue, record, edge, tuple(children))
