@@ -1,4 +1,4 @@
-"""Reading the ledger for people: event lines and job timelines.
+"""Reading the ledger for people: event lines, job timelines and flow trees.
 
 Read-only, short transactions, so it runs beside workers without holding them up or
 pinning the WAL. The CLI prints what these functions return.
@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UnknownJob
 from .events import Event, event_from_row
+from .flows import FlowTree
 from .jobs import JobRecord
 from .ledger import connection, sql
 
@@ -160,8 +161,27 @@ def describe(event: Event) -> str:
     if kind == "seal":
         covered = f"{data.get('first')}..{event.position - 1}"
         return f"seals {covered} hash={str(data.get('hash'))[:16]}..."
+    if kind == "wait":
+        return "waits for " + ", ".join(
+            f"#{short_id(c['id'])}" + ("" if c["on_failure"] == "wait" else
+                                      f" ({c['on_failure']} on failure)")
+            for c in data.get("children", []))
+    if kind == "child":
+        text = f"child #{short_id(data.get('child', ''))} {data.get('outcome')}"
+        if data.get("outcome") == "succeeded":
+            return text + f" result={_short(data.get('result'))}"
+        if data.get("by"):
+            return text + f" by #{short_id(data['by'])}"
+        error = data.get("error") or {}
+        return text + (f" ({error.get('type')}: {error.get('message')})" if error else "")
+    if kind == "ready":
+        return "all children settled"
     if kind in ("expire", "fail", "cancel", "delete", "requeue"):
         text = f"reason={data.get('reason')}"
+        if data.get("child"):
+            text += f" child=#{short_id(data['child'])}"
+        if data.get("parent"):
+            text += f" parent=#{short_id(data['parent'])}"
         if kind == "requeue" and data.get("run_at") is not None:
             text += f" run_in={data['run_at'] - event.timestamp:.3f}s"
         return text
@@ -193,6 +213,39 @@ def history_lines(record: JobRecord | None, events: list[Event], colour: bool = 
         trace = (event.data.get("error") or {}).get("traceback") if event.kind == "error" else ""
         if trace:
             lines.extend("        | " + line for line in trace.rstrip().splitlines())
+    return lines
+
+
+def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
+    """A flow as an indented tree: each job's state, attempts and result or error, and
+    how its parent treats its failure."""
+    lines: list[str] = []
+
+    def visit(node: FlowTree, lead: str, branch: str) -> None:
+        job = node.job
+        parts = [f"{node.name}#{short_id(node.id)}", f"queue={node.queue}",
+                 "state=" + paint(node.state, node.state, colour)]
+        if job is not None and job.attempt:
+            parts.append(f"attempt={job.attempt}/{job.max_attempts or '-'}")
+        if node.edge is not None:
+            if node.edge.on_failure != "wait":
+                parts.append(f"on_failure={node.edge.on_failure}")
+            if node.edge.state not in ("open", "succeeded"):
+                parts.append(f"edge={node.edge.state}")
+        if job is not None and job.blocked_by:
+            parts.append(paint(f"blocked_by=#{short_id(job.blocked_by)}", "failed", colour))
+        result = job.result if job is not None else node.edge.result if node.edge else None
+        error = job.error if job is not None else node.edge.error if node.edge else None
+        if result is not None:
+            parts.append(f"result={_short(result)}")
+        elif error and node.state != "succeeded":
+            parts.append(f"error={error.get('type')}: {_short(error.get('message'), 80)}")
+        lines.append(lead + branch + "  ".join(parts))
+        below = lead + ("" if not branch else "    " if branch == "└── " else "│   ")
+        for i, child in enumerate(node.children):
+            visit(child, below, "└── " if i == len(node.children) - 1 else "├── ")
+
+    visit(tree, "", "")
     return lines
 
 

@@ -1,4 +1,4 @@
-"""The `evq` command: demo, worker, events, history, jobs, retry, cancel, delete,
+"""The `evq` command: demo, worker, events, history, tree, jobs, retry, cancel, delete,
 definitions, subscribers, replay, verify, schema, migrate.
 
 Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
@@ -16,13 +16,14 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from . import admin, audit, codec, demo, durable, stats, transfer
+from . import admin, audit, codec, demo, durable, flows, stats, transfer
 from . import archive as archiving
 from .context import Context
-from .errors import EvqError
+from .errors import EvqError, UnknownJob
 from .events import EventKind
 from .ledger import connection, replay, schema, seals, sql
 
@@ -112,6 +113,37 @@ def cmd_history(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     return EXIT_OK
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    conn = audit.open_ledger(_db(args))
+    try:
+        job_id = audit.resolve_job_id(conn, args.job_id)
+        tree = flows.read_tree(conn, job_id)
+    finally:
+        conn.close()
+    if tree is None:
+        raise UnknownJob(f"job {job_id} is not in the current state (deleted); its events "
+                         f"are in `evq history {audit.short_id(job_id)}`")
+    if args.json:
+        _out(json.dumps(_tree_json(tree), ensure_ascii=False))
+    else:
+        for line in audit.tree_lines(tree, _colour()):
+            _out(line)
+    return EXIT_OK
+
+
+def _tree_json(node: flows.FlowTree) -> dict[str, Any]:
+    job = node.job
+    edge = node.edge
+    return {"id": node.id, "name": node.name, "queue": node.queue, "state": node.state,
+            "attempt": job.attempt if job else None,
+            "blocked_by": job.blocked_by if job else None,
+            "on_failure": edge.on_failure if edge else None,
+            "edge": edge.state if edge else None,
+            "result": job.result if job else edge.result if edge else None,
+            "error": job.error if job else edge.error if edge else None,
+            "children": [_tree_json(child) for child in node.children]}
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -342,16 +374,27 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
-    was_running = admin.cancel(path, job_id, args.reason)
+    (_, was_running), *descendants = admin.cancel(path, job_id, args.reason)
     _out(f"cancelled {job_id}" + (" (its worker is told to stop)" if was_running else ""))
+    _say_descendants(descendants)
     return EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
-    admin.delete(path, job_id, args.reason)
+    descendants = admin.delete(path, job_id, args.reason)
     _out(f"deleted {job_id} from the current state (its events stay in the ledger)")
+    _say_descendants(descendants)
     return EXIT_OK
+
+
+def _say_descendants(descendants: list[tuple[str, bool]]) -> None:
+    """Name the flow descendants that a cancel or delete took along, if any."""
+    if descendants:
+        busy = sum(1 for _, running in descendants if running)
+        _out(f"also cancelled {len(descendants)} job(s) of its flow"
+             + (f" ({busy} running: their workers are told to stop)" if busy else "")
+             + ": " + ", ".join(audit.short_id(child) for child, _ in descendants))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -444,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("history", cmd_history, "one job's timeline")
     p.add_argument("job_id", help="a job id or a unique prefix of one")
     p.add_argument("--json", action="store_true", help="JSON lines")
+    p = command("tree", cmd_tree, "a flow's current state, as a tree")
+    p.add_argument("job_id", help="any job of the flow: an id or a unique prefix of one")
+    p.add_argument("--json", action="store_true", help="one JSON object, nested")
     p = command("jobs", cmd_jobs, "current jobs")
     p.add_argument("--state")
     p.add_argument("--queue")
