@@ -142,6 +142,38 @@ CREATE TABLE evq_queues (
 ) WITHOUT ROWID;
 """
 
+def _guard_holder(reports: str) -> str:
+    """Only the holder of the current attempt may write the `reports` kinds."""
+    return f"""CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
+WHEN {reports}
+ AND NOT EXISTS (
+    SELECT 1 FROM evq_jobs
+    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+      AND worker IS NEW.worker)
+BEGIN SELECT RAISE(ABORT, '{STALE}'); END;"""
+
+
+def _guard_admin(cancellable: str) -> str:
+    """Cancel takes a job in one of the `cancellable` states; delete: by the handler
+    holding the attempt, or by anyone when the job is not running."""
+    return f"""CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
+WHEN {_kind("cancel", "delete")}
+BEGIN
+    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
+    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    SELECT RAISE(ABORT, '{NOT_PENDING}')
+    WHERE NEW.kind = 'cancel' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND ({cancellable}));
+    SELECT RAISE(ABORT, '{STALE}')
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
+          AND attempt = NEW.attempt AND worker IS NEW.worker);
+    SELECT RAISE(ABORT, '{RUNNING}')
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
+END;"""
+
+
 _V1_GUARDS = f"""
 CREATE TRIGGER evq_events_no_update BEFORE UPDATE ON evq_events
 BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
@@ -159,13 +191,7 @@ WHEN NEW.kind = 'dequeue' AND NOT EXISTS (
 BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
 -- Only the holder of the current attempt may report on it.
-CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
-WHEN {_kind("run", "heartbeat", "success", "error", "fail", "requeue", "defer")}
- AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-      AND worker IS NEW.worker)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_guard_holder(_kind("run", "heartbeat", "success", "error", "fail", "requeue", "defer"))}
 
 -- A lease may only be rescued once it has run out.
 CREATE TRIGGER evq_guard_rescue BEFORE INSERT ON evq_events
@@ -201,25 +227,8 @@ WHEN {_kind("schedule", "schedule_orphan")} AND EXISTS (
 BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
 -- Cancel takes a job that has not ended: pending, or running (its worker is asked to
--- stop, and its own report is then refused). Delete: by the handler holding the
--- attempt, or by anyone when the job is not running.
-CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
-WHEN {_kind("cancel", "delete")}
-BEGIN
-    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
-    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
-    SELECT RAISE(ABORT, '{NOT_PENDING}')
-    WHERE NEW.kind = 'cancel' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
-          AND (state = 'pending' OR state = 'running'));
-    SELECT RAISE(ABORT, '{STALE}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
-          AND attempt = NEW.attempt AND worker IS NEW.worker);
-    SELECT RAISE(ABORT, '{RUNNING}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
-END;
+-- stop, and its own report is then refused).
+{_guard_admin("state = 'pending' OR state = 'running'")}
 """
 
 # What each kind of event does to the current state: the fold, defined once. One trigger
@@ -340,14 +349,8 @@ CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
 -- A fail without an attempt is a waiting parent failed because of a child: it has its own
 -- guard below, not the holder's.
 DROP TRIGGER evq_guard_holder;
-CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
-WHEN ({_kind("run", "heartbeat", "success", "error", "requeue", "defer")}
-      OR (NEW.kind = 'fail' AND NEW.attempt IS NOT NULL))
- AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-      AND worker IS NEW.worker)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_guard_holder(f"({_kind('run', 'heartbeat', 'success', 'error', 'requeue', 'defer')} "
+               "OR (NEW.kind = 'fail' AND NEW.attempt IS NOT NULL))")}
 
 CREATE TRIGGER evq_guard_flow_fail BEFORE INSERT ON evq_events
 WHEN NEW.kind = 'fail' AND NEW.attempt IS NULL AND NOT EXISTS (
@@ -356,23 +359,7 @@ BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
 -- Cancel also takes a waiting parent.
 DROP TRIGGER evq_guard_admin;
-CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
-WHEN {_kind("cancel", "delete")}
-BEGIN
-    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
-    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
-    SELECT RAISE(ABORT, '{NOT_PENDING}')
-    WHERE NEW.kind = 'cancel' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
-          AND (state = 'pending' OR state = 'running' OR state = 'waiting'));
-    SELECT RAISE(ABORT, '{STALE}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
-          AND attempt = NEW.attempt AND worker IS NEW.worker);
-    SELECT RAISE(ABORT, '{RUNNING}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
-END;
+{_guard_admin("state = 'pending' OR state = 'running' OR state = 'waiting'")}
 
 -- A parent takes children only before it starts; each child exists, has not ended, is
 -- not the parent and has no other parent. (Cycles through grandparents are refused by
