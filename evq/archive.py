@@ -43,14 +43,15 @@ def _whole_flows(deleted: set[str], edges: list[tuple[str, str]]) -> list[str]:
     """Of the deleted jobs, those whose events can leave the ledger: a flow's child only
     with its parent (or after it), since the parent's `wait` event needs the child's
     enqueue to replay."""
-    parent_of = {child: parent for parent, child in edges}
+    parents: dict[str, set[str]] = {}
+    for parent, child in edges:  # a child can have had more than one parent, in turn
+        parents.setdefault(child, set()).add(parent)
     kept = set(deleted)
     changed = True
     while changed:
         changed = False
         for job_id in list(kept):
-            parent = parent_of.get(job_id)
-            if parent is not None and parent not in kept:
+            if not parents.get(job_id, set()) <= kept:
                 kept.discard(job_id)
                 changed = True
     return sorted(kept)

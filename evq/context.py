@@ -347,6 +347,9 @@ class Context:
                            ) -> list[trees.FlowNode]:
         """Add children (trees too) to a job that has not started: pending, or already
         waiting for others. It then waits for these as well."""
+        flows.check_children(children, "add_children's children")
+        if not children:
+            raise InvalidInput("add_children needs at least one child")
         planned = tuple(self.plan_flow(child) for child in children)
         await self._preflight([job for node in planned for job in trees.jobs_of(node)])
         return await self.writer.run(functools.partial(
@@ -363,6 +366,8 @@ class Context:
         """Wait until a job has ended (succeeded, failed, expired or cancelled), whichever
         process runs it, and return its record. Raises UnknownJob if it is not in the
         current state (or is deleted meanwhile), TimeoutError after `timeout` seconds."""
+        if timeout is not None:
+            timeout = codec.check_delay(timeout, "timeout")
         changed = asyncio.Event()
 
         def note(event: Event) -> None:

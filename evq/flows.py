@@ -26,10 +26,11 @@ MAX_NODES = 10_000
 class FlowJob:
     """One job of a flow and the children it waits for.
 
-    A child that fails for good (attempts used up, UnrecoverableError, cancelled or
-    deleted) leaves its parent waiting, visibly (`JobRecord.blocked_by`), unless the
-    child says otherwise: fail_parent_on_failure fails the parent too (and so on up the
-    tree), ignore_dependency_on_failure lets the parent run anyway (it sees the failure in
+    A child that fails for good (attempts used up, UnrecoverableError, cancelled) leaves
+    its parent waiting, visibly (`JobRecord.blocked_by`), until the child is retried or
+    deleted (which drops it from the dependencies), unless the child says otherwise:
+    fail_parent_on_failure fails the parent too (and so on up the tree),
+    ignore_dependency_on_failure lets the parent run anyway (it sees the failure in
     `job.children`), remove_dependency_on_failure drops the child from the parent's
     dependencies. key makes the node idempotent: while a job with that key is live, it
     stands in for this node and its subtree."""
@@ -76,6 +77,7 @@ def plan(node: FlowJob, prepare: Prepare) -> PlannedNode:
         try:
             job = prepare(node)
             on_failure = node.on_failure
+            check_children(node.children, "children")
         except EvqError as exc:
             raise type(exc)(f"{path}: {exc}") from None
         children = tuple(visit(child, f"{path}.children[{i}]", depth + 1)
@@ -83,6 +85,12 @@ def plan(node: FlowJob, prepare: Prepare) -> PlannedNode:
         return PlannedNode(job, on_failure, children)
 
     return visit(node, "flow", 0)
+
+
+def check_children(children: object, what: str) -> None:
+    """Children come as a list (or tuple) of FlowJob."""
+    if isinstance(children, (str, bytes, FlowJob)) or not isinstance(children, Sequence):
+        raise InvalidInput(f"{what} must be a list of FlowJob, got {type(children).__name__}")
 
 
 @attrs.frozen

@@ -22,13 +22,18 @@ ENDINGS = ("success", "expire", "fail", "cancel", "delete")
 
 
 def settle(tx: Tx, child_id: str, succeeded: bool, result: Any = None,
-           error: dict[str, Any] | None = None) -> None:
-    """The child ended: settle its edge to a parent that still waits, if it has one."""
+           error: dict[str, Any] | None = None, removed: bool = False) -> None:
+    """The child ended: settle its edge to a parent that still waits, if it has one. A
+    deleted child is removed from its parent's dependencies (as BullMQ's remove does),
+    even one that had failed and blocked the parent."""
     row = tx.one(sql.OPEN_EDGE_OF_CHILD, (child_id,))
+    if row is None and removed:
+        row = tx.one(sql.FAILED_EDGE_OF_CHILD, (child_id,))
     if row is None:
         return
     parent, on_failure, queue, name, run_at = row
-    outcome = "succeeded" if succeeded else ON_FAILURE[on_failure]
+    outcome = ("succeeded" if succeeded else "removed" if removed
+               else ON_FAILURE[on_failure])
     data: dict[str, Any] = {"child": child_id, "outcome": outcome}
     if succeeded:
         data["result"] = result
@@ -57,7 +62,8 @@ def settle_planned(tx: Tx, job_id: str, planned: Sequence[Planned]) -> None:
         return
     error = next((step.data["error"] for step in reversed(planned)
                   if step.data.get("error") is not None), None)
-    settle(tx, job_id, False, error=error or ended_by(ending.kind, ending.data.get("reason")))
+    settle(tx, job_id, False, error=error or ended_by(ending.kind, ending.data.get("reason")),
+           removed=ending.kind == "delete")
 
 
 def ended_by(kind: str, reason: str | None) -> dict[str, Any]:

@@ -348,6 +348,11 @@ def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
     if state not in RETRYABLE:
         raise JobStateConflict(
             f"job {job_id} is {state}; only failed, expired or cancelled jobs are retried")
+    if row[_CHILDREN]:
+        raise JobStateConflict(
+            f"job {job_id} waited for children: run alone it would not have their results. "
+            "Retry the child that failed while its parent waits, or enqueue the flow again "
+            "(nodes with keys reuse the jobs that are still live)")
     data = json.loads(tx.one(sql.EVENT_DATA, (row[sql.JOB_FIELD["enqueue_position"]],))[0])
     new = NewJob(new_id, row[1], row[2], data["payload"], tx.now, int(data["priority"]),
                  data.get("max_attempts"), group=data.get("group"), retry_of=job_id)
@@ -356,7 +361,7 @@ def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
     edge = tx.one(sql.FAILED_EDGE_OF_CHILD, (job_id,))
     if edge is not None:
         # A parent waits on this failed child: the new job takes its place.
-        parent, on_failure, queue, name = edge
+        parent, on_failure, queue, name, _ = edge
         tx.append("child", parent, queue, name,
                   data={"child": job_id, "outcome": "replaced", "by": new_id})
         tx.append("wait", parent, queue, name,
@@ -380,5 +385,5 @@ def delete(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
     assert row is not None  # the delete guard refuses an unknown job
     cancelled = flows.cancel_descendants(tx, children, job_id, "parent_deleted")
     if row[_PARENT] is not None:
-        flows.settle(tx, job_id, False, error=flows.ended_by("delete", reason))
+        flows.settle(tx, job_id, False, error=flows.ended_by("delete", reason), removed=True)
     return cancelled

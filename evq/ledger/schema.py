@@ -370,6 +370,8 @@ BEGIN
     SELECT RAISE(ABORT, '{NOT_PENDING}') WHERE NOT EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
           AND (state = 'pending' OR state = 'waiting'));
+    SELECT RAISE(ABORT, '{FLOW}')
+    WHERE coalesce(json_array_length(NEW.data, '$.children'), 0) = 0;
     SELECT RAISE(ABORT, '{FLOW}') WHERE EXISTS (
         SELECT 1 FROM json_each(NEW.data, '$.children') AS c
         LEFT JOIN evq_jobs AS j ON j.id = json_extract(c.value, '$.id')
@@ -377,13 +379,15 @@ BEGIN
            OR NOT (j.state = 'pending' OR j.state = 'running' OR j.state = 'waiting'));
 END;
 
--- A child settles an open edge once (or replaces a failed one, on retry).
+-- A child settles an open edge once; a failed one can still be replaced (the child was
+-- retried) or removed (the child was deleted).
 CREATE TRIGGER evq_guard_child BEFORE INSERT ON evq_events
 WHEN NEW.kind = 'child' AND NOT EXISTS (
     SELECT 1 FROM evq_dependencies
     WHERE parent_id = NEW.job_id AND child_id = json_extract(NEW.data, '$.child')
       AND (state = 'open'
-           OR (state = 'failed' AND json_extract(NEW.data, '$.outcome') = 'replaced')))
+           OR (state = 'failed' AND (json_extract(NEW.data, '$.outcome') = 'replaced'
+                                     OR json_extract(NEW.data, '$.outcome') = 'removed'))))
 BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
 
 -- A parent is ready once no edge is open or failed.

@@ -114,7 +114,7 @@ FROM evq_dependencies AS d JOIN evq_jobs AS p ON p.id = d.parent_id
 WHERE d.child_id = ? AND d.state = 'open' AND p.state = 'waiting'
 """
 FAILED_EDGE_OF_CHILD = """
-SELECT d.parent_id, d.on_failure, p.queue, p.name
+SELECT d.parent_id, d.on_failure, p.queue, p.name, p.run_at
 FROM evq_dependencies AS d JOIN evq_jobs AS p ON p.id = d.parent_id
 WHERE d.child_id = ? AND d.state = 'failed' AND p.state = 'waiting'
 """
@@ -128,7 +128,7 @@ WHERE d.parent_id = ? AND (j.state = 'pending' OR j.state = 'waiting' OR j.state
 ORDER BY j.enqueue_position
 """
 PARENT_OF = "SELECT parent_id FROM evq_jobs WHERE id = ?"
-JOB_STATE = "SELECT state, queue, name FROM evq_jobs WHERE id = ?"
+JOB_STATE = "SELECT state, queue, name, attempt FROM evq_jobs WHERE id = ?"
 
 # --- reads ---------------------------------------------------------------------------
 JOB_COLUMNS = (
@@ -255,6 +255,10 @@ CLEANUP_CANDIDATES = """
 SELECT id, queue, name, state FROM evq_jobs
 WHERE queue = ? AND state IN (SELECT value FROM json_each(?)) AND finished_at <= ?
   AND (hook_state IS NULL OR hook_state = 'done' OR hook_state = 'failed')
+  -- not a failed child its parent waits on: it is there to be retried
+  AND NOT EXISTS (
+      SELECT 1 FROM evq_dependencies AS d JOIN evq_jobs AS p ON p.id = d.parent_id
+      WHERE d.child_id = evq_jobs.id AND d.state = 'failed' AND p.state = 'waiting')
 LIMIT ?
 """
 

@@ -5,6 +5,7 @@ that job (its subtree is not added again), linked to its new parent if it has no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -52,15 +53,15 @@ def add_children(tx: Tx, parent_id: str, children: tuple[PlannedNode, ...]
     row = tx.one(sql.JOB_STATE, (parent_id,))
     if row is None:
         raise UnknownJob(f"no job {parent_id} in the current state")
-    if row[0] not in ("pending", "waiting"):
+    state, queue, name, attempt = row
+    if state not in ("pending", "waiting") or attempt:
         raise JobStateConflict(
-            f"job {parent_id} is {row[0]}: children can be added only to a job that has "
-            "not started (pending, or waiting for other children)")
+            f"job {parent_id} is {state}" + (f" after {attempt} attempt(s)" if attempt else "")
+            + ": children can be added only to a job that has not started (pending, or "
+            "waiting for other children)")
     plan = _Plan(tx, ancestors=_ancestors(tx, parent_id))
     placed = [plan.place(child, parent=parent_id) for child in children]
-    plan.waits.append((parent_id, row[1], row[2], [
-        {"id": node.id, "on_failure": child.on_failure}
-        for node, child in zip(placed, children, strict=True)]))
+    plan.link(parent_id, queue, name, placed, children)
     plan.write()
     return placed
 
@@ -93,6 +94,9 @@ class _Plan:
                 found = self.tx.one(sql.LIVE_JOB_WITH_KEY, (job.key,))
                 existing = found[0] if found else None
             if existing is not None:
+                if existing in self.keys.values():
+                    raise FlowError(f"the key {job.key!r} is given to two jobs of one flow; "
+                                    "a job has one place in a flow")
                 if existing in self.ancestors:
                     raise FlowError(f"job {existing} (key {job.key!r}) is an ancestor of "
                                     "its new parent: a flow cannot be a cycle")
@@ -100,11 +104,18 @@ class _Plan:
             self.keys[job.key] = job.id
         self.new.append(attrs.evolve(job, parent=parent))
         children = tuple(self.place(child, parent=job.id) for child in node.children)
-        if children:
-            self.waits.append((job.id, job.queue, job.name, [
-                {"id": placed.id, "on_failure": child.on_failure}
-                for placed, child in zip(children, node.children, strict=True)]))
+        self.link(job.id, job.queue, job.name, children, node.children)
         return FlowNode(job.id, job.name, job.queue, added=True, children=children)
+
+    def link(self, parent: str, queue: str, name: str, placed: Sequence[FlowNode],
+             nodes: Sequence[PlannedNode]) -> None:
+        """The parent's `wait` for these children, leaving out any that a key matched
+        to a job already waited for by this same parent (adding it again is a no-op)."""
+        edges = [{"id": child.id, "on_failure": node.on_failure}
+                 for child, node in zip(placed, nodes, strict=True)
+                 if child.added or self.tx.one(sql.PARENT_OF, (child.id,))[0] != parent]
+        if edges:
+            self.waits.append((parent, queue, name, edges))
 
     def write(self) -> None:
         if self.new:

@@ -168,7 +168,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.settle(job_id, False)
         elif outcome == "delete":
             model["state"] = "gone"
-            self.settle(job_id, False)
+            self.settle(job_id, False, removed=True)
         else:
             model["state"] = "pending"
 
@@ -222,7 +222,7 @@ class LedgerMachine(RuleBasedStateMachine):
         model = self.jobs[job_id]
         self.count += 1
         new_id = f"{self.count:06d}"
-        if model["state"] not in ("failed", "expired", "cancelled"):
+        if model["state"] not in ("failed", "expired", "cancelled") or self.edges.get(job_id):
             with pytest.raises(EvqError):
                 self.write(lambda tx: ops.retry(tx, job_id, new_id, "test"))
             return
@@ -274,7 +274,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     if self.jobs[child]["state"] in LIVE
                     for job in self.cancel_in_model(child)]
         assert sorted(job for job, _ in cancelled) == sorted(expected)
-        self.settle(job_id, False)
+        self.settle(job_id, False, removed=True)
 
     # --- flows -------------------------------------------------------------------------
     def new_node(self, queue: str, name: str, on_failure: str,
@@ -306,7 +306,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def add_child(self, data: st.DataObject, on_failure: str) -> None:
         parent = data.draw(st.sampled_from(sorted(self.jobs)))
         child = self.new_node("a", "x", on_failure)
-        if self.jobs[parent]["state"] not in ("pending", "waiting"):
+        if self.jobs[parent]["state"] not in ("pending", "waiting") \
+                or self.jobs[parent]["attempt"]:
             with pytest.raises(EvqError):
                 self.write(lambda tx: trees.add_children(tx, parent, (child,)))
             return
@@ -326,15 +327,18 @@ class LedgerMachine(RuleBasedStateMachine):
         for child in node.children:
             self.add_to_model(child, job.id)
 
-    def settle(self, job_id: str, succeeded: bool) -> None:
-        """The model of what a job's end does to its parent."""
+    def settle(self, job_id: str, succeeded: bool, removed: bool = False) -> None:
+        """The model of what a job's end does to its parent: a deleted child is removed
+        from its parent's dependencies, even one that had failed."""
         parent = self.parent_of.get(job_id)
         edge = self.edges.get(parent or "", {}).get(job_id)
-        if parent is None or edge is None or edge["state"] != "open" \
+        settles = ("open", "failed") if removed else ("open",)
+        if parent is None or edge is None or edge["state"] not in settles \
                 or self.jobs[parent]["state"] != "waiting":
             return
-        edge["state"] = "succeeded" if succeeded else FAILED_EDGE[edge["on"]]
-        if not succeeded and edge["on"] == "fail_parent":
+        edge["state"] = ("succeeded" if succeeded else "removed" if removed
+                         else FAILED_EDGE[edge["on"]])
+        if edge["state"] == "failed" and edge["on"] == "fail_parent":
             self.jobs[parent]["state"] = "failed"
             self.settle(parent, False)
         elif all(e["state"] not in ("open", "failed") for e in self.edges[parent].values()):

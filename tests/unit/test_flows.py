@@ -11,7 +11,7 @@ import pytest
 import evq
 from evq import FlowJob
 from evq.archive import archive
-from evq.ledger import replay
+from evq.ledger import maintenance, replay
 from evq.testing import kinds_of, settle
 
 
@@ -397,3 +397,86 @@ async def test_a_sync_producer_adds_a_flow_with_the_same_events(ctx):
     assert (await ctx.get_job(root.id)).result == "from sync"
     assert await kinds_of(ctx, root.id) == [
         "enqueue", "wait", "child", "ready", "dequeue", "run", "success"]
+
+
+async def test_bad_trees_are_typed_errors_and_write_nothing(ctx):
+    ctx.define("job", lambda p: None)
+    before = await count_events(ctx)
+    with pytest.raises(evq.FlowError, match="two jobs of one flow"):
+        # the same key twice would make the root its own grandchild
+        await ctx.enqueue_flow(FlowJob("job", key="K", children=[
+            FlowJob("job", children=[FlowJob("job", key="K")])]))
+    with pytest.raises(evq.InvalidInput, match=r"flow\.children\[0\]: children must be a list"):
+        await ctx.enqueue_flow(FlowJob("job", children=[
+            FlowJob("job", children=FlowJob("job"))]))  # type: ignore[arg-type]
+    parent = await ctx.enqueue("job")
+    with pytest.raises(evq.InvalidInput, match="at least one child"):
+        await ctx.add_children(parent, [])
+    with pytest.raises(evq.InvalidInput, match="must be a list of FlowJob"):
+        await ctx.add_children(parent, FlowJob("job"))  # type: ignore[arg-type]
+    with pytest.raises(evq.InvalidInput, match="timeout"):
+        await ctx.wait_for(parent, timeout=-1)
+    assert await count_events(ctx) == before + 1  # the plain enqueue only
+    assert (await ctx.get_job(parent)).state is evq.JobState.PENDING
+
+
+async def test_adding_the_same_keyed_child_again_is_a_no_op(ctx):
+    ctx.define("job", lambda p: None)
+    parent = await ctx.enqueue("job")
+    [first] = await ctx.add_children(parent, [FlowJob("job", key="child")])
+    before = await count_events(ctx)
+    [again] = await ctx.add_children(parent, [FlowJob("job", key="child")])
+    assert again.id == first.id and not again.added
+    assert await count_events(ctx) == before
+    assert (await ctx.get_job(parent)).children == 1
+
+
+async def test_children_are_not_added_to_a_job_that_already_ran(ctx, clock):
+    ctx.define("job", lambda p: 1 / 0, max_attempts=3, backoff=evq.Fixed(60))
+    parent = await ctx.enqueue("job")
+    await ctx.drain()
+    assert (await ctx.get_job(parent)).state is evq.JobState.PENDING  # waiting to retry
+    with pytest.raises(evq.JobStateConflict, match="after 1 attempt"):
+        await ctx.add_children(parent, [FlowJob("job")])
+
+
+async def test_deleting_a_child_removes_it_from_its_parents_dependencies(ctx):
+    ctx.define("parent", lambda p, job: [c.state for c in job.children])
+    ctx.define("pending_leaf", lambda p: None, queue="later")
+    ctx.define("bad", lambda p: 1 / 0, max_attempts=1)
+    root = await ctx.enqueue_flow(FlowJob("parent", children=[
+        FlowJob("pending_leaf"), FlowJob("bad")]))
+    pending_id, bad_id = (c.id for c in root.children)
+    await ctx.drain(queues=["default"])
+    assert (await ctx.get_job(root.id)).blocked_by == bad_id
+    await ctx.delete(pending_id)  # not run yet: dropped
+    await ctx.delete(bad_id)  # failed and blocking: dropped too, by a person's choice
+    await ctx.drain(queues=["default"])
+    parent = await ctx.get_job(root.id)
+    assert parent.state is evq.JobState.SUCCEEDED and parent.result == ["removed", "removed"]
+    assert replay.check(ctx.path).ok
+
+
+async def test_cleanup_keeps_a_failed_child_its_parent_waits_on(ctx, clock):
+    ctx.define("parent", lambda p: None)
+    ctx.define("bad", lambda p: 1 / 0, max_attempts=1)
+    ctx.define("fine", lambda p: None)
+    root = await ctx.enqueue_flow(FlowJob("parent", children=[FlowJob("bad")]))
+    other = await ctx.enqueue("fine")
+    await ctx.drain()
+    clock.advance(3600)
+    rules = [("default", ["succeeded", "expired"], 60.0)]
+    removed = await ctx.writer.run(lambda tx: maintenance.cleanup(tx, rules, 100))
+    assert removed == 1 and await ctx.get_job(other) is None
+    assert (await ctx.get_job(root.children[0].id)).state is evq.JobState.EXPIRED
+    await ctx.retry(root.children[0].id)  # still there to be retried
+
+
+async def test_a_parent_is_not_retried_without_its_children(ctx):
+    ctx.define("parent", lambda p: 1 / 0, max_attempts=1)
+    ctx.define("leaf", lambda p: "ok")
+    root = await ctx.enqueue_flow(FlowJob("parent", children=[FlowJob("leaf")]))
+    await ctx.drain()
+    assert (await ctx.get_job(root.id)).state is evq.JobState.EXPIRED
+    with pytest.raises(evq.JobStateConflict, match="enqueue the flow again"):
+        await ctx.retry(root.id)
