@@ -25,6 +25,54 @@ def test_fresh_schema_equals_migrated_one(tmp_path):
     assert connection.migrate(migrated) == schema.LATEST_VERSION  # idempotent
 
 
+async def test_a_version_1_ledger_upgrades_and_its_history_still_replays(tmp_path):
+    """A ledger written under evq's first schema (its own triggers folded these events)
+    is migrated in place when this evq opens it; replaying its old events through the new
+    triggers gives exactly the migrated state, and it works on."""
+    path = tmp_path / "v1.db"
+    conn = connection.connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in connection._statements(schema.MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO evq_meta (key, value) VALUES ('schema_version', '1')")
+    enqueue = '{"payload": 1, "run_at": 10.0, "priority": 0, "max_attempts": 2}'
+    error = '{"type": "E", "message": "m", "traceback": ""}'
+    history = [  # (at, kind, job, attempt, worker, data)
+        (10, "enqueue", "a", None, None, enqueue),
+        (10, "enqueue", "b", None, None, enqueue),
+        (10, "enqueue", "c", None, None, enqueue),
+        (11, "dequeue", "a", 1, "w", '{"lease_until": 70}'),
+        (11, "run", "a", 1, "w", "{}"),
+        (12, "success", "a", 1, "w", '{"result": {"x": 1}}'),
+        (11, "dequeue", "b", 1, "w", '{"lease_until": 70}'),
+        (12, "error", "b", 1, "w", f'{{"error": {error}, "retry_at": 20}}'),
+        (20, "dequeue", "b", 2, "w", '{"lease_until": 80}'),
+        (81, "rescue", "b", 2, "r", f'{{"error": {error}, "retry_at": null, '
+                                     '"reason": "lease_expired"}'),
+        (81, "expire", "b", 2, "r", '{"reason": "max_attempts", "hook": "on_exhausted"}'),
+        (82, "cancel", "c", None, None, '{"reason": "no"}'),
+        (83, "delete", "a", None, None, '{"reason": "cleanup"}'),
+    ]
+    for at, kind, job, attempt, worker, data in history:
+        conn.execute("INSERT INTO evq_events (at, kind, job_id, queue, job, attempt, worker,"
+                     " data) VALUES (?, ?, ?, 'default', 'j', ?, ?, ?)",
+                     (at, kind, job, attempt, worker, data))
+    conn.execute("COMMIT")
+    before = conn.execute("SELECT id, state, errors, hook_state FROM evq_jobs ORDER BY id"
+                          ).fetchall()
+    conn.close()
+    assert before == [("b", "expired", 2, "due"), ("c", "cancelled", 0, None)]
+    async with evq.Context(path, clock=evq.FakeClock()) as ctx:
+        ctx.define("j", lambda p: p)
+        check = replay.check(path)
+        assert check.ok, (check.only_stored, check.only_rebuilt, check.refusal)
+        assert [(r.id, r.state, r.errors, r.hook_state) for r in await ctx.jobs()] == before
+        new = await ctx.enqueue("j", 5)
+        await ctx.drain()
+        assert (await ctx.get_job(new)).result == 5
+    assert replay.check(path).ok
+
+
 def test_newer_ledger_is_refused(tmp_path):
     conn = connection.connect(tmp_path / "l.db")
     connection.migrate(conn)
