@@ -19,9 +19,11 @@ from . import flows, sql
 from .tx import NewEvent, Tx
 
 
-@attrs.frozen
+@attrs.define
 class NewJob:
-    """A job to enqueue, already validated: ids, names, times and JSON are final."""
+    """A job to enqueue, already validated: ids, names, times and JSON are final. (Not
+    frozen: a frozen attrs class sets each field through object.__setattr__, which costs
+    a bulk enqueue half a microsecond per job. Nothing changes one.)"""
 
     id: str
     queue: str

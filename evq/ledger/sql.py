@@ -163,6 +163,17 @@ LAST_EVENTS = (
     "ORDER BY position DESC LIMIT ?) ORDER BY position"
 )
 LAST_POSITION = "SELECT max(position) FROM evq_events"
+# Many events in one statement, from one JSON array of [kind, job_id, queue, job, attempt,
+# worker, data text] rows, in order. One statement runs inside SQLite without coming back
+# to Python per row (executemany binds each row, holding the GIL), so the caller's other
+# thread can validate the next batch meanwhile. The time is bound, never sent as JSON
+# text, so that it is stored bit for bit as the seal hashed it.
+APPEND_EVENTS_JSON = """
+INSERT INTO evq_events (at, kind, job_id, queue, job, attempt, worker, data)
+SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+       value ->> 6
+FROM json_each(?2)
+"""
 HOOKS_DUE = f"""
 SELECT {JOB_COLUMNS} FROM evq_jobs
 WHERE state = 'expired' AND (hook_state = 'due' OR (hook_state = 'running' AND lease_until <= ?))

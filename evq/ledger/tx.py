@@ -4,6 +4,7 @@ events to subscribers after the commit."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -90,11 +91,11 @@ class Tx:
         if not events:
             return
         now = self.now
-        rows = [(now, kind, job_id, queue, job, attempt, worker,
+        rows = [(kind, job_id, queue, job, attempt, worker,
                  text if text is not None else dumps(data) if data else "{}")
                 for kind, job_id, queue, job, attempt, worker, data, text in events]
         try:
-            self.conn.executemany(sql.APPEND_EVENT, rows)
+            self.conn.execute(sql.APPEND_EVENTS_JSON, (now, json.dumps(rows)))
         except sqlite3.IntegrityError as exc:
             first = events[0]
             raise refusal(exc, first[0], first[1], first[4]) from None
@@ -103,7 +104,7 @@ class Tx:
         self.appended.extend(
             (first_position + i, now, kind, job_id, queue, job, attempt, worker, data)
             for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
-        self.lines.extend(seals.line(first_position + i, *row)
+        self.lines.extend(seals.line(first_position + i, now, *row)
                           for i, row in enumerate(rows))
 
     def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
