@@ -515,3 +515,32 @@ async def test_an_attempt_that_lost_its_lease_here_is_stopped_and_awaited(ctx, c
     record = await ctx.get_job(job_id)
     assert record.state is evq.JobState.SUCCEEDED and record.result == "attempt 2"
     assert await kinds_of(ctx, job_id) == [*RUN, "rescue", "dequeue", "run", "success"]
+
+
+
+def test_job_ids_differ_across_a_fork_and_ignore_random_seed():
+    """Two processes making ids in the same millisecond must not agree: the generator
+    is reseeded in a forked child, and an application's random.seed() does not touch
+    it."""
+    import os
+    import random
+
+    from evq.enqueueing import new_job_id
+
+    random.seed(0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send one id and leave at once
+        os.write(write, new_job_id().encode())
+        os._exit(0)
+    os.close(write)
+    mine = new_job_id()
+    theirs = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert len(mine) == len(theirs) == 32
+    assert mine[12:] != theirs[12:]
+    random.seed(0)
+    first = new_job_id()
+    random.seed(0)
+    assert new_job_id()[12:] != first[12:]
