@@ -11,6 +11,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime
+from json import encoder as json_encoder
 from typing import Any, TypeVar
 
 import attrs
@@ -115,12 +116,21 @@ def _check_text(text: str, what: str, path: str) -> None:
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# JSONEncoder.encode builds its C encoder again on every call, which is two thirds of
+# the cost of encoding a small payload; this one is built once (the same C code, so the
+# same text). No circular-reference markers: values are checked trees by now.
+_make_c_encoder: Any = getattr(json_encoder, "c_make_encoder", None)
+_C_ENCODER: Any = None if _make_c_encoder is None else _make_c_encoder(
+    None, _ENCODER.default, json_encoder.encode_basestring, None, ":", ",", False, False,
+    False)
 
 
 def dumps(value: Any) -> str:
     """Compact JSON text of an already-checked value (one shared encoder: json.dumps
     with options would build a new one per call, on the hot path)."""
-    return _ENCODER.encode(value)
+    if _C_ENCODER is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 def encode(value: Any, what: str = "payload", limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
