@@ -87,6 +87,12 @@ def job_events(conn: sqlite3.Connection, job_id: str) -> list[Event]:
     return [_event(r) for r in conn.execute(sql.EVENTS_FOR_JOB, (job_id,))]
 
 
+def flow_events(conn: sqlite3.Connection, tree: FlowTree) -> list[Event]:
+    """Every event of every job of a flow, in ledger order: the whole tree's story."""
+    ids = json.dumps([node.id for node in tree.walk()])
+    return [_event(r) for r in conn.execute(sql.EVENTS_FOR_JOBS, (ids,))]
+
+
 def job_record(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
     return JobRecord.from_row(tuple(row)) if row else None

@@ -120,12 +120,16 @@ def cmd_tree(args: argparse.Namespace) -> int:
     try:
         job_id = audit.resolve_job_id(conn, args.job_id)
         tree = flows.read_tree(conn, job_id)
+        events = audit.flow_events(conn, tree) if tree is not None and args.history else []
     finally:
         conn.close()
     if tree is None:
         raise UnknownJob(f"job {job_id} is not in the current state (deleted); its events "
                          f"are in `evq history {audit.short_id(job_id)}`")
-    if args.json:
+    if args.history:
+        for event in events:
+            _out(audit.event_json(event) if args.json else audit.event_line(event, _colour()))
+    elif args.json:
         _out(json.dumps(_tree_json(tree), ensure_ascii=False))
     else:
         for line in audit.tree_lines(tree, _colour()):
@@ -489,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines")
     p = command("tree", cmd_tree, "a flow's current state, as a tree")
     p.add_argument("job_id", help="any job of the flow: an id or a unique prefix of one")
-    p.add_argument("--json", action="store_true", help="one JSON object, nested")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object, nested (with --history: JSON lines)")
+    p.add_argument("--history", action="store_true",
+                   help="instead, every event of every job of the flow, in ledger order")
     p = command("jobs", cmd_jobs, "current jobs")
     p.add_argument("--state")
     p.add_argument("--queue")

@@ -158,6 +158,8 @@ EVENTS_BETWEEN = (
     "ORDER BY position"
 )
 EVENTS_FOR_JOB = f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE job_id = ? ORDER BY position"
+EVENTS_FOR_JOBS = (f"SELECT {EVENT_COLUMNS} FROM evq_events "
+                   "WHERE job_id IN (SELECT value FROM json_each(?)) ORDER BY position")
 LAST_EVENTS = (
     f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM evq_events "
     "ORDER BY position DESC LIMIT ?) ORDER BY position"

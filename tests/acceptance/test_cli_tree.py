@@ -85,3 +85,21 @@ def test_tree_of_an_unknown_job(tmp_path: Path):
     ok(run_evq("migrate", "--db", db))
     result = run_evq("tree", "abcdef12", "--db", db)
     assert result.returncode == 2 and "no job with id" in result.stderr
+
+
+async def test_tree_history_is_the_whole_flows_story_in_ledger_order(tmp_path: Path):
+    db = tmp_path / "flow.db"
+    root = await blocked_flow(db)
+    ids = {root.id, root.children[0].id, root.children[1].id,
+           root.children[1].children[0].id}
+    lines = ok(run_evq("tree", root.children[0].id, "--db", db, "--history", "--json"))
+    events = [json.loads(line) for line in lines.splitlines()]
+    assert {e["job_id"] for e in events} == ids
+    positions = [e["position"] for e in events]
+    assert positions == sorted(positions)
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("enqueue") == 4 and kinds.count("wait") == 2
+    assert kinds.count("child") == 3 and kinds.count("ready") == 1  # the poll step's
+    text = ok(run_evq("tree", root.id, "--db", db, "--history")).splitlines()
+    assert len(text) == len(events)
+    assert sum("waits for" in line for line in text) == 2
