@@ -347,13 +347,17 @@ class Context:
                            ) -> list[trees.FlowNode]:
         """Add children (trees too) to a job that has not started: pending, or already
         waiting for others. It then waits for these as well."""
-        flows.check_children(children, "add_children's children")
-        if not children:
-            raise InvalidInput("add_children needs at least one child")
-        planned = tuple(self.plan_flow(child) for child in children)
+        planned = self.plan_children(children)
         await self._preflight([job for node in planned for job in trees.jobs_of(node)])
         return await self.writer.run(functools.partial(
             trees.add_children, parent_id=parent_id, children=planned))
+
+    def plan_children(self, children: Sequence[flows.FlowJob]) -> tuple[trees.PlannedNode, ...]:
+        """Validate children to add to a parent; writes nothing."""
+        flows.check_children(children, "add_children's children")
+        if not children:
+            raise InvalidInput("add_children needs at least one child")
+        return tuple(self.plan_flow(child) for child in children)
 
     def plan_flow(self, flow: flows.FlowJob) -> trees.PlannedNode:
         """Validate a whole tree (typed error naming the node); writes nothing."""

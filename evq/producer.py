@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -82,6 +82,12 @@ class SyncProducer:
         """Add a tree of jobs in one transaction (see `Context.enqueue_flow`)."""
         root = self._ctx.plan_flow(flow)
         return self._write(trees.jobs_of(root), lambda tx, _: trees.enqueue_tree(tx, root))
+
+    def add_children(self, parent_id: str, children: Sequence[FlowJob]) -> list[trees.FlowNode]:
+        """Add children to a job that has not started (see `Context.add_children`)."""
+        planned = self._ctx.plan_children(children)
+        return self._write([job for node in planned for job in trees.jobs_of(node)],
+                           lambda tx, _: trees.add_children(tx, parent_id, planned))
 
     def _write(self, jobs: list[ops.NewJob], write: Callable[[Tx, list[ops.NewJob]], T]
                ) -> T:

@@ -480,3 +480,16 @@ async def test_a_parent_is_not_retried_without_its_children(ctx):
     assert (await ctx.get_job(root.id)).state is evq.JobState.EXPIRED
     with pytest.raises(evq.JobStateConflict, match="enqueue the flow again"):
         await ctx.retry(root.id)
+
+
+async def test_a_sync_producer_adds_children_too(ctx):
+    ctx.define("parent", lambda p, job: sorted(job.children_values.values()))
+    ctx.define("leaf", lambda p: p)
+    with ctx.sync() as producer:
+        parent = producer.enqueue("parent")
+        [added] = producer.add_children(parent, [FlowJob("leaf", 7)])
+        with pytest.raises(evq.InvalidInput, match="at least one child"):
+            producer.add_children(parent, [])
+    assert added.added
+    await ctx.drain()
+    assert (await ctx.get_job(parent)).result == [7]
