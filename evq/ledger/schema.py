@@ -143,36 +143,55 @@ CREATE TABLE evq_queues (
 ) WITHOUT ROWID;
 """
 
-def _guard_holder(reports: str) -> str:
-    """Only the holder of the current attempt may write the `reports` kinds."""
-    return f"""CREATE TRIGGER evq_guard_holder BEFORE INSERT ON evq_events
-WHEN {reports}
- AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-      AND worker IS NEW.worker)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;"""
+# Each rule's refusal condition, written once. Version 1 gave each its own trigger;
+# version 2 makes each a statement of one guard trigger.
+_UNCLAIMABLE = """NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'pending' AND attempt + 1 = NEW.attempt)"""
+_NOT_HELD = """NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+          AND worker IS NEW.worker)"""
+_NOT_RESCUABLE = """NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
+          AND (lease_until <= NEW.at
+               OR json_extract(NEW.data, '$.reason') <> 'lease_expired'))"""
+_NOT_EXPIRABLE = """NOT EXISTS (
+        SELECT 1 FROM evq_jobs
+        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt)"""
+_HOOK_NOT_FREE = """NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
+          AND CASE json_extract(NEW.data, '$.status')
+              WHEN 'started' THEN hook_state = 'due'
+                                  OR (hook_state = 'running' AND lease_until <= NEW.at)
+              ELSE hook_state = 'running' AND worker IS NEW.worker END)"""
+_SCHEDULE_FIRED = """EXISTS (
+        SELECT 1 FROM evq_schedules WHERE name = NEW.job
+          AND next_at IS NOT json_extract(NEW.data, '$.due_at'))"""
 
 
-def _guard_admin(cancellable: str) -> str:
+def _admin_rules(cancellable: str) -> str:
     """Cancel takes a job in one of the `cancellable` states; delete: by the handler
     holding the attempt, or by anyone when the job is not running."""
-    return f"""CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
-WHEN {_kind("cancel", "delete")}
-BEGIN
+    return f"""
     SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
-    WHERE NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    WHERE {_kind("cancel", "delete")}
+      AND NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
     SELECT RAISE(ABORT, '{NOT_PENDING}')
     WHERE NEW.kind = 'cancel' AND NOT EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND ({cancellable}));
     SELECT RAISE(ABORT, '{STALE}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
-          AND attempt = NEW.attempt AND worker IS NEW.worker);
+    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND {_NOT_HELD};
     SELECT RAISE(ABORT, '{RUNNING}')
     WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
-END;"""
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');"""
+
+
+def _own_trigger(name: str, kinds: str, refused: str) -> str:
+    """A version 1 guard: one rule in a trigger of its own."""
+    return (f"CREATE TRIGGER evq_guard_{name} BEFORE INSERT ON evq_events\n"
+            f"WHEN {kinds} AND {refused}\nBEGIN SELECT RAISE(ABORT, '{STALE}'); END;")
 
 
 _V1_GUARDS = f"""
@@ -185,51 +204,32 @@ BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
 -- that an event pays only for the rules that concern it.
 
 -- A claim takes a pending job and opens its next attempt: nobody else holds it then.
-CREATE TRIGGER evq_guard_claim BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'dequeue' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'pending' AND attempt + 1 = NEW.attempt)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_own_trigger("claim", "NEW.kind = 'dequeue'", _UNCLAIMABLE)}
 
 -- Only the holder of the current attempt may report on it.
-{_guard_holder(_kind("run", "heartbeat", "success", "error", "fail", "requeue", "defer"))}
+{_own_trigger("holder", _kind("run", "heartbeat", "success", "error", "fail", "requeue",
+                               "defer"), _NOT_HELD)}
 
 -- A lease may only be rescued once it has run out.
-CREATE TRIGGER evq_guard_rescue BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'rescue' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-      AND (lease_until <= NEW.at OR json_extract(NEW.data, '$.reason') <> 'lease_expired'))
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_own_trigger("rescue", "NEW.kind = 'rescue'", _NOT_RESCUABLE)}
 
 -- Expiry closes an attempt that has just errored or been rescued, in the same commit.
-CREATE TRIGGER evq_guard_expire BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'expire' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs
-    WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_own_trigger("expire", "NEW.kind = 'expire'", _NOT_EXPIRABLE)}
 
 -- The exhausted-attempts hook: started once it is due (or its runner's lease ran out),
 -- then done or failed by that runner only.
-CREATE TRIGGER evq_guard_hook BEFORE INSERT ON evq_events
-WHEN NEW.kind = 'hook' AND NOT EXISTS (
-    SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND CASE json_extract(NEW.data, '$.status')
-        WHEN 'started' THEN hook_state = 'due'
-                            OR (hook_state = 'running' AND lease_until <= NEW.at)
-        ELSE hook_state = 'running' AND worker IS NEW.worker END)
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_own_trigger("hook", "NEW.kind = 'hook'", _HOOK_NOT_FREE)}
 
 -- A repeating job fires once per due time: the event names the due time it fires for,
 -- which must be the one the ledger expects (or the schedule is new).
-CREATE TRIGGER evq_guard_schedule BEFORE INSERT ON evq_events
-WHEN {_kind("schedule", "schedule_orphan")} AND EXISTS (
-    SELECT 1 FROM evq_schedules WHERE name = NEW.job
-      AND next_at IS NOT json_extract(NEW.data, '$.due_at'))
-BEGIN SELECT RAISE(ABORT, '{STALE}'); END;
+{_own_trigger("schedule", _kind("schedule", "schedule_orphan"), _SCHEDULE_FIRED)}
 
 -- Cancel takes a job that has not ended: pending, or running (its worker is asked to
 -- stop, and its own report is then refused).
-{_guard_admin("state = 'pending' OR state = 'running'")}
+CREATE TRIGGER evq_guard_admin BEFORE INSERT ON evq_events
+WHEN {_kind("cancel", "delete")}
+BEGIN{_admin_rules("state = 'pending' OR state = 'running'")}
+END;
 """
 
 # What each kind of event does to the current state: the fold, defined once. One trigger
@@ -374,62 +374,29 @@ CREATE TRIGGER evq_guard BEFORE INSERT ON evq_events
 WHEN NEW.kind <> 'enqueue' AND NEW.kind <> 'seal'
 BEGIN
     -- A claim takes a pending job and opens its next attempt: nobody else holds it then.
-    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'dequeue' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs
-        WHERE id = NEW.job_id AND state = 'pending' AND attempt + 1 = NEW.attempt);
+    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'dequeue' AND {_UNCLAIMABLE};
     -- Only the holder of the current attempt may report on it. (A fail without an
     -- attempt is a waiting parent failed because of a child: see below.)
     SELECT RAISE(ABORT, '{STALE}')
     WHERE ({_kind("run", "heartbeat", "success", "error", "requeue", "defer")}
-           OR (NEW.kind = 'fail' AND NEW.attempt IS NOT NULL))
-      AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs
-        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-          AND worker IS NEW.worker);
+           OR (NEW.kind = 'fail' AND NEW.attempt IS NOT NULL)) AND {_NOT_HELD};
     SELECT RAISE(ABORT, '{STALE}')
     WHERE NEW.kind = 'fail' AND NEW.attempt IS NULL AND NOT EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'waiting');
     -- A lease may only be rescued once it has run out.
-    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'rescue' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs
-        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt
-          AND (lease_until <= NEW.at
-               OR json_extract(NEW.data, '$.reason') <> 'lease_expired'));
+    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'rescue' AND {_NOT_RESCUABLE};
     -- Expiry closes an attempt that has just errored or been rescued, in the same commit.
-    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'expire' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs
-        WHERE id = NEW.job_id AND state = 'running' AND attempt = NEW.attempt);
+    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'expire' AND {_NOT_EXPIRABLE};
     -- The exhausted-attempts hook: started once it is due (or its runner's lease ran
     -- out), then done or failed by that runner only.
-    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'hook' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
-          AND CASE json_extract(NEW.data, '$.status')
-              WHEN 'started' THEN hook_state = 'due'
-                                  OR (hook_state = 'running' AND lease_until <= NEW.at)
-              ELSE hook_state = 'running' AND worker IS NEW.worker END);
+    SELECT RAISE(ABORT, '{STALE}') WHERE NEW.kind = 'hook' AND {_HOOK_NOT_FREE};
     -- A repeating job fires once per due time: the event names the due time it fires
     -- for, which must be the one the ledger expects (or the schedule is new).
     SELECT RAISE(ABORT, '{STALE}')
-    WHERE {_kind("schedule", "schedule_orphan")} AND EXISTS (
-        SELECT 1 FROM evq_schedules WHERE name = NEW.job
-          AND next_at IS NOT json_extract(NEW.data, '$.due_at'));
+    WHERE {_kind("schedule", "schedule_orphan")} AND {_SCHEDULE_FIRED};
     -- Cancel takes a job that has not ended: pending, waiting, or running (its worker is
-    -- asked to stop, and its own report is then refused). Delete: by the handler
-    -- holding the attempt, or by anyone when the job is not running.
-    SELECT RAISE(ABORT, '{UNKNOWN_JOB}')
-    WHERE {_kind("cancel", "delete")}
-      AND NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
-    SELECT RAISE(ABORT, '{NOT_PENDING}')
-    WHERE NEW.kind = 'cancel' AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
-          AND (state = 'pending' OR state = 'running' OR state = 'waiting'));
-    SELECT RAISE(ABORT, '{STALE}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running'
-          AND attempt = NEW.attempt AND worker IS NEW.worker);
-    SELECT RAISE(ABORT, '{RUNNING}')
-    WHERE NEW.kind = 'delete' AND NEW.attempt IS NULL AND EXISTS (
-        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'running');
+    -- asked to stop, and its own report is then refused).{_admin_rules(
+        "state = 'pending' OR state = 'running' OR state = 'waiting'")}
     -- A parent takes children only before it starts; each child exists, has not ended,
     -- is not the parent and has no other parent. (Cycles through grandparents are
     -- refused by the writer: a trigger cannot walk the tree.)
