@@ -14,6 +14,7 @@ import attrs
 
 from .errors import EvqError, FlowError, InvalidInput
 from .jobs import Child, JobDefinition, JobRecord
+from .ledger import flows as edges
 from .ledger import sql
 from .ledger.ops import NewJob
 from .ledger.trees import PlannedNode
@@ -115,21 +116,10 @@ class FlowTree:
         return [self, *(node for child in self.children for node in child.walk())]
 
 
-def root_of(conn: sqlite3.Connection, job_id: str) -> str:
-    seen = {job_id}
-    current = job_id
-    while (row := conn.execute(sql.PARENT_OF, (current,)).fetchone()) and row[0]:
-        if row[0] in seen:
-            break
-        seen.add(row[0])
-        current = row[0]
-    return current
-
-
 def read_tree(conn: sqlite3.Connection, job_id: str) -> FlowTree | None:
     """The whole flow that holds this job, from its root down; None if the job is not
     in the current state."""
-    root = root_of(conn, job_id)
+    root = edges.ancestors(conn, job_id)[-1]
     row = conn.execute(sql.GET_JOB, (root,)).fetchone()
     if row is None:
         return None

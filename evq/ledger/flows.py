@@ -8,6 +8,7 @@ only fold these events; every decision is made here and recorded in them."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,22 +74,30 @@ def ended_by(kind: str, reason: str | None) -> dict[str, Any]:
     return {"type": what, "message": text, "traceback": ""}
 
 
-def live_children(tx: Tx, parent_id: str) -> list[str]:
-    """A parent's children that have not ended."""
-    return [row[0] for row in tx.rows(sql.LIVE_CHILDREN, (parent_id,))]
+def ancestors(conn: sqlite3.Connection, job_id: str) -> list[str]:
+    """The job, its parent, that one's parent, ... up to the flow's root (last)."""
+    chain = [job_id]
+    while (row := conn.execute(sql.PARENT_OF, (chain[-1],)).fetchone()) and row[0]:
+        if row[0] in chain:  # a cycle cannot be written; do not loop if one were read
+            break
+        chain.append(row[0])
+    return chain
 
 
-def cancel_descendants(tx: Tx, children: list[str], parent_id: str,
+def live_children(tx: Tx, parent_id: str) -> list[tuple[str, str, str, str]]:
+    """(id, queue, name, state) of a parent's children that have not ended."""
+    return [tuple(row) for row in tx.rows(sql.LIVE_CHILDREN, (parent_id,))]
+
+
+def cancel_descendants(tx: Tx, children: list[tuple[str, str, str, str]], parent_id: str,
                        reason: str) -> list[tuple[str, bool]]:
-    """Cancel these children of a parent that was cancelled or deleted, and theirs in
-    turn; returns (id, was it running) for each (a running one's worker must stop)."""
+    """Cancel these live children of a parent that was cancelled or deleted, and theirs
+    in turn; returns (id, was it running) for each (a running one's worker must stop).
+    Each job has one parent, so each is reached once."""
     cancelled: list[tuple[str, bool]] = []
-    for child_id in children:
-        row = tx.one(sql.JOB_STATE, (child_id,))
-        if row is None or row[0] not in ("pending", "waiting", "running"):
-            continue
+    for child_id, queue, name, state in children:
         data: dict[str, Any] = {"reason": reason, "parent": parent_id}
-        tx.append("cancel", child_id, row[1], row[2], data=data)
-        cancelled.append((child_id, row[0] == "running"))
+        tx.append("cancel", child_id, queue, name, data=data)
+        cancelled.append((child_id, state == "running"))
         cancelled += cancel_descendants(tx, live_children(tx, child_id), child_id, reason)
     return cancelled

@@ -123,7 +123,8 @@ UNSETTLED_EDGES = (
     "AND (state = 'open' OR state = 'failed')"
 )
 LIVE_CHILDREN = """
-SELECT j.id FROM evq_dependencies AS d JOIN evq_jobs AS j ON j.id = d.child_id
+SELECT j.id, j.queue, j.name, j.state
+FROM evq_dependencies AS d JOIN evq_jobs AS j ON j.id = d.child_id
 WHERE d.parent_id = ? AND (j.state = 'pending' OR j.state = 'waiting' OR j.state = 'running')
 ORDER BY j.enqueue_position
 """

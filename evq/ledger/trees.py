@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from ..errors import FlowError, JobStateConflict, UnknownJob
-from . import ops, sql
+from . import flows, ops, sql
 from .tx import Tx
 
 
@@ -59,20 +59,11 @@ def add_children(tx: Tx, parent_id: str, children: tuple[PlannedNode, ...]
             f"job {parent_id} is {state}" + (f" after {attempt} attempt(s)" if attempt else "")
             + ": children can be added only to a job that has not started (pending, or "
             "waiting for other children)")
-    plan = _Plan(tx, ancestors=_ancestors(tx, parent_id))
+    plan = _Plan(tx, ancestors=set(flows.ancestors(tx.conn, parent_id)))
     placed = [plan.place(child, parent=parent_id) for child in children]
     plan.link(parent_id, queue, name, placed, children)
     plan.write()
     return placed
-
-
-def _ancestors(tx: Tx, job_id: str) -> set[str]:
-    found = {job_id}
-    parent = tx.one(sql.PARENT_OF, (job_id,))
-    while parent is not None and parent[0] is not None and parent[0] not in found:
-        found.add(parent[0])
-        parent = tx.one(sql.PARENT_OF, (parent[0],))
-    return found
 
 
 class _Plan:

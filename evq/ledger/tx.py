@@ -4,7 +4,6 @@ events to subscribers after the commit."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -95,7 +94,7 @@ class Tx:
                  text if text is not None else dumps(data) if data else "{}")
                 for kind, job_id, queue, job, attempt, worker, data, text in events]
         try:
-            self.conn.execute(sql.APPEND_EVENTS_JSON, (now, json.dumps(rows)))
+            self.conn.execute(sql.APPEND_EVENTS_JSON, (now, dumps(rows)))
         except sqlite3.IntegrityError as exc:
             first = events[0]
             raise refusal(exc, first[0], first[1], first[4]) from None
