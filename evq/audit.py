@@ -240,12 +240,11 @@ def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
                 parts.append(f"edge={node.edge.state}")
         if job is not None and job.blocked_by:
             parts.append(paint(f"blocked_by=#{short_id(job.blocked_by)}", "failed", colour))
-        result = job.result if job is not None else node.edge.result if node.edge else None
-        error = job.error if job is not None else node.edge.error if node.edge else None
-        if result is not None:
-            parts.append(f"result={_short(result)}")
-        elif error and node.state != "succeeded":
-            parts.append(f"error={error.get('type')}: {_short(error.get('message'), 80)}")
+        if node.result is not None:
+            parts.append(f"result={_short(node.result)}")
+        elif node.error and node.state != "succeeded":
+            parts.append(f"error={node.error.get('type')}: "
+                         f"{_short(node.error.get('message'), 80)}")
         lines.append(lead + branch + "  ".join(parts))
         below = lead + ("" if not branch else "    " if branch == "└── " else "│   ")
         for i, child in enumerate(node.children):
@@ -253,6 +252,18 @@ def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
 
     visit(tree, "", "")
     return lines
+
+
+def tree_json(node: FlowTree) -> dict[str, Any]:
+    """A flow as one nested JSON object (`evq tree --json`)."""
+    job, edge = node.job, node.edge
+    return {"id": node.id, "name": node.name, "queue": node.queue, "state": node.state,
+            "attempt": job.attempt if job else None,
+            "blocked_by": job.blocked_by if job else None,
+            "on_failure": edge.on_failure if edge else None,
+            "edge": edge.state if edge else None,
+            "result": node.result, "error": node.error,
+            "children": [tree_json(child) for child in node.children]}
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -130,24 +129,11 @@ def cmd_tree(args: argparse.Namespace) -> int:
         for event in events:
             _out(audit.event_json(event) if args.json else audit.event_line(event, _colour()))
     elif args.json:
-        _out(json.dumps(_tree_json(tree), ensure_ascii=False))
+        _out(json.dumps(audit.tree_json(tree), ensure_ascii=False))
     else:
         for line in audit.tree_lines(tree, _colour()):
             _out(line)
     return EXIT_OK
-
-
-def _tree_json(node: flows.FlowTree) -> dict[str, Any]:
-    job = node.job
-    edge = node.edge
-    return {"id": node.id, "name": node.name, "queue": node.queue, "state": node.state,
-            "attempt": job.attempt if job else None,
-            "blocked_by": job.blocked_by if job else None,
-            "on_failure": edge.on_failure if edge else None,
-            "edge": edge.state if edge else None,
-            "result": job.result if job else edge.result if edge else None,
-            "error": job.error if job else edge.error if edge else None,
-            "children": [_tree_json(child) for child in node.children]}
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -339,7 +339,7 @@ class Context:
         """Add a tree of jobs in one transaction, all of it or none: each parent waits
         (state `waiting`) until its children have succeeded, then runs and reads their
         results as `job.children`. Returns where each node went (its job id)."""
-        root = self.plan_flow(flow)
+        root = flows.plan(self, flow)
         await self._preflight(trees.jobs_of(root))
         return await self.writer.run(functools.partial(trees.enqueue_tree, root=root))
 
@@ -347,24 +347,10 @@ class Context:
                            ) -> list[trees.FlowNode]:
         """Add children (trees too) to a job that has not started: pending, or already
         waiting for others. It then waits for these as well."""
-        planned = self.plan_children(children)
+        planned = flows.plan_children(self, children)
         await self._preflight([job for node in planned for job in trees.jobs_of(node)])
         return await self.writer.run(functools.partial(
             trees.add_children, parent_id=parent_id, children=planned))
-
-    def plan_children(self, children: Sequence[flows.FlowJob]) -> tuple[trees.PlannedNode, ...]:
-        """Validate children to add to a parent; writes nothing."""
-        flows.check_children(children, "add_children's children")
-        if not children:
-            raise InvalidInput("add_children needs at least one child")
-        return tuple(self.plan_flow(child) for child in children)
-
-    def plan_flow(self, flow: flows.FlowJob) -> trees.PlannedNode:
-        """Validate a whole tree (typed error naming the node); writes nothing."""
-        now = self.clock.now()
-        return flows.plan(flow, lambda node: self.prepare(
-            node.job, node.payload, delay=node.delay, run_at=node.run_at,
-            priority=node.priority, key=node.key, group=node.group, now=now))
 
     async def wait_for(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Wait until a job has ended (succeeded, failed, expired or cancelled), whichever

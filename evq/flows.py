@@ -6,9 +6,9 @@ it into the ledger's terms; `read_tree` reads a flow's current state back, for
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -16,8 +16,10 @@ from .errors import EvqError, FlowError, InvalidInput
 from .jobs import Child, JobDefinition, JobRecord
 from .ledger import flows as edges
 from .ledger import sql
-from .ledger.ops import NewJob
 from .ledger.trees import PlannedNode
+
+if TYPE_CHECKING:
+    from .context import Context
 
 MAX_DEPTH = 64
 MAX_NODES = 10_000
@@ -61,12 +63,10 @@ class FlowJob:
         return chosen[0] if chosen else "wait"
 
 
-Prepare = Callable[[FlowJob], NewJob]
-
-
-def plan(node: FlowJob, prepare: Prepare) -> PlannedNode:
+def plan(ctx: Context, node: FlowJob) -> PlannedNode:
     """Validate a whole tree before anything is written; an error names the node."""
     count = [0]
+    now = ctx.clock.now()
 
     def visit(node: FlowJob, path: str, depth: int) -> PlannedNode:
         if not isinstance(node, FlowJob):
@@ -76,7 +76,9 @@ def plan(node: FlowJob, prepare: Prepare) -> PlannedNode:
             raise FlowError(f"a flow may be {MAX_DEPTH} levels deep and hold {MAX_NODES} "
                             "jobs at most; split it")
         try:
-            job = prepare(node)
+            job = ctx.prepare(node.job, node.payload, delay=node.delay, run_at=node.run_at,
+                              priority=node.priority, key=node.key, group=node.group,
+                              now=now)
             on_failure = node.on_failure
             check_children(node.children, "children")
         except EvqError as exc:
@@ -86,6 +88,14 @@ def plan(node: FlowJob, prepare: Prepare) -> PlannedNode:
         return PlannedNode(job, on_failure, children)
 
     return visit(node, "flow", 0)
+
+
+def plan_children(ctx: Context, children: Sequence[FlowJob]) -> tuple[PlannedNode, ...]:
+    """Validate children to add to a parent; writes nothing."""
+    check_children(children, "add_children's children")
+    if not children:
+        raise InvalidInput("add_children needs at least one child")
+    return tuple(plan(ctx, child) for child in children)
 
 
 def check_children(children: object, what: str) -> None:
@@ -110,6 +120,14 @@ class FlowTree:
     @property
     def state(self) -> str:
         return str(self.job.state) if self.job is not None else "deleted"
+
+    @property
+    def result(self) -> Any:
+        return self.job.result if self.job else self.edge.result if self.edge else None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.job.error if self.job else self.edge.error if self.edge else None
 
     def walk(self) -> list[FlowTree]:
         """This node and every node below it, depth first."""

@@ -14,6 +14,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import flows
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
 from .ledger import connection, ops, seals, sql, trees
@@ -22,7 +23,6 @@ from .ledger.tx import Tx
 if TYPE_CHECKING:
     from .context import Context
     from .enqueueing import EnqueueRequest
-    from .flows import FlowJob
     from .jobs import JobDefinition
 
 T = TypeVar("T")
@@ -78,14 +78,15 @@ class SyncProducer:
         jobs = [job for chunk in prepared_chunks(self._ctx, requests) for job in chunk]
         return self._write(jobs, ops.enqueue) if jobs else []
 
-    def enqueue_flow(self, flow: FlowJob) -> trees.FlowNode:
+    def enqueue_flow(self, flow: flows.FlowJob) -> trees.FlowNode:
         """Add a tree of jobs in one transaction (see `Context.enqueue_flow`)."""
-        root = self._ctx.plan_flow(flow)
+        root = flows.plan(self._ctx, flow)
         return self._write(trees.jobs_of(root), lambda tx, _: trees.enqueue_tree(tx, root))
 
-    def add_children(self, parent_id: str, children: Sequence[FlowJob]) -> list[trees.FlowNode]:
+    def add_children(self, parent_id: str, children: Sequence[flows.FlowJob]
+                     ) -> list[trees.FlowNode]:
         """Add children to a job that has not started (see `Context.add_children`)."""
-        planned = self._ctx.plan_children(children)
+        planned = flows.plan_children(self._ctx, children)
         return self._write([job for node in planned for job in trees.jobs_of(node)],
                            lambda tx, _: trees.add_children(tx, parent_id, planned))
 
