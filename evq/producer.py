@@ -19,6 +19,7 @@ from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
 from .ledger import connection, ops, seals, sql, trees
 from .ledger.tx import Tx
+from .ledger.wal import WalWatch
 
 if TYPE_CHECKING:
     from .context import Context
@@ -42,6 +43,7 @@ class SyncProducer:
             ctx.path, durability=ctx.durability, busy_timeout_ms=BUSY_TIMEOUT_MS,
             check_same_thread=False)
         connection.migrate(self._conn)
+        self._wal = WalWatch(ctx.path, self._conn)
         self._last_seal = seals.LastSeal()
 
     def __enter__(self) -> SyncProducer:
@@ -54,6 +56,7 @@ class SyncProducer:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
+                self._wal.close(self._conn, BUSY_TIMEOUT_MS)
                 self._conn.close()
                 self._conn = None
 
@@ -110,7 +113,7 @@ class SyncProducer:
                 self._last_seal = seals.LastSeal()
                 conn.execute(sql.ROLLBACK)
                 raise
-            connection.checkpoint(conn, self._ctx.path, BUSY_TIMEOUT_MS)
+            self._wal.after_commit(conn, BUSY_TIMEOUT_MS)
         if refused:
             raise rejected(jobs, refused, "nothing was added")
         return written

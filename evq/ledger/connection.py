@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,37 +64,6 @@ def connect(
     level = "FULL" if Durability(durability) is Durability.POWER else "NORMAL"
     conn.execute(sql.SET_SYNCHRONOUS.format(level=level))
     return conn
-
-
-# Checkpoint once the WAL passes this size. TRUNCATE holds writers off while it runs,
-# which is what makes it safe with SQLite 3.40's WAL-reset bug; readers still on old
-# frames make it give up after CHECKPOINT_BUSY_MS, and the next commit tries again.
-CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
-CHECKPOINT_BUSY_MS = 200
-
-
-def wal_size(path: str | Path) -> int:
-    try:
-        return os.path.getsize(f"{path}-wal")
-    except OSError:
-        return 0
-
-
-def checkpoint(conn: sqlite3.Connection, path: str | Path, busy_timeout_ms: int,
-               force: bool = False) -> bool:
-    """Run a TRUNCATE checkpoint if the WAL is large (or, with force, not empty); the
-    connection must not be inside a transaction. Returns whether one completed."""
-    size = wal_size(path)
-    if size < CHECKPOINT_WAL_BYTES and not (force and size > 0):
-        return False
-    conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=CHECKPOINT_BUSY_MS))
-    try:
-        busy = conn.execute(sql.CHECKPOINT_TRUNCATE).fetchone()[0]
-    except sqlite3.OperationalError:
-        busy = 1
-    finally:
-        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
-    return not busy
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 # --- pragmas -------------------------------------------------------------------------
-# No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); the writer runs
-# TRUNCATE checkpoints deliberately. trusted_schema stays at its default: SQLite 3.40 does
-# not mark its JSON functions innocuous, so OFF would refuse the projection triggers; evq
-# registers no SQL functions of its own, so a hostile schema gains nothing from it.
+# No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); writers run
+# RESTART or TRUNCATE checkpoints deliberately (wal.py). trusted_schema stays at its
+# default: SQLite 3.40 does not mark its JSON functions innocuous, so OFF would refuse the
+# projection triggers; evq registers no SQL functions of its own, so a hostile schema
+# gains nothing from it.
 CONNECTION_PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA wal_autocheckpoint = 0",
@@ -24,6 +25,8 @@ SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
 DATA_VERSION = "PRAGMA data_version"
 DATABASE_LIST = "PRAGMA database_list"
 CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
+CHECKPOINT_RESTART = "PRAGMA wal_checkpoint(RESTART)"
+PAGE_SIZE = "PRAGMA page_size"
 
 # --- transactions --------------------------------------------------------------------
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"

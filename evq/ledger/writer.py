@@ -23,6 +23,7 @@ from ..clock import Clock
 from ..errors import ContextClosed
 from . import connection, seals, sql
 from .tx import AppendedRow, Tx
+from .wal import WalWatch
 
 T = TypeVar("T")
 Op = Callable[[Tx], Any]
@@ -61,6 +62,7 @@ class Writer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
+        self._wal: WalWatch | None = None
         # The newest seal each connection wrote; reset whenever a commit fails.
         self._last_seal: dict[int, seals.LastSeal] = {}
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
@@ -85,6 +87,7 @@ class Writer:
             check_same_thread=False,
         )
         connection.migrate(conn)
+        self._wal = WalWatch(self._path, conn)
         return conn
 
     async def run(self, op: Callable[[Tx], T], weight: int = 1) -> T:
@@ -120,7 +123,8 @@ class Writer:
         self._executor.shutdown(wait=True)
 
     def _close_conn(self, conn: sqlite3.Connection) -> None:
-        self._checkpoint(conn, force=True)
+        if self._wal is not None:
+            self._wal.close(conn, self._busy_timeout_ms)
         conn.close()
 
     async def _loop(self) -> None:
@@ -164,7 +168,7 @@ class Writer:
         """Commit a small batch on the calling thread, or None if the file is busy or the
         WAL wants a checkpoint (both are the writer thread's job)."""
         conn = self._inline
-        if conn is None or self._wal_wants_checkpoint():
+        if conn is None or self._wal is None or self._wal.wants_checkpoint():
             return None
         now = self._clock.now()
         try:
@@ -191,7 +195,8 @@ class Writer:
         except _Refused:
             results, appended = self._run_batch(conn, ops, now, isolate=True)
         self.commits += 1
-        self._checkpoint(conn)
+        if self._wal is not None:
+            self._wal.after_commit(conn, self._busy_timeout_ms)
         return results, appended
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[Op], now: float, *,
@@ -247,9 +252,3 @@ class Writer:
                     raise
                 _log.warning("evq.writer_busy", attempt=attempt + 1, thread=threading.get_ident())
         conn.execute(sql.BEGIN_IMMEDIATE)
-
-    def _wal_wants_checkpoint(self) -> bool:
-        return connection.wal_size(self._path) >= connection.CHECKPOINT_WAL_BYTES
-
-    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
-        connection.checkpoint(conn, self._path, self._busy_timeout_ms, force)
