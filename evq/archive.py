@@ -6,7 +6,8 @@ ends with an `archive` event (the file's SHA-256 and the positions it holds) and
 The hash chain stays verifiable across the cut: `evq verify --archive FILE` puts the
 archived events back in their places; without the file, verify accepts the seals that
 cover archived positions and says how many events it could not check. Replay needs no
-archive: archived jobs have no state left to rebuild."""
+archive: archived jobs have no state left to rebuild (archiving also removes their
+row in evq_deleted_jobs, which only served to find their enqueue event)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def archive(path: str | Path, before: float, to: str | Path, now: float | None =
             conn.execute(sql.DROP_EVENTS_NO_DELETE)
             conn.execute(sql.DELETE_EVENTS_AT, (json.dumps(positions),))
             conn.execute(schema.EVENTS_NO_DELETE)
+            conn.execute(sql.FORGET_DELETED_JOBS, (json.dumps(ids),))
             tx = Tx(conn, time.time() if now is None else now)
             tx.append("archive", data={
                 "file": target.name, "sha256": digest, "events": len(rows), "jobs": len(ids),

@@ -528,8 +528,41 @@ BEGIN
 END;
 """
 
+# Version 3: a job's enqueue event is found through its job, not through
+# evq_events_by_job: that index entry was a B-tree page of its own in every enqueue's
+# commit. A live job names its enqueue event (enqueue_position); a deleted one leaves a
+# row in evq_deleted_jobs, written by the delete fold, so its whole history can still be
+# read. Archiving a job's events removes that row too.
+_V3_ENQUEUE_BY_JOB = """
+CREATE TABLE evq_deleted_jobs (
+    id               TEXT    PRIMARY KEY,
+    enqueue_position INTEGER NOT NULL,
+    deleted_position INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Jobs already deleted: exactly the rows the delete fold below would have written.
+INSERT INTO evq_deleted_jobs (id, enqueue_position, deleted_position)
+SELECT e.job_id, e.position, d.position
+FROM evq_events AS e JOIN evq_events AS d ON d.job_id = e.job_id AND d.kind = 'delete'
+WHERE e.kind = 'enqueue' AND NOT EXISTS (SELECT 1 FROM evq_jobs AS j WHERE j.id = e.job_id);
+
+DROP INDEX evq_events_by_job;
+CREATE INDEX evq_events_by_job ON evq_events (job_id, position)
+    WHERE job_id IS NOT NULL AND kind <> 'enqueue';
+
+DROP TRIGGER evq_fold_delete;
+CREATE TRIGGER evq_fold_delete AFTER INSERT ON evq_events WHEN NEW.kind = 'delete'
+BEGIN
+    INSERT OR REPLACE INTO evq_deleted_jobs (id, enqueue_position, deleted_position)
+    SELECT id, enqueue_position, NEW.position FROM evq_jobs WHERE id = NEW.job_id;
+    DELETE FROM evq_jobs WHERE id = NEW.job_id;
+    DELETE FROM evq_dependencies WHERE parent_id = NEW.job_id;
+    UPDATE evq_jobs SET parent_id = NULL WHERE parent_id = NEW.job_id;
+END;
+"""
+
 # Each entry upgrades the schema by one version; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS)
+MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS,
+                               _V3_ENQUEUE_BY_JOB)
 
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -144,12 +144,18 @@ JOB_COLUMNS = (
 JOB_FIELD = {name: index for index, name in enumerate(JOB_COLUMNS.split(", "))}
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
 EVENT_DATA = "SELECT data FROM evq_events WHERE position = ?"
-FIND_JOB_IDS_BY_SUFFIX = (
-    "SELECT DISTINCT job_id FROM evq_events WHERE job_id LIKE ? LIMIT 2"
-)
-FIND_JOB_IDS_BY_PREFIX = (
-    "SELECT DISTINCT job_id FROM evq_events WHERE job_id >= ? AND job_id < ? LIMIT 2"
-)
+# Job ids are in three places: the jobs, the deleted jobs, and the events of jobs never
+# added (a refused enqueue); evq_events_by_job leaves enqueue events out (schema v3).
+_JOB_IDS_WHERE = """
+SELECT job_id FROM evq_events
+WHERE job_id IS NOT NULL AND kind <> 'enqueue' AND {test}
+UNION SELECT id FROM evq_jobs WHERE {id_test}
+UNION SELECT id FROM evq_deleted_jobs WHERE {id_test}
+LIMIT 2
+"""
+FIND_JOB_IDS_BY_SUFFIX = _JOB_IDS_WHERE.format(test="job_id LIKE ?1", id_test="id LIKE ?1")
+FIND_JOB_IDS_BY_PREFIX = _JOB_IDS_WHERE.format(test="job_id >= ?1 AND job_id < ?2",
+                                               id_test="id >= ?1 AND id < ?2")
 LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM evq_jobs ORDER BY enqueue_position"
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 
@@ -161,9 +167,19 @@ EVENTS_BETWEEN = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? AND position < ? "
     "ORDER BY position"
 )
-EVENTS_FOR_JOB = f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE job_id = ? ORDER BY position"
-EVENTS_FOR_JOBS = (f"SELECT {EVENT_COLUMNS} FROM evq_events "
-                   "WHERE job_id IN (SELECT value FROM json_each(?)) ORDER BY position")
+# The events of some jobs: all but the enqueue through evq_events_by_job, the enqueue
+# through its job, live (enqueue_position) or deleted (evq_deleted_jobs).
+_EVENTS_OF = f"""
+SELECT {EVENT_COLUMNS} FROM evq_events
+WHERE job_id IN ({{ids}}) AND job_id IS NOT NULL AND kind <> 'enqueue'{{also}}
+UNION ALL
+SELECT {EVENT_COLUMNS} FROM evq_events WHERE position IN (
+    SELECT enqueue_position FROM evq_jobs WHERE id IN ({{ids}})
+    UNION ALL SELECT enqueue_position FROM evq_deleted_jobs WHERE id IN ({{ids}}))
+ORDER BY position
+"""
+EVENTS_FOR_JOB = _EVENTS_OF.format(ids="?1", also="")
+EVENTS_FOR_JOBS = _EVENTS_OF.format(ids="SELECT value FROM json_each(?1)", also="")
 LAST_EVENTS = (
     f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM evq_events "
     "ORDER BY position DESC LIMIT ?) ORDER BY position"
@@ -205,6 +221,7 @@ PROJECTIONS = {
     "evq_schedules": "name, spec, next_at, updated_position",
     "evq_dependencies": "parent_id, child_id, child_name, child_queue, on_failure, state, "
                         "result, error, opened_position, rank, updated_position",
+    "evq_deleted_jobs": "id, enqueue_position, deleted_position",
 }
 IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 LAST_POSITION_AT = "SELECT coalesce(max(position), 0) FROM evq_events WHERE at <= ?"
@@ -281,9 +298,8 @@ LIMIT ?
 
 # --- archiving -----------------------------------------------------------------------
 ARCHIVABLE_JOBS = """
-SELECT DISTINCT e.job_id FROM evq_events AS e
-WHERE e.kind = 'delete' AND e.at <= ? AND e.job_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM evq_jobs AS j WHERE j.id = e.job_id)
+SELECT d.id FROM evq_deleted_jobs AS d JOIN evq_events AS e ON e.position = d.deleted_position
+WHERE e.at <= ? AND NOT EXISTS (SELECT 1 FROM evq_jobs AS j WHERE j.id = d.id)
 """
 # (parent, child) of every flow edge whose `wait` event is still in the ledger.
 FLOW_EDGES_IN_LEDGER = """
@@ -291,12 +307,10 @@ SELECT e.job_id, json_extract(c.value, '$.id') FROM evq_events AS e,
      json_each(e.data, '$.children') AS c
 WHERE e.kind = 'wait'
 """
-EVENTS_OF_JOBS = f"""
-SELECT {EVENT_COLUMNS} FROM evq_events
-WHERE job_id IN (SELECT value FROM json_each(?))
-  AND kind NOT IN (SELECT value FROM json_each(?))
-ORDER BY position
-"""
+EVENTS_OF_JOBS = _EVENTS_OF.format(
+    ids="SELECT value FROM json_each(?1)",
+    also=" AND kind NOT IN (SELECT value FROM json_each(?2))")
+FORGET_DELETED_JOBS = "DELETE FROM evq_deleted_jobs WHERE id IN (SELECT value FROM json_each(?))"
 DROP_EVENTS_NO_DELETE = "DROP TRIGGER evq_events_no_delete"
 DELETE_EVENTS_AT = "DELETE FROM evq_events WHERE position IN (SELECT value FROM json_each(?))"
 ARCHIVE_EVENTS = "SELECT data FROM evq_events WHERE kind = 'archive' ORDER BY position"

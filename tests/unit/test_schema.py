@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 import evq
+from evq import audit
 from evq.ledger import connection, replay, schema
 
 
@@ -71,6 +72,12 @@ async def test_a_version_1_ledger_upgrades_and_its_history_still_replays(tmp_pat
         await ctx.drain()
         assert (await ctx.get_job(new)).result == 5
     assert replay.check(path).ok
+    # job a was deleted before the upgrade: its whole history is still found
+    conn = sqlite3.connect(path)
+    assert [e.kind for e in audit.job_events(conn, "a")] == [
+        "enqueue", "dequeue", "run", "success", "delete"]
+    assert [e.kind for e in audit.job_events(conn, "c")] == ["enqueue", "cancel"]
+    conn.close()
 
 
 def test_newer_ledger_is_refused(tmp_path):
