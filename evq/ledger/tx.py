@@ -49,7 +49,9 @@ class Tx:
             return
         first = self.appended[0][0]
         sealed = seals.chain(seals.previous_hash(self.conn, first, last), self.lines)
-        position = self.append(seals.SEAL, data={"first": first, "hash": sealed})
+        data = {"first": first, "hash": sealed}
+        position = self.append(seals.SEAL, data=data,
+                               text=f'{{"first":{int(first)},"hash":"{sealed}"}}')
         if last is not None:
             last.position, last.hash = position, sealed
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
+import struct
 import threading
 from pathlib import Path
 from queue import SimpleQueue
@@ -33,7 +33,7 @@ CHECKPOINT_BUSY_MS = 200
 # the header's two copies, how many frames are already in the database (nBackfill).
 # Native byte order, as SQLite maps it.
 _SHM_VERSION = 3007000
-_HEADER_BYTES = 100
+_SHM_HEADER = struct.Struct("=I12xI76xI")  # iVersion at 0, mxFrame at 16, nBackfill at 96
 _FRAME_HEADER_BYTES = 24
 
 
@@ -57,12 +57,13 @@ class WalWatch:
         if self._shm is None:
             return None
         try:
-            head = os.pread(self._shm, _HEADER_BYTES, 0)
+            head = os.pread(self._shm, _SHM_HEADER.size, 0)
         except OSError:
             return None
-        if len(head) < _HEADER_BYTES or _u32(head, 0) != _SHM_VERSION:
+        if len(head) < _SHM_HEADER.size:
             return None
-        return _u32(head, 16), _u32(head, 96)
+        version, last, backfilled = _SHM_HEADER.unpack(head)
+        return (last, backfilled) if version == _SHM_VERSION else None
 
     def pending_bytes(self) -> int:
         """WAL bytes not yet checkpointed (without a wal-index: the WAL file's size)."""
@@ -123,10 +124,6 @@ def file_size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _u32(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset:offset + 4], sys.byteorder)
 
 
 # One flusher thread per process, started on first use (and again in a forked child).
