@@ -6,17 +6,19 @@ own transaction, so all of them write exactly the same events."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
 import attrs
 
+from ..codec import dumps
 from ..errors import JobStateConflict, UnknownJob
 from ..jobs import Child
 from ..outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure
-from . import flows, sql
-from .tx import NewEvent, Tx
+from . import flows, seals, sql
+from .tx import NewEvent, Tx, refusal
 
 
 @attrs.define
@@ -110,6 +112,39 @@ def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
         tx.append_many([("enqueue", job.id, job.queue, job.name, None, None,
                          job.event_data(), job.event_text()) for job in fresh])
     return ids
+
+
+def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
+                  last: seals.LastSeal) -> bool:
+    """A single job without a key, enqueued and sealed in one autocommit statement: the
+    enqueue event and its seal exactly as `enqueue` and `Tx.seal` write them, at the
+    positions after `last`, the newest seal this connection wrote. The statement writes
+    only if that seal is still the newest event, and SQLite refuses the write if another
+    commit landed after the statement began, so the chain can never fork. Returns
+    whether it wrote; if not (or the file is busy), nothing was written and the caller
+    takes the general path."""
+    if job.key is not None or not last.position:
+        return False
+    first = last.position + 1
+    text = job.event_text()
+    if text is None:
+        text = dumps(job.event_data())
+    sealed = seals.chain(last.hash, [seals.line(first, now, "enqueue", job.id, job.queue,
+                                                job.name, None, None, text)])
+    try:
+        cursor = conn.execute(sql.APPEND_ENQUEUE_SEALED_IF_NEWEST, (
+            first, now, job.id, job.queue, job.name, text,
+            first + 1, now, f'{{"first":{first},"hash":"{sealed}"}}', last.position))
+    except sqlite3.IntegrityError as exc:
+        raise refusal(exc, "enqueue", job.id, None) from None
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return False
+        raise
+    if cursor.rowcount != 2:
+        return False
+    last.position, last.hash = first + 1, sealed
+    return True
 
 
 class EnqueueStream:

@@ -53,6 +53,14 @@ APPEND_EVENT = (
 LAST_SEAL = (
     "SELECT position, data FROM evq_events WHERE kind = 'seal' ORDER BY position DESC LIMIT 1"
 )
+# One job's enqueue event and its seal, at given positions, only if the position before
+# them is still the newest (see ops.enqueue_alone).
+APPEND_ENQUEUE_SEALED_IF_NEWEST = (
+    "INSERT INTO evq_events (position, at, kind, job_id, queue, job, attempt, worker, data) "
+    "SELECT * FROM (VALUES (?, ?, 'enqueue', ?, ?, ?, NULL, NULL, ?), "
+    "(?, ?, 'seal', NULL, NULL, NULL, NULL, NULL, ?)) "
+    "WHERE (SELECT max(position) FROM evq_events) = ?"
+)
 GUARD_TRIGGERS = (
     "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name IN "
     "('evq_events_no_update', 'evq_events_no_delete')"

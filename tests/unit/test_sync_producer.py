@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 
 import pytest
 
 import evq
-from evq.ledger import replay
+from evq.ledger import ops, replay, seals
 
 
 def test_sync_enqueue_without_an_event_loop_writes_the_same_events(db, clock):
@@ -22,8 +24,6 @@ def test_sync_enqueue_without_an_event_loop_writes_the_same_events(db, clock):
         with pytest.raises(evq.UnknownJob):
             producer.enqueue("nope", {})
     assert len(ids) == 2
-    import sqlite3
-
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT kind, job_id, queue, job, data FROM evq_events "
                         "WHERE kind != 'seal'").fetchall()
@@ -88,3 +88,74 @@ def test_closed_producer_says_so(db):
     producer.close()
     with pytest.raises(evq.ContextClosed):
         producer.enqueue("job", 1)
+
+
+def _events(db, *columns: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"SELECT {', '.join(columns)} FROM evq_events ORDER BY position"
+                            ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_single_enqueues_take_one_statement_and_write_what_the_general_path_writes(
+        db, clock, monkeypatch):
+    alone: list[bool] = []
+    original = ops.enqueue_alone
+
+    def counted(*args: object) -> bool:
+        alone.append(original(*args))  # type: ignore[arg-type]
+        return alone[-1]
+
+    monkeypatch.setattr(ops, "enqueue_alone", counted)
+    ctx = evq.Context(db, clock=clock)
+    ctx.define("send", None, queue="mail", max_attempts=4, group="g")
+    with ctx.sync() as producer:
+        ids = [producer.enqueue("send", {"to": "ada"}, priority=3) for _ in range(3)]
+    # the first commit finds the chain's head with a query; the next two need none
+    assert alone == [False, True, True]
+    rows = _events(db, "kind", "job_id", "queue", "job", "attempt", "worker", "data", "v")
+    assert [r[:2] for r in rows] == [("enqueue", ids[0]), ("seal", None),
+                                     ("enqueue", ids[1]), ("seal", None),
+                                     ("enqueue", ids[2]), ("seal", None)]
+    general, fast = rows[0], rows[2]
+    assert fast[2:] == general[2:]  # same queue, name, data text, format version
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert seals.verify(conn).ok
+    assert replay.check(db).ok
+
+
+def test_a_commit_from_another_writer_in_between_is_never_overwritten(db, clock):
+    ctx = evq.Context(db, clock=clock)
+    ctx.define("job", None)
+    with ctx.sync() as first, ctx.sync() as second:
+        ids = [first.enqueue("job", 1), first.enqueue("job", 2)]  # the second is alone
+        ids.append(second.enqueue("job", 3))  # lands after first's newest seal
+        ids.append(first.enqueue("job", 4))  # so this one takes the general path
+        ids.append(first.enqueue("job", 5))
+    assert [r[0] for r in _events(db, "job_id") if r[0]] == ids
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert seals.verify(conn).ok
+    assert replay.check(db).ok
+
+
+def test_a_busy_file_sends_the_single_enqueue_down_the_general_path(db, clock):
+    ctx = evq.Context(db, clock=clock)
+    ctx.define("job", None)
+    with ctx.sync() as producer:
+        producer.enqueue("job", 1)
+        busy = sqlite3.OperationalError("database is locked")
+        busy.sqlite_errorcode = sqlite3.SQLITE_BUSY_SNAPSHOT  # type: ignore[attr-defined]
+
+        class Snapshot:  # a commit landed after the statement began
+            def execute(self, *args: object) -> None:
+                raise busy
+
+        new = ctx.prepare("job", 2)
+        last = producer._last_seal
+        before = (last.position, last.hash)
+        assert not ops.enqueue_alone(Snapshot(), new, clock.now(), last)  # type: ignore[arg-type]
+        assert (last.position, last.hash) == before
+        assert producer.enqueue("job", 3)
+    assert len(_events(db, "position")) == 4
