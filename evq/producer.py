@@ -34,7 +34,8 @@ BUSY_TIMEOUT_MS = 10_000
 
 class SyncProducer:
     """Adds jobs from synchronous code. Thread-safe; use it as a context manager or call
-    close(). Each enqueue is one transaction (`BEGIN IMMEDIATE ... COMMIT`)."""
+    close(). Each call is one transaction: `BEGIN IMMEDIATE ... COMMIT`, or for a lone
+    job one statement (`ops.enqueue_alone`)."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
