@@ -44,7 +44,7 @@ class SyncProducer:
             ctx.path, durability=ctx.durability, busy_timeout_ms=BUSY_TIMEOUT_MS,
             check_same_thread=False)
         connection.migrate(self._conn)
-        self._wal = WalWatch(ctx.path, self._conn)
+        self._wal = WalWatch(ctx.path)
         self._last_seal = seals.LastSeal()
 
     def __enter__(self) -> SyncProducer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # --- pragmas -------------------------------------------------------------------------
 # No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); writers run
-# RESTART or TRUNCATE checkpoints deliberately (wal.py). trusted_schema stays at its
+# TRUNCATE checkpoints deliberately (wal.py). trusted_schema stays at its
 # default: SQLite 3.40 does not mark its JSON functions innocuous, so OFF would refuse the
 # projection triggers; evq registers no SQL functions of its own, so a hostile schema
 # gains nothing from it.
@@ -25,8 +25,6 @@ SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
 DATA_VERSION = "PRAGMA data_version"
 DATABASE_LIST = "PRAGMA database_list"
 CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
-CHECKPOINT_RESTART = "PRAGMA wal_checkpoint(RESTART)"
-PAGE_SIZE = "PRAGMA page_size"
 
 # --- transactions --------------------------------------------------------------------
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"

@@ -2,20 +2,22 @@
 disk ahead of that checkpoint.
 
 No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); each writer asks its
-`WalWatch` after a commit. The periodic checkpoint is RESTART: it holds other writers off
-while it runs, which is what makes it safe with that bug, and the next commit writes the
-WAL from its start again over blocks the file system already holds (TRUNCATE frees them,
-and the commits after it pay to allocate them again). Closing a writer truncates.
+`WalWatch` after a commit. The checkpoint is TRUNCATE: it holds other writers off while
+it copies the WAL into the database, and it resets the WAL itself, under that lock, so no
+later commit ever has to start the WAL over (the race the bug lives in). The WAL file's
+size is then exactly what waits for a checkpoint, and one stat per commit reads it.
 
 Most of a checkpoint's time is the fsync of the WAL (the kernel writing out every dirty
 WAL page). A background thread fsyncs the WAL every `FLUSH_BYTES`, off the writer's
-path, so the checkpoint finds little left to write."""
+path, so the checkpoint finds little left to write.
+
+This module never opens the `-shm` file: closing a descriptor of a file drops every
+POSIX lock the process holds on it, SQLite's included."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 import threading
 from pathlib import Path
 from queue import SimpleQueue
@@ -28,50 +30,17 @@ FLUSH_BYTES = 8 * 1024 * 1024
 # commit tries again.
 CHECKPOINT_BUSY_MS = 200
 
-# The wal-index header at the start of the -shm file (https://sqlite.org/walformat.html):
-# its version, the last valid frame (mxFrame) and, in the checkpoint info that follows
-# the header's two copies, how many frames are already in the database (nBackfill).
-# Native byte order, as SQLite maps it.
-_SHM_VERSION = 3007000
-_SHM_HEADER = struct.Struct("=I12xI76xI")  # iVersion at 0, mxFrame at 16, nBackfill at 96
-_FRAME_HEADER_BYTES = 24
-
 
 class WalWatch:
-    """Watches one ledger's WAL for a writer connection: how many frames are waiting for
-    a checkpoint, read from the shared wal-index (one pread, no lock, no query)."""
+    """Watches one ledger's WAL for a writer connection."""
 
-    def __init__(self, path: str | Path, conn: sqlite3.Connection) -> None:
-        self._path = str(path)
-        self._wal = f"{self._path}-wal"
-        self._frame_bytes = int(conn.execute(sql.PAGE_SIZE).fetchone()[0]) + _FRAME_HEADER_BYTES
-        self._shm: int | None = None
-        self._flushed_at = 0  # mxFrame when the WAL was last handed to the flusher
-        try:
-            self._shm = os.open(f"{self._path}-shm", os.O_RDONLY)
-        except OSError:
-            self._shm = None
-
-    def _frames(self) -> tuple[int, int] | None:
-        """(mxFrame, nBackfill), or None if the wal-index cannot be read."""
-        if self._shm is None:
-            return None
-        try:
-            head = os.pread(self._shm, _SHM_HEADER.size, 0)
-        except OSError:
-            return None
-        if len(head) < _SHM_HEADER.size:
-            return None
-        version, last, backfilled = _SHM_HEADER.unpack(head)
-        return (last, backfilled) if version == _SHM_VERSION else None
+    def __init__(self, path: str | Path) -> None:
+        self._wal = f"{path}-wal"
+        self._flushed_at = 0  # the WAL's size when it was last handed to the flusher
 
     def pending_bytes(self) -> int:
-        """WAL bytes not yet checkpointed (without a wal-index: the WAL file's size)."""
-        frames = self._frames()
-        if frames is None:
-            return file_size(self._wal)
-        last, backfilled = frames
-        return max(last - backfilled, 0) * self._frame_bytes
+        """WAL bytes not yet checkpointed: every checkpoint truncates the WAL."""
+        return file_size(self._wal)
 
     def wants_checkpoint(self) -> bool:
         return self.pending_bytes() >= CHECKPOINT_BYTES
@@ -80,30 +49,23 @@ class WalWatch:
         """Checkpoint if the WAL is long, or hand it to the flusher if it has grown by
         FLUSH_BYTES since the last flush; returns whether a checkpoint completed. The
         connection must not be inside a transaction."""
-        frames = self._frames()
-        if frames is None:  # no wal-index to read: go by the file, and truncate it
-            if file_size(self._wal) < CHECKPOINT_BYTES:
-                return False
-            return checkpoint(conn, busy_timeout_ms, sql.CHECKPOINT_TRUNCATE)
-        last, backfilled = frames
-        if last < self._flushed_at:  # the WAL started over
+        size = file_size(self._wal)
+        if size < self._flushed_at:  # truncated since: by us or by another process
             self._flushed_at = 0
-        if (last - backfilled) * self._frame_bytes >= CHECKPOINT_BYTES:
-            done = checkpoint(conn, busy_timeout_ms, sql.CHECKPOINT_RESTART)
-            self._flushed_at = 0 if done else self._flushed_at
+        if size >= CHECKPOINT_BYTES:
+            done = checkpoint(conn, busy_timeout_ms, sql.CHECKPOINT_TRUNCATE)
+            if done:
+                self._flushed_at = 0
             return done
-        if (last - self._flushed_at) * self._frame_bytes >= FLUSH_BYTES:
-            self._flushed_at = last
+        if size - self._flushed_at >= FLUSH_BYTES:
+            self._flushed_at = size
             flush_soon(self._wal)
         return False
 
     def close(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-        """Leave the WAL empty and truncated (if no reader is on it), and stop watching."""
+        """Leave the WAL empty and truncated (if no reader is on it)."""
         if file_size(self._wal) > 0:
             checkpoint(conn, busy_timeout_ms, sql.CHECKPOINT_TRUNCATE)
-        if self._shm is not None:
-            os.close(self._shm)
-            self._shm = None
 
 
 def checkpoint(conn: sqlite3.Connection, busy_timeout_ms: int, statement: str) -> bool:

@@ -87,7 +87,7 @@ class Writer:
             check_same_thread=False,
         )
         connection.migrate(conn)
-        self._wal = WalWatch(self._path, conn)
+        self._wal = WalWatch(self._path)
         return conn
 
     async def run(self, op: Callable[[Tx], T], weight: int = 1) -> T:
