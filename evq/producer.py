@@ -82,7 +82,7 @@ class SyncProducer:
                     raise ContextClosed("this SyncProducer is closed")
                 # The common case in one statement instead of four (see enqueue_alone).
                 if ops.enqueue_alone(conn, new, self._ctx.clock.now(), self._last_seal):
-                    self._wal.after_commit(conn, BUSY_TIMEOUT_MS)
+                    self._wal.after_commit(conn, BUSY_TIMEOUT_MS, small=True)
                     return new.id
         return self._write([new], ops.enqueue)[0]
 

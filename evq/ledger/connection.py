@@ -55,7 +55,8 @@ def connect(
     try:
         conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
         for pragma in sql.CONNECTION_PRAGMAS:
-            if read_only and pragma.startswith(("PRAGMA journal_mode", "PRAGMA journal_size")):
+            if read_only and pragma.startswith(
+                    ("PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA journal_size")):
                 continue
             conn.execute(pragma)
     except sqlite3.DatabaseError as exc:

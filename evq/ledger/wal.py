@@ -29,6 +29,9 @@ FLUSH_BYTES = 8 * 1024 * 1024
 # A checkpoint that finds readers on old frames gives up after this long; the next
 # commit tries again.
 CHECKPOINT_BUSY_MS = 200
+# A one-statement commit writes a few pages: the WAL's size (a stat, a few microseconds,
+# as much as a tenth of such a commit) is looked at only once every this many of them.
+LOOK_EVERY = 16
 
 
 class WalWatch:
@@ -37,6 +40,7 @@ class WalWatch:
     def __init__(self, path: str | Path) -> None:
         self._wal = f"{path}-wal"
         self._flushed_at = 0  # the WAL's size when it was last handed to the flusher
+        self._small_commits = 0  # since the last look at the WAL
 
     def pending_bytes(self) -> int:
         """WAL bytes not yet checkpointed: every checkpoint truncates the WAL."""
@@ -45,10 +49,17 @@ class WalWatch:
     def wants_checkpoint(self) -> bool:
         return self.pending_bytes() >= CHECKPOINT_BYTES
 
-    def after_commit(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> bool:
+    def after_commit(self, conn: sqlite3.Connection, busy_timeout_ms: int, *,
+                     small: bool = False) -> bool:
         """Checkpoint if the WAL is long, or hand it to the flusher if it has grown by
         FLUSH_BYTES since the last flush; returns whether a checkpoint completed. The
-        connection must not be inside a transaction."""
+        connection must not be inside a transaction. A `small` commit (one statement)
+        may be let through without a look at the WAL."""
+        if small:
+            self._small_commits += 1
+            if self._small_commits < LOOK_EVERY:
+                return False
+        self._small_commits = 0
         size = file_size(self._wal)
         if size < self._flushed_at:  # truncated since: by us or by another process
             self._flushed_at = 0

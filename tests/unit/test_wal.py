@@ -69,9 +69,10 @@ def test_a_sync_producer_checkpoints_once_the_wal_passes_its_limit(db, monkeypat
         for i in range(300):
             producer.enqueue("job", i)
             sizes.append(_wal_bytes(db))
-    # one commit writes a few pages; the WAL never holds much more than the limit, and
-    # each checkpoint leaves it empty
-    assert max(sizes) < 64 * 1024 + 8 * (4096 + 24)
+    # one commit writes a few pages, and the producer looks at the WAL every LOOK_EVERY
+    # commits: the WAL never holds much more than the limit, and each checkpoint leaves
+    # it empty
+    assert max(sizes) < 64 * 1024 + wal.LOOK_EVERY * 8 * (1024 + 24)
     assert 0 < sizes.count(0) < 300
     assert _wal_bytes(db) == 0  # closing truncates it too
     assert _events(db) == 600  # an enqueue and a seal per commit, none lost
@@ -118,3 +119,30 @@ def test_the_wal_is_flushed_to_disk_ahead_of_the_checkpoint(db, monkeypatch):
             producer.enqueue("job", i)
         assert synced.wait(10), "the WAL was never handed to the flusher"
 
+
+async def test_new_ledgers_use_small_pages_and_older_ones_keep_theirs(tmp_path, clock):
+    def page_size(path: Path) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            conn.close()
+
+    new = tmp_path / "new.db"
+    async with evq.Context(new, clock=clock) as ctx:
+        ctx.define("job", None)
+        await ctx.enqueue("job", 1)
+    assert page_size(new) == 1024
+
+    old = tmp_path / "old.db"  # a file made with SQLite's default pages, already in WAL
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE app (x)")
+    conn.close()
+    async with evq.Context(old, clock=clock) as ctx:
+        ctx.define("job", lambda payload: payload)
+        await ctx.enqueue("job", 1)
+        assert await ctx.drain() == 1
+    assert page_size(old) == 4096
+    assert replay.check(old).ok
