@@ -60,7 +60,7 @@ async def test_killed_durable_handler_resumes_without_gap_or_reordering(tmp_path
     async with evq.Context(tmp_path / "l.db") as ctx:
         ctx.define("job", None)
         await ctx.enqueue_many(("job", i) for i in range(300))
-        head = 300
+        head = 300  # the last enqueue; the seal after it is not delivered to handlers
         first = await start(tmp_path)
         try:
             await read_until(first, 60)
@@ -81,7 +81,9 @@ async def test_killed_durable_handler_resumes_without_gap_or_reordering(tmp_path
                 second.kill()
                 await second.wait()
         [state] = await ctx.subscribers()
-        assert state.position == head
+        # Its cursor covers every delivered event; whether it had also passed the commit's
+        # seal when the stop came is a matter of timing.
+        assert head <= state.position <= state.head == head + 1
     seen = [int(x) for x in (tmp_path / "seen.txt").read_text().split()]
     after = seen[len(seen_before):]
     assert seen_before == sorted(set(seen_before))  # in order, no repeat
