@@ -26,9 +26,11 @@ from . import sql
 
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 FLUSH_BYTES = 8 * 1024 * 1024
-# A checkpoint that finds readers on old frames gives up after this long; the next
-# commit tries again.
+# A checkpoint that finds readers on old frames gives up after this long; the writer
+# tries again once the WAL has grown by RETRY_BYTES more, so that a reader holding a
+# snapshot costs the commits behind it one wait, not one each.
 CHECKPOINT_BUSY_MS = 200
+RETRY_BYTES = 8 * 1024 * 1024
 # A one-statement commit writes a few pages: the WAL's size (a stat, a few microseconds,
 # as much as a tenth of such a commit) is looked at only once every this many of them.
 LOOK_EVERY = 16
@@ -41,13 +43,20 @@ class WalWatch:
         self._wal = f"{path}-wal"
         self._flushed_at = 0  # the WAL's size when it was last handed to the flusher
         self._small_commits = 0  # since the last look at the WAL
+        self._busy_at = 0  # the WAL's size when a checkpoint last gave up, or 0
 
     def pending_bytes(self) -> int:
         """WAL bytes not yet checkpointed: every checkpoint truncates the WAL."""
         return file_size(self._wal)
 
     def wants_checkpoint(self) -> bool:
-        return self.pending_bytes() >= CHECKPOINT_BYTES
+        return self._due(self.pending_bytes())
+
+    def _due(self, size: int) -> bool:
+        if size < CHECKPOINT_BYTES:
+            self._busy_at = 0  # checkpointed since, by this writer or another
+            return False
+        return not self._busy_at or size >= self._busy_at + RETRY_BYTES
 
     def after_commit(self, conn: sqlite3.Connection, busy_timeout_ms: int, *,
                      small: bool = False) -> bool:
@@ -63,10 +72,12 @@ class WalWatch:
         size = file_size(self._wal)
         if size < self._flushed_at:  # truncated since: by us or by another process
             self._flushed_at = 0
-        if size >= CHECKPOINT_BYTES:
+        if self._due(size):
             done = checkpoint(conn, busy_timeout_ms, sql.CHECKPOINT_TRUNCATE)
             if done:
-                self._flushed_at = 0
+                self._flushed_at = self._busy_at = 0
+            else:
+                self._busy_at = size
             return done
         if size - self._flushed_at >= FLUSH_BYTES:
             self._flushed_at = size

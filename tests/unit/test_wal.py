@@ -3,6 +3,7 @@ ahead of time, and leave it empty when they close. Nothing is lost on the way.""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import subprocess
@@ -146,3 +147,37 @@ async def test_new_ledgers_use_small_pages_and_older_ones_keep_theirs(tmp_path, 
         assert await ctx.drain() == 1
     assert page_size(old) == 4096
     assert replay.check(old).ok
+
+
+def test_a_reader_holding_the_wal_costs_one_wait_then_one_per_retry_bytes(db, monkeypatch):
+    monkeypatch.setattr(wal, "CHECKPOINT_BYTES", 64 * 1024)
+    monkeypatch.setattr(wal, "RETRY_BYTES", 128 * 1024)
+    monkeypatch.setattr(wal, "CHECKPOINT_BUSY_MS", 1)
+    tries: list[tuple[int, bool]] = []
+    original = wal.checkpoint
+
+    def counted(conn: sqlite3.Connection, busy_ms: int, statement: str) -> bool:
+        done = original(conn, busy_ms, statement)
+        tries.append((_wal_bytes(db), done))
+        return done
+
+    monkeypatch.setattr(wal, "checkpoint", counted)
+    ctx = evq.Context(db)
+    ctx.define("job", None)
+    with ctx.sync() as producer:
+        producer.enqueue("job", 0)
+        reader = connection.connect(db)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM evq_events").fetchone()  # holds a snapshot
+        while _wal_bytes(db) < 400 * 1024:
+            producer.enqueue_many([("job", i) for i in range(20)])
+        # one try past the limit, then one per RETRY_BYTES of growth; none succeeds
+        assert [done for _, done in tries] == [False] * len(tries)
+        assert 2 <= len(tries) <= 3
+        assert all(b - a >= 128 * 1024 for (a, _), (b, _) in itertools.pairwise(tries))
+        reader.execute("COMMIT")
+        reader.close()
+        while not tries[-1][1]:  # the reader is gone: the next try truncates the WAL
+            producer.enqueue_many([("job", i) for i in range(20)])
+        assert _wal_bytes(db) == 0
+    assert replay.check(db).ok
