@@ -13,7 +13,7 @@ import evq
 from evq.durable import SAVE_EVERY
 
 CONSUMER = textwrap.dedent('''
-    import asyncio, os, sys, time
+    import asyncio, os, signal, sys, time
     import structlog
     import evq
 
@@ -21,6 +21,10 @@ CONSUMER = textwrap.dedent('''
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
     async def main():
+        # Its own SIGINT handler: a child of a shell's background job inherits SIGINT
+        # ignored, and asyncio.run() then installs none.
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         async with evq.Context(os.environ["EVQ_DB"]) as ctx:
             out = open(os.environ["OUT"], "a")
 
@@ -31,7 +35,7 @@ CONSUMER = textwrap.dedent('''
                 print(event.position, flush=True)
 
             ctx.add_event_handler(handle, durable="auditor", lease=0.5)
-            await asyncio.Event().wait()
+            await stop.wait()
 
     asyncio.run(main())
 ''')
