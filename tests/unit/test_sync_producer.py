@@ -5,11 +5,18 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
 import evq
 from evq.ledger import ops, replay, seals
+
+
+def _assert_chain_and_replay_hold(db: Path) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert seals.verify(conn).ok
+    assert replay.check(db).ok
 
 
 def test_sync_enqueue_without_an_event_loop_writes_the_same_events(db, clock):
@@ -121,9 +128,7 @@ def test_single_enqueues_take_one_statement_and_write_what_the_general_path_writ
                                      ("enqueue", ids[2]), ("seal", None)]
     general, fast = rows[0], rows[2]
     assert fast[2:] == general[2:]  # same queue, name, data text, format version
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert seals.verify(conn).ok
-    assert replay.check(db).ok
+    _assert_chain_and_replay_hold(db)
 
 
 def test_a_commit_from_another_writer_in_between_is_never_overwritten(db, clock):
@@ -135,9 +140,7 @@ def test_a_commit_from_another_writer_in_between_is_never_overwritten(db, clock)
         ids.append(first.enqueue("job", 4))  # so this one takes the general path
         ids.append(first.enqueue("job", 5))
     assert [r[0] for r in _events(db, "job_id") if r[0]] == ids
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert seals.verify(conn).ok
-    assert replay.check(db).ok
+    _assert_chain_and_replay_hold(db)
 
 
 def test_a_busy_file_sends_the_single_enqueue_down_the_general_path(db, clock):

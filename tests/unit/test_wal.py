@@ -19,12 +19,16 @@ def _wal_bytes(db: Path) -> int:
     return wal.file_size(f"{db}-wal")
 
 
-def _events(db: Path) -> int:
+def _scalar(db: Path, query: str) -> int:
     conn = sqlite3.connect(db)
     try:
-        return int(conn.execute("SELECT count(*) FROM evq_events").fetchone()[0])
+        return int(conn.execute(query).fetchone()[0])
     finally:
         conn.close()
+
+
+def _events(db: Path) -> int:
+    return _scalar(db, "SELECT count(*) FROM evq_events")
 
 
 def _checkpoint_from_another_process(db: Path) -> int:
@@ -123,11 +127,7 @@ def test_the_wal_is_flushed_to_disk_ahead_of_the_checkpoint(db, monkeypatch):
 
 async def test_new_ledgers_use_small_pages_and_older_ones_keep_theirs(tmp_path, clock):
     def page_size(path: Path) -> int:
-        conn = sqlite3.connect(path)
-        try:
-            return int(conn.execute("PRAGMA page_size").fetchone()[0])
-        finally:
-            conn.close()
+        return _scalar(path, "PRAGMA page_size")
 
     new = tmp_path / "new.db"
     async with evq.Context(new, clock=clock) as ctx:
