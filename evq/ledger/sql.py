@@ -12,7 +12,7 @@ from __future__ import annotations
 CONNECTION_PRAGMAS = (
     # Takes effect only on a file that has no pages yet (a new ledger), before WAL mode
     # fixes it. A commit writes whole pages to the WAL, and a typical one touches three
-    # (the events, the job, the due index), each holding a row of a few hundred bytes:
+    # (the events, the job, the due index), each changing a row of a few hundred bytes:
     # 1 KiB pages write a quarter of the bytes of SQLite's default 4 KiB.
     "PRAGMA page_size = 1024",
     "PRAGMA journal_mode = WAL",

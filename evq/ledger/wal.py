@@ -1,11 +1,15 @@
 """Keeping the write-ahead log short: when a writer checkpoints, and flushing the WAL to
 disk ahead of that checkpoint.
 
-No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); each writer asks its
-`WalWatch` after a commit. The checkpoint is TRUNCATE: it holds other writers off while
-it copies the WAL into the database, and it resets the WAL itself, under that lock, so no
-later commit ever has to start the WAL over (the race the bug lives in). The WAL file's
-size is then exactly what waits for a checkpoint, and one stat per commit reads it.
+No connection checkpoints on its own (SQLite 3.40's WAL-reset bug: a checkpoint that
+starts while a commit starts the WAL over can corrupt the file); each writer asks its
+`WalWatch` after a commit. The checkpoint is TRUNCATE: when it gets the writer lock and
+no reader is left in the WAL, it resets the WAL itself, under that lock, and commits
+have nothing to start over. That narrows the bug's window without closing it: a
+checkpoint a reader keeps from finishing leaves the WAL copied but not reset, and the
+next commit starts it over; one that waits more than CHECKPOINT_BUSY_MS for the writer
+lock runs as PASSIVE, beside that writer's commit. Only SQLite 3.51.3 (or the 3.44.6
+and 3.50.7 backports) closes it.
 
 Most of a checkpoint's time is the fsync of the WAL (the kernel writing out every dirty
 WAL page). A background thread fsyncs the WAL every `FLUSH_BYTES`, off the writer's
@@ -22,7 +26,11 @@ import threading
 from pathlib import Path
 from queue import SimpleQueue
 
+import structlog
+
 from . import sql
+
+_log = structlog.get_logger("evq.wal")
 
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 FLUSH_BYTES = 8 * 1024 * 1024
@@ -46,7 +54,8 @@ class WalWatch:
         self._busy_at = 0  # the WAL's size when a checkpoint last gave up, or 0
 
     def pending_bytes(self) -> int:
-        """WAL bytes not yet checkpointed: every checkpoint truncates the WAL."""
+        """The WAL file's size: after a truncating checkpoint, what waits for the next
+        one; after a commit started the WAL over inside a longer file, an upper bound."""
         return file_size(self._wal)
 
     def wants_checkpoint(self) -> bool:
@@ -77,7 +86,8 @@ class WalWatch:
             if done:
                 self._flushed_at = self._busy_at = 0
             else:
-                self._busy_at = size
+                # The WAL may start over inside this file: flush by its size from scratch.
+                self._flushed_at, self._busy_at = 0, size
             return done
         if size - self._flushed_at >= FLUSH_BYTES:
             self._flushed_at = size
@@ -96,7 +106,12 @@ def checkpoint(conn: sqlite3.Connection, busy_timeout_ms: int, statement: str) -
     conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=CHECKPOINT_BUSY_MS))
     try:
         busy = conn.execute(statement).fetchone()[0]
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
+        # Never raised: the commit before it stands. A full disk or an I/O error is
+        # worth a log line; a busy or locked file is routine.
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY,
+                                                               sqlite3.SQLITE_LOCKED):
+            _log.warning("evq.checkpoint_failed", error=repr(exc), statement=statement)
         busy = 1
     finally:
         conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))

@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import structlog.testing
+
 import evq
 from evq.ledger import connection, replay, wal
 
@@ -109,20 +111,39 @@ def test_the_wal_is_flushed_to_disk_ahead_of_the_checkpoint(db, monkeypatch):
     synced = threading.Event()
     real_fsync = os.fsync
     wal_path = f"{db}-wal"
+    handed: list[int] = []  # the WAL's size each time it went to the flusher
+    real_flush_soon = wal.flush_soon
+
+    def flush_soon(path: str) -> None:
+        handed.append(_wal_bytes(db))
+        real_flush_soon(path)
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
         if os.fstat(fd).st_ino == os.stat(wal_path).st_ino:
             synced.set()
 
+    monkeypatch.setattr(wal, "flush_soon", flush_soon)
     monkeypatch.setattr(wal.os, "fsync", fsync)
-    wal.flush_soon(f"{db}-no-such-wal")  # a WAL already gone is skipped
+    real_flush_soon(f"{db}-no-such-wal")  # a WAL already gone is skipped
     ctx = evq.Context(db)
     ctx.define("job", None)
     with ctx.sync() as producer:
-        for i in range(10):
+        producer.enqueue("job", 0)  # the general path: it finds the chain's head
+        first = len(handed)
+        for i in range(3 * wal.LOOK_EVERY):  # one-statement commits, a few KiB each
             producer.enqueue("job", i)
-        assert synced.wait(10), "the WAL was never handed to the flusher"
+        assert len(handed) > first, "one-statement commits never reached the flusher"
+        assert synced.wait(10), "the flusher never synced the WAL"
+
+
+def test_a_checkpoint_error_other_than_busy_is_logged_and_the_commit_stands(db):
+    conn = connection.connect(db)
+    connection.migrate(conn)
+    with structlog.testing.capture_logs() as logs:
+        assert not wal.checkpoint(conn, 1000, "PRAGMA no_such_pragma_fails(")  # syntax
+    assert [e["event"] for e in logs] == ["evq.checkpoint_failed"]
+    conn.close()
 
 
 async def test_new_ledgers_use_small_pages_and_older_ones_keep_theirs(tmp_path, clock):
