@@ -67,6 +67,12 @@ def connect(
     return conn
 
 
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether an error only says another connection holds the file (try again later)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY,
+                                                           sqlite3.SQLITE_LOCKED)
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     if conn.execute(sql.META_TABLE_EXISTS).fetchone() is None:
         return 0

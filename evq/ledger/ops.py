@@ -17,7 +17,7 @@ from ..codec import dumps
 from ..errors import JobStateConflict, UnknownJob
 from ..jobs import Child
 from ..outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure
-from . import flows, seals, sql
+from . import connection, flows, seals, sql
 from .tx import NewEvent, Tx, refusal
 
 
@@ -134,11 +134,11 @@ def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
     try:
         cursor = conn.execute(sql.APPEND_ENQUEUE_SEALED_IF_NEWEST, (
             first, now, job.id, job.queue, job.name, text,
-            first + 1, now, f'{{"first":{first},"hash":"{sealed}"}}', last.position))
+            first + 1, now, seals.data_text(first, sealed), last.position))
     except sqlite3.IntegrityError as exc:
         raise refusal(exc, "enqueue", job.id, None) from None
     except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        if connection.is_busy(exc):
             return False
         raise
     if cursor.rowcount != 2:

@@ -33,6 +33,12 @@ def line(position: int, at: float, kind: str, job_id: str | None, queue: str | N
             f"{data}\x1f{v}").encode()
 
 
+def data_text(first: int, sealed: str) -> str:
+    """A seal event's data as stored: the text `dumps({"first": ..., "hash": ...})` gives,
+    written directly (it is on every commit's path)."""
+    return f'{{"first":{int(first)},"hash":"{sealed}"}}'
+
+
 def chain(previous: str, lines: Iterable[bytes]) -> str:
     digest = hashlib.sha256(previous.encode())
     for item in lines:

@@ -50,8 +50,7 @@ class Tx:
         first = self.appended[0][0]
         sealed = seals.chain(seals.previous_hash(self.conn, first, last), self.lines)
         data = {"first": first, "hash": sealed}
-        position = self.append(seals.SEAL, data=data,
-                               text=f'{{"first":{int(first)},"hash":"{sealed}"}}')
+        position = self.append(seals.SEAL, data=data, text=seals.data_text(first, sealed))
         if last is not None:
             last.position, last.hash = position, sealed
 

@@ -28,7 +28,7 @@ from queue import SimpleQueue
 
 import structlog
 
-from . import sql
+from . import connection, sql
 
 _log = structlog.get_logger("evq.wal")
 
@@ -109,8 +109,7 @@ def checkpoint(conn: sqlite3.Connection, busy_timeout_ms: int, statement: str) -
     except sqlite3.OperationalError as exc:
         # Never raised: the commit before it stands. A full disk or an I/O error is
         # worth a log line; a busy or locked file is routine.
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY,
-                                                               sqlite3.SQLITE_LOCKED):
+        if not connection.is_busy(exc):
             _log.warning("evq.checkpoint_failed", error=repr(exc), statement=statement)
         busy = 1
     finally:

@@ -62,7 +62,7 @@ class Writer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
-        self._wal: WalWatch | None = None
+        self._wal = WalWatch(self._path)
         # The newest seal each connection wrote; reset whenever a commit fails.
         self._last_seal: dict[int, seals.LastSeal] = {}
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
@@ -87,7 +87,6 @@ class Writer:
             check_same_thread=False,
         )
         connection.migrate(conn)
-        self._wal = WalWatch(self._path)
         return conn
 
     async def run(self, op: Callable[[Tx], T], weight: int = 1) -> T:
@@ -123,8 +122,7 @@ class Writer:
         self._executor.shutdown(wait=True)
 
     def _close_conn(self, conn: sqlite3.Connection) -> None:
-        if self._wal is not None:
-            self._wal.close(conn, self._busy_timeout_ms)
+        self._wal.close(conn, self._busy_timeout_ms)
         conn.close()
 
     async def _loop(self) -> None:
@@ -168,7 +166,7 @@ class Writer:
         """Commit a small batch on the calling thread, or None if the file is busy or the
         WAL wants a checkpoint (both are the writer thread's job)."""
         conn = self._inline
-        if conn is None or self._wal is None or self._wal.wants_checkpoint():
+        if conn is None or self._wal.wants_checkpoint():
             return None
         now = self._clock.now()
         try:
@@ -195,8 +193,7 @@ class Writer:
         except _Refused:
             results, appended = self._run_batch(conn, ops, now, isolate=True)
         self.commits += 1
-        if self._wal is not None:
-            self._wal.after_commit(conn, self._busy_timeout_ms)
+        self._wal.after_commit(conn, self._busy_timeout_ms)
         return results, appended
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[Op], now: float, *,
@@ -248,7 +245,7 @@ class Writer:
                 conn.execute(sql.BEGIN_IMMEDIATE)
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not connection.is_busy(exc):
                     raise
                 _log.warning("evq.writer_busy", attempt=attempt + 1, thread=threading.get_ident())
         conn.execute(sql.BEGIN_IMMEDIATE)

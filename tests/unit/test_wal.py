@@ -33,6 +33,13 @@ def _events(db: Path) -> int:
     return _scalar(db, "SELECT count(*) FROM evq_events")
 
 
+def _reader_holding_a_snapshot(db: Path) -> tuple[sqlite3.Connection, int]:
+    """A connection inside a read transaction, and how many events it sees."""
+    reader = connection.connect(db)
+    reader.execute("BEGIN")
+    return reader, int(reader.execute("SELECT count(*) FROM evq_events").fetchone()[0])
+
+
 def _checkpoint_from_another_process(db: Path) -> int:
     """Run a TRUNCATE checkpoint from a separate process; its `busy` flag."""
     code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0.1); "
@@ -51,9 +58,8 @@ async def test_closing_a_producer_or_context_leaves_a_readers_snapshot_protected
     ctx.define("job", None)
     with ctx.sync() as producer:
         producer.enqueue("job", 1)
-    reader = connection.connect(db)
-    reader.execute("BEGIN")
-    assert reader.execute("SELECT count(*) FROM evq_events").fetchone()[0] == 2
+    reader, seen = _reader_holding_a_snapshot(db)
+    assert seen == 2
     with ctx.sync() as producer:
         producer.enqueue("job", 2)
     async with evq.Context(db) as other:
@@ -187,9 +193,7 @@ def test_a_reader_holding_the_wal_costs_one_wait_then_one_per_retry_bytes(db, mo
     ctx.define("job", None)
     with ctx.sync() as producer:
         producer.enqueue("job", 0)
-        reader = connection.connect(db)
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM evq_events").fetchone()  # holds a snapshot
+        reader, _ = _reader_holding_a_snapshot(db)
         while _wal_bytes(db) < 400 * 1024:
             producer.enqueue_many([("job", i) for i in range(20)])
         # one try past the limit, then one per RETRY_BYTES of growth; none succeeds
