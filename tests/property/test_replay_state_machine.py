@@ -168,6 +168,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.settle(job_id, False)
         elif outcome == "delete":
             model["state"] = "gone"
+            # A deleted parent takes its (settled: it ran) edges with it.
+            self.edges.pop(job_id, None)
             self.settle(job_id, False, removed=True)
         else:
             model["state"] = "pending"
