@@ -560,9 +560,82 @@ BEGIN
 END;
 """
 
+
+# Version 4: a defer is not a run, and a hook's runner renews its lease.
+# - A job whose definition has `okay_to_run` is claimed with a `dequeue` alone; its `run`
+#   follows only once okay_to_run agreed. A `defer` carries `attempt_before`, the attempt
+#   the job had before that claim, and puts it back: no attempt is used. (Defers written
+#   before version 4 have no `attempt_before` and replay as they were.)
+# - `hook` with status `renewed`: the runner of an exhausted-attempts hook extends its
+#   lease (`lease_until`) while the hook runs, so a slow hook is not started twice.
+_V4_DEFER_AND_HOOKS = f"""
+DROP TRIGGER evq_fold_job;
+CREATE TRIGGER evq_fold_job AFTER INSERT ON evq_events
+WHEN {_kind("dequeue", "heartbeat", "success", "error", "rescue", "requeue", "defer",
+            "expire", "fail", "cancel", "hook", "orphan", "ready")}
+BEGIN
+    UPDATE evq_jobs SET
+        state = CASE NEW.kind
+            WHEN 'dequeue' THEN 'running'
+            WHEN 'success' THEN 'succeeded'
+            WHEN 'error' THEN iif(json_extract(NEW.data, '$.retry_at') IS NULL, state,
+                                  'pending')
+            WHEN 'rescue' THEN iif(json_extract(NEW.data, '$.retry_at') IS NULL, state,
+                                   'pending')
+            WHEN 'requeue' THEN 'pending' WHEN 'defer' THEN 'pending'
+            WHEN 'ready' THEN 'pending'
+            WHEN 'expire' THEN 'expired' WHEN 'fail' THEN 'failed'
+            WHEN 'cancel' THEN 'cancelled'
+            ELSE state END,
+        attempt = CASE NEW.kind
+            WHEN 'dequeue' THEN NEW.attempt
+            WHEN 'defer' THEN coalesce(json_extract(NEW.data, '$.attempt_before'), attempt)
+            ELSE attempt END,
+        worker = iif(NEW.kind = 'dequeue' OR NEW.kind = 'hook', NEW.worker, worker),
+        lease_until = CASE NEW.kind
+            WHEN 'dequeue' THEN json_extract(NEW.data, '$.lease_until')
+            WHEN 'heartbeat' THEN json_extract(NEW.data, '$.lease_until')
+            WHEN 'hook' THEN json_extract(NEW.data, '$.lease_until')
+            WHEN 'orphan' THEN lease_until
+            WHEN 'ready' THEN lease_until
+            ELSE NULL END,
+        started_at = iif(NEW.kind = 'dequeue', NEW.at, started_at),
+        orphaned_at = CASE NEW.kind WHEN 'dequeue' THEN NULL WHEN 'orphan' THEN NEW.at
+                      ELSE orphaned_at END,
+        result = iif(NEW.kind = 'success', NEW.data -> '$.result', result),
+        errors = iif(NEW.kind = 'error' OR NEW.kind = 'rescue', errors + 1, errors),
+        error = CASE NEW.kind
+            WHEN 'error' THEN NEW.data -> '$.error'
+            WHEN 'rescue' THEN NEW.data -> '$.error'
+            WHEN 'expire' THEN coalesce(NEW.data -> '$.error', error)
+            WHEN 'fail' THEN coalesce(NEW.data -> '$.error', error)
+            WHEN 'cancel' THEN coalesce(NEW.data -> '$.error', error)
+            ELSE error END,
+        run_at = CASE NEW.kind
+            WHEN 'error' THEN coalesce(json_extract(NEW.data, '$.retry_at'), run_at)
+            WHEN 'rescue' THEN coalesce(json_extract(NEW.data, '$.retry_at'), run_at)
+            WHEN 'requeue' THEN json_extract(NEW.data, '$.run_at')
+            WHEN 'defer' THEN json_extract(NEW.data, '$.run_at')
+            WHEN 'ready' THEN json_extract(NEW.data, '$.run_at')
+            ELSE run_at END,
+        finished_at = iif({_kind("success", "expire", "fail", "cancel")}, NEW.at,
+                          finished_at),
+        hook_state = CASE NEW.kind
+            WHEN 'expire' THEN iif(json_extract(NEW.data, '$.hook') IS NULL, NULL, 'due')
+            WHEN 'fail' THEN iif(json_extract(NEW.data, '$.hook') IS NULL, NULL, 'due')
+            WHEN 'cancel' THEN iif(json_extract(NEW.data, '$.hook') IS NULL, NULL, 'due')
+            WHEN 'hook' THEN iif(json_extract(NEW.data, '$.status') = 'started'
+                                 OR json_extract(NEW.data, '$.status') = 'renewed', 'running',
+                                 json_extract(NEW.data, '$.status'))
+            ELSE hook_state END,
+        updated_position = NEW.position
+    WHERE id = NEW.job_id;
+END;
+"""
+
 # Each entry upgrades the schema by one version; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS,
-                               _V3_ENQUEUE_BY_JOB)
+                               _V3_ENQUEUE_BY_JOB, _V4_DEFER_AND_HOOKS)
 
 LATEST_VERSION = len(MIGRATIONS)
 
