@@ -9,7 +9,9 @@ from .context import Context
 from .durable import EventFilter, SubscriberState, advance_cursor
 from .enqueueing import EnqueueRequest
 from .errors import (
+    CallbackError,
     ContextClosed,
+    CursorLost,
     DuplicateJob,
     EvqError,
     FlowError,
@@ -20,7 +22,15 @@ from .errors import (
     JobRejected,
     JobStateConflict,
     LeaseLost,
+    LedgerCorrupt,
     LedgerError,
+    LedgerFull,
+    LedgerIOError,
+    LedgerLocked,
+    LedgerNotFound,
+    LedgerReadOnly,
+    LedgerSchemaError,
+    LedgerUnavailable,
     OutcomeAlreadySet,
     PayloadTooLarge,
     UnknownJob,
@@ -41,7 +51,9 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
-    "advance_cursor", "Child", "Cleanup", "Clock", "Context", "ContextClosed",
+    "advance_cursor", "CallbackError", "Child", "Cleanup", "Clock", "Context", "ContextClosed",
+    "CursorLost", "LedgerCorrupt", "LedgerFull", "LedgerIOError", "LedgerLocked",
+    "LedgerNotFound", "LedgerReadOnly", "LedgerSchemaError", "LedgerUnavailable",
     "DuplicateJob", "Durability", "EnqueueRequest", "Event", "EventFilter", "EventKind",
     "EvqError", "Exponential", "FakeClock", "Fixed", "FlowError", "FlowJob", "FlowNode", "FlowTree",
     "InvalidInput", "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition",

@@ -11,13 +11,12 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-
-import structlog
 
 from . import admin, audit, codec, demo, durable, flows, stats, transfer
 from . import archive as archiving
@@ -43,6 +42,18 @@ def _progress_bar(label: str) -> Callable[[int, int], None]:
               file=sys.stderr, flush=True)
 
     return show
+
+
+def _log_to_stderr(level: int) -> None:
+    """evq's loggers (stdlib `evq`, see evq/logs.py) print to stderr at `level`: the
+    command is an application, so it configures its own output."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)-7s] %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("evq")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def _colour() -> bool:
@@ -532,11 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The CLI is an application, so it may configure logging, to stderr: info for a worker,
     # warnings for the reading commands, errors only for the demo (its failures are on
     # purpose and shown in its output).
-    level = {"demo": 40, "worker": 20}.get(args.command, 30)
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    level = {"demo": logging.ERROR, "worker": logging.INFO}.get(args.command, logging.WARNING)
+    _log_to_stderr(level)
     try:
         code: int = args.run(args)
         return code

@@ -15,8 +15,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import structlog
-
 from . import codec, enqueueing, flows
 from .clock import Clock, SystemClock
 from .durable import EventFilter, SubscriberState, Subscription
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 _WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue", "ready"})
-_log = structlog.get_logger("evq")
 
 
 class Context:

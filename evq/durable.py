@@ -22,12 +22,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 
 from . import codec
 from .events import Event, event_from_row
 from .ledger import connection, sql
 from .ledger.tx import Tx
+from .logs import get_logger
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 BATCH = 500
 SAVE_EVERY = 100  # events handled between cursor saves: the most a crash re-delivers
-_log = structlog.get_logger("evq.durable")
+_log = get_logger("evq.durable")
 
 
 @attrs.frozen

@@ -68,12 +68,58 @@ class UnrecoverableError(Exception):
     """Raise from a handler to fail the job at once, without using its remaining attempts."""
 
 
+class CallbackError(EvqError):
+    """A function the application gave evq (on_before_add, a group function, a backoff,
+    ...) raised or returned something evq cannot use. The message names the function
+    and the job; the original exception, if any, is the __cause__."""
+
+
+class CursorLost(EvqError):
+    """A durable handler's consumer no longer holds its name (another consumer took it
+    over): its cursor move was refused, and the caller's transaction rolled back."""
+
+
 class LedgerError(EvqError):
-    """The ledger file cannot be used: wrong schema version, not an evq ledger, closed."""
+    """The ledger cannot be used as asked. Its subclasses say why; each message names the
+    file, what is wrong and what to do."""
 
 
 class ContextClosed(LedgerError):
     """The context was used after it was closed, or before it was opened."""
+
+
+class LedgerNotFound(LedgerError):
+    """No ledger at that path (or its directory does not exist)."""
+
+
+class LedgerSchemaError(LedgerError):
+    """The file is a database but not an evq ledger this evq can use: no evq schema, a
+    table missing, or a schema version newer (or older) than this evq's."""
+
+
+class LedgerCorrupt(LedgerError):
+    """The file is damaged, or is not a SQLite database at all."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger cannot be written just now; the same write may succeed later. Nothing
+    was written."""
+
+
+class LedgerFull(LedgerUnavailable):
+    """The disk (or a size limit) is full."""
+
+
+class LedgerReadOnly(LedgerUnavailable):
+    """The file, its directory or the mount is read-only for this process."""
+
+
+class LedgerLocked(LedgerUnavailable):
+    """Another connection held the write lock for longer than `busy_timeout`."""
+
+
+class LedgerIOError(LedgerUnavailable):
+    """The operating system reported an I/O error on the file."""
 
 
 class FlowError(EvqError):

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 
 from . import archive as archiving
 from . import codec
 from .ledger import maintenance, ops
+from .logs import get_logger
 from .schedules import Schedule
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Orchestrator:
         self.archive_every = codec.check_delay(archive_every, "archive_every")
         self._next_archive = float("-inf")
         self._stop = asyncio.Event()
-        self._log = structlog.get_logger("evq.orchestrator").bind(orchestrator=self.name)
+        self._log = get_logger("evq.orchestrator").bind(orchestrator=self.name)
 
     def stop(self) -> None:
         self._stop.set()

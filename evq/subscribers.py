@@ -20,15 +20,15 @@ from typing import Any
 
 import aiosqlite
 import attrs
-import structlog
 
 from .events import Event, event_from_row
 from .ledger import connection, sql
 from .ledger.tx import AppendedRow
+from .logs import get_logger
 
 EventHandler = Callable[[Event], None] | Callable[[Event], Awaitable[None]]
 
-_log = structlog.get_logger("evq.subscribers")
+_log = get_logger("evq.subscribers")
 _BATCH = 1000
 
 

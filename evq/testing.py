@@ -4,13 +4,16 @@ is due, and looking at the events a job produced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from .clock import FakeClock
 from .context import Context
 from .events import Event
 
-__all__ = ["FakeClock", "kinds_of", "run_until_idle", "settle", "timeline"]
+__all__ = ["FakeClock", "captured_logs", "kinds_of", "run_until_idle", "settle", "timeline"]
 
 
 async def run_until_idle(ctx: Context, **worker_options: Any) -> int:
@@ -43,3 +46,31 @@ async def settle(ctx: Context, rounds: int = 3) -> None:
 
 def _nothing(tx: Any) -> None:
     return None
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[dict[str, Any]]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "evq", None)
+        if fields is not None:
+            self.into.append({**fields, "level": record.levelname.lower()})
+
+
+@contextlib.contextmanager
+def captured_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
+    """Collect evq's log entries (dicts: `event`, the bound fields, `level`) while the
+    block runs, whatever the application's logging configuration."""
+    entries: list[dict[str, Any]] = []
+    logger = logging.getLogger("evq")
+    handler = _Collect(entries)
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield entries
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)

@@ -10,11 +10,10 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
 from .ledger import connection, sql
+from .logs import get_logger
 
-_log = structlog.get_logger("evq.watch")
+_log = get_logger("evq.watch")
 
 
 class CommitWatcher:

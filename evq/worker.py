@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 
 from . import codec
 from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
 from .jobs import Job, JobDefinition
 from .ledger import maintenance, ops
 from .ledger.tx import Tx
+from .logs import get_logger
 from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
 from .retry import Fixed
 
@@ -106,7 +106,7 @@ class Worker:
         self._foreign_commit = False
         self._next_cancel_check = 0.0
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
-        self._log = structlog.get_logger("evq.worker").bind(worker=self.name)
+        self._log = get_logger("evq.worker").bind(worker=self.name)
         self._hooks_task: asyncio.Task[None] | None = None
         self._names: list[str] = []
         self._seen_at = float("-inf")

@@ -24,17 +24,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import evq
 
 Result = dict[str, Any]
-
-
-def _quiet_logs() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
 
 
 def _fresh(tmp: Path, name: str) -> Path:
@@ -247,7 +241,6 @@ def main() -> None:
                         help="runs per workload; the median run is reported (default 3)")
     parser.add_argument("--serve", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    _quiet_logs()
     if args.serve:
         serve(args.serve)
         return

@@ -26,11 +26,10 @@ import threading
 from pathlib import Path
 from queue import SimpleQueue
 
-import structlog
-
+from ..logs import get_logger
 from . import connection, sql
 
-_log = structlog.get_logger("evq.wal")
+_log = get_logger("evq.wal")
 
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 FLUSH_BYTES = 8 * 1024 * 1024

@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from ..clock import Clock
 from ..errors import ContextClosed
+from ..logs import get_logger
 from . import connection, seals, sql
 from .tx import AppendedRow, Tx
 from .wal import WalWatch
@@ -34,7 +33,7 @@ OnCommit = Callable[[list[AppendedRow]], None]
 INLINE_MAX_WEIGHT = 8
 BEGIN_RETRIES = 30
 
-_log = structlog.get_logger("evq.writer")
+_log = get_logger("evq.writer")
 
 
 class _Refused(Exception):

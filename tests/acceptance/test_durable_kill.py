@@ -14,11 +14,7 @@ from evq.durable import SAVE_EVERY
 
 CONSUMER = textwrap.dedent('''
     import asyncio, os, signal, sys, time
-    import structlog
     import evq
-
-    # An application configures logging; this one keeps stdout for positions.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
     async def main():
         # Its own SIGINT handler: a child of a shell's background job inherits SIGINT

@@ -6,9 +6,9 @@ import asyncio
 import sqlite3
 
 import pytest
-import structlog
 
 import evq
+from evq.testing import captured_logs
 
 
 async def test_handlers_get_every_event_in_order_with_the_envelope(ctx):
@@ -57,7 +57,7 @@ async def test_a_raising_handler_is_logged_and_breaks_nothing(ctx):
     ctx.add_event_handler(bad)
     ctx.add_event_handler(lambda e: good.append(e.kind))
     ctx.define("job", lambda p: "ok")
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         job_id = await ctx.enqueue("job")
         await ctx.drain()
         await ctx.flush_events()
@@ -136,7 +136,7 @@ async def test_events_from_another_context_on_the_file_reach_handlers(db, clock)
 
 async def test_worker_logs_carry_job_context(ctx):
     ctx.define("job", lambda p: (_ for _ in ()).throw(RuntimeError("x")), max_attempts=1)
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         job_id = await ctx.enqueue("job")
         await ctx.drain(name="w-1")
     [entry] = [e for e in logs if e["event"] == "evq.job_error"]

@@ -11,10 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-import structlog.testing
-
 import evq
 from evq.ledger import connection, replay, wal
+from evq.testing import captured_logs
 
 
 def _wal_bytes(db: Path) -> int:
@@ -146,7 +145,7 @@ def test_the_wal_is_flushed_to_disk_ahead_of_the_checkpoint(db, monkeypatch):
 def test_a_checkpoint_error_other_than_busy_is_logged_and_the_commit_stands(db):
     conn = connection.connect(db)
     connection.migrate(conn)
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         assert not wal.checkpoint(conn, 1000, "PRAGMA no_such_pragma_fails(")  # syntax
     assert [e["event"] for e in logs] == ["evq.checkpoint_failed"]
     conn.close()

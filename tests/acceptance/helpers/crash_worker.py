@@ -5,7 +5,7 @@ Usage: python crash_worker.py LEDGER CONCURRENCY LEASE
 It serves the job `slow` as worker "victim". On a job's first attempt the handler prints
 `started <job_id>` on stdout and then hangs forever (the test kills the process with
 SIGKILL while it hangs); on any later attempt it returns a result. Stdout carries only
-these lines and `ready`; evq's logs go to stderr.
+these lines and `ready`; evq's warnings go to stderr.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any
-
-import structlog
 
 import evq
 
@@ -36,7 +34,6 @@ async def serve(db: str, concurrency: int, lease: float) -> None:
 
 def main() -> None:
     db, concurrency, lease = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     asyncio.run(serve(db, concurrency, lease))
 
 
