@@ -19,6 +19,10 @@ import attrs
 from .errors import InvalidName, InvalidPayload, InvalidTime, PayloadTooLarge
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# How deep lists and objects may nest in a payload or result. SQLite's JSON functions
+# stop at 1,000 levels and Python's recursion near there too; real payloads stay far
+# below this.
+MAX_DEPTH = 100
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
 
@@ -38,10 +42,45 @@ def check_name(value: object, what: str) -> str:
 
 def to_jsonable(value: Any, what: str = "payload") -> Any:
     """Check `value` and return its plain-JSON form (attrs instances become dicts)."""
-    return _plain(value, what, "$")
+    try:
+        return _plain(value, what, "$", 0)
+    except _TooDeep as deep:
+        if _holds_itself(value):
+            raise InvalidPayload(f"{what} contains itself (a list or dict inside itself "
+                                 "refers back to it): JSON cannot represent that") from None
+        where = deep.path if len(deep.path) <= 40 else deep.path[:40] + "..."
+        raise InvalidPayload(f"{what} at {where}: nested more than {MAX_DEPTH} levels "
+                             "deep; flatten it or store it elsewhere") from None
 
 
-def _plain(value: Any, what: str, path: str) -> Any:
+class _TooDeep(Exception):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _holds_itself(value: Any) -> bool:
+    """Whether a container is reachable from itself (searched without recursion)."""
+    stack: list[tuple[Any, frozenset[int]]] = [(value, frozenset())]
+    while stack:
+        item, above = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        elif attrs.has(type(item)):
+            children = [getattr(item, f.name, None) for f in attrs.fields(type(item))]
+        else:
+            continue
+        if id(item) in above:
+            return True
+        if len(above) > MAX_DEPTH + 1:
+            continue
+        path = above | {id(item)}
+        stack.extend((child, path) for child in children)
+    return False
+
+
+def _plain(value: Any, what: str, path: str, depth: int) -> Any:
     kind = type(value)
     if kind is str:
         if not value.isascii():
@@ -70,22 +109,30 @@ def _plain(value: Any, what: str, path: str) -> Any:
                     "objects have string keys only, so it would come back changed"
                 )
         # Rebuild only when something inside changes (attrs instances, tuples).
-        items = {key: _plain(item, what, f"{path}.{key}") for key, item in value.items()}
+        if depth >= MAX_DEPTH:
+            raise _TooDeep(path)
+        items = {key: _plain(item, what, f"{path}.{key}", depth + 1)
+                 for key, item in value.items()}
         for key in items:
             if not key.isascii():
                 _check_text(key, what, path)
         return value if all(items[k] is value[k] for k in items) else items
     if kind is list or kind is tuple:
-        out = [_plain(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
+        if depth >= MAX_DEPTH:
+            raise _TooDeep(path)
+        out = [_plain(item, what, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
         return value if kind is list and all(a is b for a, b in zip(out, value, strict=True)) \
             else out
     if isinstance(value, (str, int, float, dict, list, tuple)):
         # Subclasses (StrEnum, IntEnum, OrderedDict, named tuples) are stored as the plain
         # JSON value they stand for.
-        return _plain(_plain_base(value), what, path)
+        return _plain(_plain_base(value), what, path, depth)
     if attrs.has(kind):
+        if depth >= MAX_DEPTH:
+            raise _TooDeep(path)
         return {
-            field.name: _plain(getattr(value, field.name), what, f"{path}.{field.name}")
+            field.name: _plain(getattr(value, field.name), what, f"{path}.{field.name}",
+                               depth + 1)
             for field in attrs.fields(kind)
         }
     raise InvalidPayload(
@@ -152,18 +199,27 @@ def encode_text(value: Any, what: str = "payload", limit: int = DEFAULT_MAX_PAYL
     return plain, text
 
 
-def decode_as(cls: type[T] | None, value: Any) -> Any:
-    """Rebuild a payload: an attrs class from its dict, anything else as stored."""
+def decode_as(cls: type[T] | None, value: Any, *, strict: bool = False) -> Any:
+    """Rebuild a payload: an attrs class from its dict, anything else as stored. With
+    `strict` (at enqueue), a key that is not a field of the class is refused rather than
+    dropped, at any depth; stored payloads are read leniently."""
     if cls is None or not attrs.has(cls) or not isinstance(value, dict):
         return value
     attrs.resolve_types(cls)
+    fields = attrs.fields(cls)
+    if strict:
+        unknown = sorted(set(value) - {field.name for field in fields})
+        if unknown:
+            raise InvalidPayload(
+                f"{cls.__name__} has no field {', '.join(map(repr, unknown))} (its fields: "
+                f"{', '.join(field.name for field in fields)}); nothing would store it")
     kwargs = {}
-    for field in attrs.fields(cls):
+    for field in fields:
         if field.name in value:
             item = value[field.name]
             ftype = field.type
             if isinstance(ftype, type) and attrs.has(ftype):
-                item = decode_as(ftype, item)
+                item = decode_as(ftype, item, strict=strict)
             kwargs[field.name] = item
     return cls(**kwargs)
 

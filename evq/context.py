@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
+
 from . import codec, enqueueing, flows
 from .clock import Clock, SystemClock
 from .durable import EventFilter, SubscriberState, Subscription
@@ -48,6 +50,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 _WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue", "ready"})
 
 
+T = TypeVar("T")
+
+
+def _build(cls: type[T], what: str, *args: Any, **options: Any) -> T:
+    """cls(*args, **options), with an unknown option refused by name."""
+    known = {field.alias for field in attrs.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidInput(f"unknown {what} option(s) {', '.join(unknown)}; the options are "
+                           f"{', '.join(sorted(known - {'name', 'context'}))}")
+    return cls(*args, **options)
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _positive_seconds(value: object, what: str) -> float:
+    seconds = codec.check_delay(value, what)
+    if seconds <= 0:
+        raise InvalidInput(f"{what} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
 class Context:
     """An open evq ledger. Use it as `async with Context("jobs.db") as ctx:`.
 
@@ -68,15 +96,20 @@ class Context:
         sync_handler_threads: int = 8,
     ) -> None:
         self.path = Path(path)
+        if clock is not None and not (callable(getattr(clock, "now", None))
+                                      and callable(getattr(clock, "sleep", None))):
+            raise InvalidInput(f"clock must have now() and async sleep(seconds), as "
+                               f"evq.SystemClock and evq.FakeClock do; got {clock!r:.80}")
         self.clock: Clock = clock or SystemClock()
         try:
             self.durability = Durability(durability)
         except ValueError:
             raise InvalidInput(
                 f"durability must be 'process' or 'power', got {durability!r}") from None
-        self.max_payload_bytes = max_payload_bytes
-        self.poll_interval = codec.check_delay(poll_interval, "poll_interval")
-        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self.max_payload_bytes = _positive_int(max_payload_bytes, "max_payload_bytes")
+        self.poll_interval = _positive_seconds(poll_interval, "poll_interval")
+        self.busy_timeout = _positive_seconds(busy_timeout, "busy_timeout")
+        self._busy_timeout_ms = int(self.busy_timeout * 1000)
         self._definitions: dict[str, JobDefinition[Any]] = {}
         self._queues: dict[str, Queue] = {}
         self._dispatcher = Dispatcher(self.path)
@@ -87,7 +120,7 @@ class Context:
         self._wake_callbacks: list[Callable[[bool], None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._subscriptions: dict[Subscription, asyncio.Task[int]] = {}
-        self._sync_threads = sync_handler_threads
+        self._sync_threads = _positive_int(sync_handler_threads, "sync_handler_threads")
         self._running_workers: dict[Worker, asyncio.Event] = {}
         self._sync_executor: ThreadPoolExecutor | None = None
 
@@ -145,7 +178,7 @@ class Context:
         """Configure a queue in this process (see `evq.Queue` for the settings)."""
         if name in self._queues:
             raise DuplicateJob(f"queue {name!r} is already configured on this context")
-        queue = Queue(name, **settings)
+        queue = _build(Queue, "queue", name, **settings)
         self._queues[name] = queue
         return queue
 
@@ -202,7 +235,8 @@ class Context:
         """Register a job definition; `handler=None` for a producer-only process."""
         if options.get("backoff") is None:
             options.pop("backoff", None)
-        definition: JobDefinition[Any] = JobDefinition(name, handler, context=self, **options)
+        definition: JobDefinition[Any] = _build(JobDefinition, "job definition", name,
+                                                handler, context=self, **options)
         if name in self._definitions:
             raise DuplicateJob(f"job {name!r} is already defined on this context")
         self._definitions[name] = definition
@@ -238,6 +272,15 @@ class Context:
                 "register it with @ctx.job or ctx.define"
             ) from None
 
+    def _definition_of(self, job: object) -> JobDefinition[Any]:
+        """The definition a caller names: a job name or a JobDefinition of this context."""
+        if isinstance(job, JobDefinition):
+            return self.definition(job.name)
+        if not isinstance(job, str):
+            raise UnknownJob(f"a job is named by its name (a str) or its JobDefinition, "
+                             f"got {job!r:.80}")
+        return self.definition(job)
+
     def retry_policy(self, name: str, max_attempts: int | None) -> RetryPolicy:
         """The retry policy of a job by name; rescue uses it for jobs of any process."""
         definition = self._definitions.get(name)
@@ -261,7 +304,7 @@ class Context:
     ) -> ops.NewJob:
         """Validate one job to enqueue. Raises a typed error; writes nothing."""
         return enqueueing.prepare(
-            self.definition(job if isinstance(job, str) else job.name), payload,
+            self._definition_of(job), payload,
             now=self.clock.now() if now is None else now,
             max_payload_bytes=self.max_payload_bytes, delay=delay, run_at=run_at,
             priority=priority, key=key, group=group)

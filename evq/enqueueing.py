@@ -83,7 +83,10 @@ def prepare(
                 f"job {definition.name!r} takes a {payload_type.__name__} payload, got "
                 f"{type(payload).__name__}")
         try:
-            codec.decode_as(payload_type, plain)
+            codec.decode_as(payload_type, plain, strict=True)
+        except InvalidPayload as exc:
+            raise InvalidPayload(f"payload does not fit {payload_type.__name__}: {exc}"
+                                 ) from None
         except Exception as exc:
             raise InvalidPayload(
                 f"payload does not fit {payload_type.__name__}: {exc}") from None
@@ -95,12 +98,28 @@ def prepare(
         when = now + (codec.check_delay(delay) if delay is not None else 0.0)
     level = definition.priority if priority is None else priority
     if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
-        raise InvalidInput(f"priority must be an integer, got {priority!r}")
+        raise InvalidInput(f"priority must be an integer between -2**31 and 2**31, got "
+                           f"{level!r}")
     if group is None and definition.group is not None:
         group = definition.group(payload) if callable(definition.group) else definition.group
     return NewJob(new_job_id(), definition.queue, definition.name, plain, when, level,
                   definition.max_attempts, key=check_label(key, "key"),
                   group=check_label(group, "group"), payload_json=text)
+
+
+_REQUEST_FIELDS = ("job", "payload", "delay", "run_at", "priority", "key", "group")
+
+
+def as_request(item: object) -> EnqueueRequest:
+    """An EnqueueRequest, or a tuple/list (job, payload, delay, run_at, priority, key,
+    group) with at least the job."""
+    if isinstance(item, EnqueueRequest):
+        return item
+    if isinstance(item, (tuple, list)) and 1 <= len(item) <= len(_REQUEST_FIELDS):
+        return EnqueueRequest(*item)
+    raise InvalidInput(
+        f"{item!r:.80} is not a job to enqueue: give an evq.EnqueueRequest or a tuple "
+        f"({', '.join(_REQUEST_FIELDS)}) of 1 to {len(_REQUEST_FIELDS)} items, job first")
 
 
 def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
@@ -110,7 +129,7 @@ def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any,
     now = ctx.clock.now()
     for index, item in enumerate(requests):
         try:
-            request = item if isinstance(item, EnqueueRequest) else EnqueueRequest(*item)
+            request = as_request(item)
             chunk.append(ctx.prepare(request.job, request.payload, delay=request.delay,
                                      run_at=request.run_at, priority=request.priority,
                                      key=request.key, group=request.group, now=now))

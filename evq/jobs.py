@@ -49,9 +49,49 @@ class JobState(enum.StrEnum):
         return self not in (JobState.PENDING, JobState.WAITING, JobState.RUNNING)
 
 
+MAX_ATTEMPTS_LIMIT = 1_000_000
+
+
 def _check_attempts(instance: Any, attribute: Any, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InvalidInput(f"max_attempts must be an integer >= 1 or None, got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 1 <= value <= MAX_ATTEMPTS_LIMIT):
+        raise InvalidInput(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS_LIMIT:,} "
+                           f"or None (no limit), got {value!r}")
+
+
+def _check_priority(instance: Any, attribute: Any, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**31:
+        raise InvalidInput(f"priority must be an integer between -2**31 and 2**31, got "
+                           f"{value!r}")
+
+
+def _check_callable(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise InvalidInput(f"{attribute.name} must be a function (or None), got {value!r:.80}")
+
+
+def _check_backoff(instance: Any, attribute: Any, value: object) -> None:
+    if not callable(value):
+        raise InvalidInput("backoff must be evq.Fixed(seconds), evq.Exponential(...) or a "
+                           f"function of the error count returning seconds, got {value!r:.80}")
+
+
+def _check_group(instance: Any, attribute: Any, value: object) -> None:
+    if value is not None and not callable(value) and (
+            not isinstance(value, str) or not value or len(value) > 256):
+        raise InvalidInput("group must be a non-empty string of at most 256 characters, a "
+                           f"function of the payload returning one, or None; got {value!r:.80}")
+
+
+def _check_payload_type(instance: Any, attribute: Any, value: object) -> None:
+    if value is not None and not isinstance(value, type):
+        raise InvalidInput(f"payload_type must be a class (an attrs class, or None for plain "
+                           f"JSON), got {value!r:.80}")
+
+
+def _check_requeue(instance: Any, attribute: Any, value: object) -> None:
+    if not isinstance(value, bool):
+        check_delay(value, "requeue_on_failure")
 
 
 def _check_seconds(instance: Any, attribute: Any, value: float | None) -> None:
@@ -68,21 +108,25 @@ class JobDefinition(Generic[P]):
     """
 
     name: str = attrs.field(validator=lambda i, a, v: check_name(v, "job"))
-    handler: Handler | None
+    handler: Handler | None = attrs.field(validator=_check_callable)
     queue: str = attrs.field(default=DEFAULT_QUEUE,
                              validator=lambda i, a, v: check_name(v, "queue"))
-    payload_type: type[P] | None = None
+    payload_type: type[P] | None = attrs.field(default=None, validator=_check_payload_type)
     max_attempts: int | None = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=_check_attempts)
-    backoff: Backoff = attrs.field(factory=Exponential)
+    backoff: Backoff = attrs.field(factory=Exponential, validator=_check_backoff)
     lease: float = attrs.field(default=DEFAULT_LEASE_SECONDS, validator=_check_seconds)
     timeout: float | None = attrs.field(default=None, validator=_check_seconds)
-    priority: int = 0
-    group: str | Callable[[Any], str | None] | None = None
-    requeue_on_failure: bool | float = False
-    on_before_add: Callable[..., Any] | None = None
-    okay_to_run: Callable[..., Any] | None = None
+    priority: int = attrs.field(default=0, validator=_check_priority)
+    group: str | Callable[[Any], str | None] | None = attrs.field(default=None,
+                                                                validator=_check_group)
+    requeue_on_failure: bool | float = attrs.field(default=False, validator=_check_requeue)
+    on_before_add: Callable[..., Any] | None = attrs.field(default=None,
+                                                          validator=_check_callable)
+    okay_to_run: Callable[..., Any] | None = attrs.field(default=None,
+                                                        validator=_check_callable)
     requeue_delay: float = attrs.field(default=60.0, validator=_check_seconds)
-    on_max_attempts_exhausted: Callable[..., Any] | None = None
+    on_max_attempts_exhausted: Callable[..., Any] | None = attrs.field(
+        default=None, validator=_check_callable)
     repeat: float | None = None
     cron: str | None = None
     context: Context | None = attrs.field(default=None, repr=False)

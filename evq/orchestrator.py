@@ -19,6 +19,7 @@ import attrs
 
 from . import archive as archiving
 from . import codec
+from .errors import InvalidInput
 from .ledger import maintenance, ops
 from .logs import get_logger
 from .schedules import Schedule
@@ -72,6 +73,8 @@ class Orchestrator:
         self.leader_lease = codec.check_delay(leader_lease, "leader_lease")
         self.orphan_after = codec.check_delay(orphan_after, "orphan_after")
         self.worker_ttl = codec.check_delay(worker_ttl, "worker_ttl")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InvalidInput(f"batch must be an integer >= 1, got {batch!r}")
         self.batch = batch
         self.archive_to = None if archive_to is None else Path(archive_to)
         self.archive_after = codec.check_delay(archive_after, "archive_after")

@@ -3,6 +3,8 @@ cuckmq's channels). Pausing is not a setting but ledger state, shared by every p
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from .codec import check_delay, check_name
@@ -20,6 +22,17 @@ def _seconds_or_none(instance: object, attribute: attrs.Attribute[float | None],
                      value: float | None) -> None:
     if value is not None:
         check_delay(value, attribute.name)
+
+
+def _flag(instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _cleanup(instance: object, attribute: Any, value: Any) -> None:
+    if value is not None and not isinstance(value, Cleanup):
+        raise InvalidInput(f"cleanup must be evq.Cleanup(completed_after=..., "
+                           f"failed_after=...) or None, got {value!r:.80}")
 
 
 @attrs.frozen
@@ -45,6 +58,6 @@ class Queue:
 
     name: str = attrs.field(validator=lambda i, a, v: check_name(v, "queue"))
     concurrency: int | None = attrs.field(default=None, validator=_positive_or_none)
-    run_on_startup: bool = True
-    retry_jobs_running_before_restart: bool = False
-    cleanup: Cleanup | None = None
+    run_on_startup: bool = attrs.field(default=True, validator=_flag)
+    retry_jobs_running_before_restart: bool = attrs.field(default=False, validator=_flag)
+    cleanup: Cleanup | None = attrs.field(default=None, validator=_cleanup)

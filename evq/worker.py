@@ -89,7 +89,9 @@ class Worker:
         self.concurrency = concurrency
         self.name = codec.check_name(name or default_worker_name(), "worker")
         self.grace = codec.check_delay(grace, "grace")
-        self.batch_size = max(1, int(batch_size))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.batch_size = batch_size
         self.jobs_done = 0
         self._running: dict[str, _Running] = {}
         # Attempts whose lease was lost while their handler still runs, superseded by a

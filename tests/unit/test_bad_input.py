@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 from pathlib import Path
 
@@ -177,3 +178,136 @@ async def test_subclasses_of_json_types_are_stored_as_plain_json(ctx):
     stored = (await ctx.history(job_id))[0].data["payload"]
     assert stored == {"color": "red", "size": 3, "at": [1, 2]}
     assert type(stored["color"]) is str and type(stored["size"]) is int
+
+
+def nested(levels: int) -> list[object]:
+    outer: list[object] = []
+    inner = outer
+    for _ in range(levels):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    return outer
+
+
+@pytest.mark.parametrize("levels", [101, 995, 5000])
+async def test_a_payload_nested_past_the_limit_is_refused(ctx, db, levels):
+    ctx.define("job", lambda p: None)
+    await ctx.enqueue("job", nested(evq.codec.MAX_DEPTH - 1))  # within the limit
+    before = ledger_rows(db)
+    with pytest.raises(evq.InvalidPayload, match="nested more than 100 levels"):
+        await ctx.enqueue("job", nested(levels))
+    assert ledger_rows(db) == before
+
+
+async def test_a_payload_that_contains_itself_is_refused(ctx, db):
+    ctx.define("job", lambda p: None)
+    looped: dict[str, object] = {"a": [1, 2]}
+    looped["a"].append(looped)  # type: ignore[attr-defined]
+    before = ledger_rows(db)
+    with pytest.raises(evq.InvalidPayload, match="contains itself"):
+        await ctx.enqueue("job", looped)
+    with pytest.raises(evq.InvalidPayload, match="contains itself"):
+        await ctx.enqueue_many([("job", 1), ("job", looped)])
+    assert ledger_rows(db) == before
+
+
+@pytest.mark.parametrize("job", [5, None, b"job", ["job"]])
+async def test_a_job_that_is_not_a_name_or_definition_is_refused(ctx, db, job):
+    ctx.define("job", lambda p: None)
+    before = ledger_rows(db)
+    with pytest.raises(evq.UnknownJob, match="a job is named by its name"):
+        await ctx.enqueue(job, {})
+    assert ledger_rows(db) == before
+
+
+@pytest.mark.parametrize("item, message", [
+    (5, "5 is not a job to enqueue"),
+    ([5], "a job is named by its name"),
+    (("job", 1, None, None, 0, None, None, "extra"), "is not a job to enqueue"),
+    ((), "is not a job to enqueue"),
+])
+async def test_malformed_bulk_items_are_refused_by_index(ctx, db, item, message):
+    ctx.define("job", lambda p: None)
+    before = ledger_rows(db)
+    with pytest.raises(evq.EvqError, match="item 1 of enqueue_many") as info:
+        await ctx.enqueue_many([("job", 0), item])
+    assert message in str(info.value)
+    with pytest.raises(evq.EvqError, match="item 1 of enqueue_many"):
+        ctx.sync().enqueue_many([("job", 0), item])
+    assert ledger_rows(db) == before
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"busy_timeout": math.nan}, "busy_timeout"), ({"busy_timeout": -1}, "busy_timeout"),
+    ({"busy_timeout": 0}, "busy_timeout"),
+    ({"max_payload_bytes": -1}, "-1"), ({"max_payload_bytes": "x"}, "'x'"),
+    ({"max_payload_bytes": 1.5}, "1.5"), ({"poll_interval": 0}, "poll_interval"),
+    ({"sync_handler_threads": 0}, "sync_handler_threads"), ({"clock": 5}, "clock"),
+])
+def test_bad_context_settings_are_refused_before_the_file_is_touched(db, options, named):
+    with pytest.raises(evq.InvalidInput, match=re.escape(named)):
+        evq.Context(db, **options)
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda: evq.Fixed(-1), "-1"), (lambda: evq.Fixed(math.inf), "inf"),
+    (lambda: evq.Fixed("10"), "'10'"), (lambda: evq.Exponential(base=math.nan), "nan"),
+    (lambda: evq.Exponential(factor=0), "factor"),
+    (lambda: evq.Exponential(maximum=-5), "-5"), (lambda: evq.Exponential(jitter="no"), "'no'"),
+])
+def test_bad_backoff_settings_are_refused(make, named):
+    with pytest.raises(evq.InvalidInput, match=re.escape(named)):
+        make()
+
+
+def test_an_exponential_backoff_never_overflows():
+    backoff = evq.Exponential(base=1, maximum=60, jitter=False)
+    assert backoff(1) == 1 and backoff(3) == 4
+    assert backoff(100_000) == 60
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"priority": 1.5}, "1.5"), ({"priority": "high"}, "'high'"),
+    ({"max_attempts": 10**30}, str(10**30)), ({"max_attempts": 2.0}, "2.0"),
+    ({"backoff": 30}, "30"), ({"okay_to_run": "yes"}, "'yes'"), ({"group": 7}, "7"),
+    ({"requeue_on_failure": -1}, "-1"), ({"payload_type": "Email"}, "'Email'"),
+    ({"retries": 3}, "retries"), ({"lease": 0}, "0"),
+])
+def test_bad_definition_settings_are_refused_when_defined(ctx, options, named):
+    with pytest.raises(evq.InvalidInput, match=re.escape(named)):
+        ctx.define("job", lambda p: None, **options)
+    assert "job" not in ctx.definitions
+
+
+def test_unknown_queue_settings_are_refused(ctx):
+    with pytest.raises(evq.InvalidInput, match="unknown queue option"):
+        ctx.queue("mail", limit=3)
+    with pytest.raises(evq.InvalidInput, match="cleanup"):
+        ctx.queue("mail", cleanup=3600)
+
+
+async def test_a_definition_priority_applies_to_every_enqueue(ctx):
+    ctx.define("job", lambda p: None, priority=7)
+    job_id = await ctx.enqueue("job", {})
+    assert (await ctx.get_job(job_id)).priority == 7
+
+
+@attrs.define
+class Order:
+    sku: str
+    address: Email
+
+
+async def test_a_typed_payload_with_an_unknown_field_is_refused_not_trimmed(ctx, db):
+    ctx.define("order", lambda p: None, payload_type=Order)
+    before = ledger_rows(db)
+    with pytest.raises(evq.InvalidPayload, match="'colour'"):
+        await ctx.enqueue("order", {"sku": "A1", "colour": "red",
+                                    "address": {"to": "ada"}})
+    with pytest.raises(evq.InvalidPayload, match="'cc'"):
+        await ctx.enqueue("order", {"sku": "A1", "address": {"to": "ada", "cc": "bob"}})
+    assert ledger_rows(db) == before
+    job_id = await ctx.enqueue("order", {"sku": "A1", "address": {"to": "ada"}})
+    assert (await ctx.history(job_id))[0].data["payload"] == {
+        "sku": "A1", "address": {"to": "ada"}}
