@@ -367,9 +367,11 @@ class Worker:
                 if run.cancelled:  # the job was cancelled: the ledger already says so
                     log.info("evq.job_cancelled")
                     return
-                # Stopped past its grace period: hand the job back now, not at lease end.
+                # Stopped past its grace period: hand the job back now, not at lease end
+                # (or, if the ledger cannot take it now, when the lease runs out).
                 await self._report(run, lambda now: [Planned(
-                    "requeue", {"reason": "worker_stopped", "run_at": now})], log)
+                    "requeue", {"reason": "worker_stopped", "run_at": now})], log,
+                    persist=False)
                 raise
             expired_with_hook = await self._report(run, plan, log)
             self.jobs_done += 1
@@ -466,14 +468,20 @@ class Worker:
             steps = [Planned(chosen.kind, data)]
         return lambda _now: steps
 
-    async def _report(self, run: _Running, plan: Plan, log: Any) -> bool:
-        """Commit the attempt's outcome; True if it expired the job with a hook due."""
+    async def _report(self, run: _Running, plan: Plan, log: Any, *, persist: bool = True
+                      ) -> bool:
+        """Commit the attempt's outcome; True if it expired the job with a hook due.
+        Held until the ledger takes it (a full disk delays an outcome, never drops it),
+        unless not `persist`: then a storage failure is logged and the lease decides."""
         run.reporting = True
         try:
-            # Held until the ledger takes it: a full disk delays the outcome, never drops it.
             planned = await outages.until_written(
                 self.ctx.clock, log, "report", lambda: self.ctx.writer.run(
-                    functools.partial(self._report_op, held=run.held, plan=plan)))
+                    functools.partial(self._report_op, held=run.held, plan=plan)),
+                give_up=lambda: not persist)
+        except LedgerUnavailable as exc:
+            outages.log_failure(log, exc, "report", 0.0)
+            return False
         except LeaseLost as exc:
             if run.cancelled:
                 log.info("evq.job_cancelled", note="the handler finished after the cancel")
