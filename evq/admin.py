@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from .enqueueing import new_job_id
-from .ledger import connection, ops
+from .ledger import connection, ops, stalls
 from .ledger.tx import Tx
 
 T = TypeVar("T")
 
 
 def _write(path: str | Path, op: Callable[[Tx], T]) -> T:
+    asked = time.monotonic()
     with connection.write_transaction(path) as conn:
-        tx = Tx(conn, time.time())
+        tx = Tx.locked(conn, time.time())  # read under the lock (see Tx.locked)
+        if time.monotonic() - asked >= stalls.STALL:
+            stalls.record(tx, time.monotonic() - asked)
         result = op(tx)
         tx.seal()
     return result

@@ -79,7 +79,7 @@ def archive(path: str | Path, before: float, to: str | Path, now: float | None =
             conn.execute(sql.DELETE_EVENTS_AT, (json.dumps(positions),))
             conn.execute(schema.EVENTS_NO_DELETE)
             conn.execute(sql.FORGET_DELETED_JOBS, (json.dumps(ids),))
-            tx = Tx(conn, time.time() if now is None else now)
+            tx = Tx.locked(conn, time.time() if now is None else now)
             tx.append("archive", data={
                 "file": target.name, "sha256": digest, "events": len(rows), "jobs": len(ids),
                 "before": before, "positions": _ranges(positions)})

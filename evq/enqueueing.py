@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import codec
-from .errors import EvqError, InvalidInput, InvalidPayload, JobRejected
+from .errors import CallbackError, EvqError, InvalidInput, InvalidPayload, JobRejected
 from .jobs import JobDefinition
 from .ledger.ops import NewJob
+from .outcomes import callable_name
 
 if TYPE_CHECKING:
     from .context import Context
@@ -101,7 +102,8 @@ def prepare(
         raise InvalidInput(f"priority must be an integer between -2**31 and 2**31, got "
                            f"{level!r}")
     if group is None and definition.group is not None:
-        group = definition.group(payload) if callable(definition.group) else definition.group
+        group = _group_of(definition, payload) if callable(definition.group) \
+            else definition.group
     return NewJob(new_job_id(), definition.queue, definition.name, plain, when, level,
                   definition.max_attempts, key=check_label(key, "key"),
                   group=check_label(group, "group"), payload_json=text)
@@ -120,6 +122,23 @@ def as_request(item: object) -> EnqueueRequest:
     raise InvalidInput(
         f"{item!r:.80} is not a job to enqueue: give an evq.EnqueueRequest or a tuple "
         f"({', '.join(_REQUEST_FIELDS)}) of 1 to {len(_REQUEST_FIELDS)} items, job first")
+
+
+def _group_of(definition: JobDefinition[Any], payload: Any) -> str | None:
+    """Call a definition's group function; CallbackError if it raises or returns
+    anything but None or a label."""
+    function = definition.group
+    assert callable(function)
+    where = f"the group function {callable_name(function)} of job {definition.name!r}"
+    try:
+        group = function(payload)
+    except Exception as exc:
+        raise CallbackError(f"{where} raised {type(exc).__name__}: {exc}; nothing was "
+                            "added. Fix the function") from exc
+    if group is not None and not (isinstance(group, str) and 0 < len(group) <= 256):
+        raise CallbackError(f"{where} returned {group!r:.200}; it returns None or a "
+                            "non-empty string of at most 256 characters. Nothing was added")
+    return group
 
 
 def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
@@ -143,25 +162,52 @@ def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any,
 
 
 # --- preflight ------------------------------------------------------------------------
-def _reason(answer: object) -> str | None:
-    """None if on_before_add accepted (True or None), else why it refused."""
+def _preflight_of(ctx: Context, new: NewJob) -> str:
+    check = ctx.definition(new.name).on_before_add
+    return f"on_before_add {callable_name(check)} of job {new.name!r} ({new.id})"
+
+
+def _raised(ctx: Context, new: NewJob, exc: Exception) -> CallbackError:
+    return CallbackError(f"{_preflight_of(ctx, new)} raised {type(exc).__name__}: {exc}; "
+                         "nothing was added. Fix the function")
+
+
+def _reason(ctx: Context, new: NewJob, answer: object) -> str | None:
+    """None if on_before_add accepted (True or None), else why it refused (False, or a
+    reason); CallbackError for any other answer."""
     if answer is True or answer is None:
         return None
-    return answer if isinstance(answer, str) and answer else "refused"
+    if answer is False:
+        return "refused"
+    if isinstance(answer, str) and answer:
+        return answer
+    raise CallbackError(
+        f"{_preflight_of(ctx, new)} returned {answer!r:.200}; it returns True to add the "
+        "job, False or a reason (a non-empty string) to refuse it. Nothing was added")
 
 
 def _answers(ctx: Context, jobs: Sequence[NewJob]) -> Iterator[tuple[NewJob, object]]:
     for new in jobs:
         check = ctx.definition(new.name).on_before_add
         if check is not None:
-            yield new, check(new, ctx, new.queue)
+            try:
+                answer = check(new, ctx, new.queue)
+            except Exception as exc:
+                raise _raised(ctx, new, exc) from exc
+            yield new, answer
 
 
 async def refusals(ctx: Context, jobs: Sequence[NewJob]) -> dict[str, str]:
-    """Ask each job's on_before_add (sync or async); job id -> reason, for refusals."""
+    """Ask each job's on_before_add (sync or async); job id -> reason, for refusals.
+    CallbackError if one raises or answers garbage."""
     found: dict[str, str] = {}
     for new, answer in _answers(ctx, jobs):
-        reason = _reason(await answer if inspect.isawaitable(answer) else answer)
+        if inspect.isawaitable(answer):
+            try:
+                answer = await answer
+            except Exception as exc:
+                raise _raised(ctx, new, exc) from exc
+        reason = _reason(ctx, new, answer)
         if reason is not None:
             found[new.id] = reason
     return found
@@ -176,7 +222,7 @@ def refusals_now(ctx: Context, jobs: Sequence[NewJob], where: str) -> dict[str, 
             raise InvalidInput(
                 f"job {new.name!r} has an async on_before_add, which {where} cannot "
                 "await; make it a plain function or enqueue with `await ctx.enqueue`")
-        reason = _reason(answer)
+        reason = _reason(ctx, new, answer)
         if reason is not None:
             found[new.id] = reason
     return found

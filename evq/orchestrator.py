@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import archive as archiving
-from . import codec
+from . import codec, rescuing
 from .errors import InvalidInput
 from .ledger import maintenance, ops
 from .logs import get_logger
+from .outcomes import describe_error
 from .schedules import Schedule
 
 if TYPE_CHECKING:
@@ -117,13 +118,16 @@ class Orchestrator:
             maintenance.lead, role=ROLE, holder=self.name, lease=self.leader_lease))
         if not leads:
             return Round(False)
+        local = self._schedules()
         fired = await ctx.writer.run(functools.partial(
-            maintenance.fire_schedules, local=self._schedules(), make_job=self._make_job))
+            maintenance.fire_schedules, local=local, jobs={n: self._make_job(n) for n in local}))
         for item in fired:
-            if item.kind != "registered":
+            if item.kind == "schedule_failed":
+                self._log.error("evq.schedule_failed", job=item.name, due_at=item.due_at)
+            elif item.kind != "registered":
                 self._log.info(f"evq.{item.kind}", job=item.name, due_at=item.due_at,
                                job_id=item.job_id, missed=item.missed)
-        rescued = await ctx.rescue_expired(self.name)
+        rescued = await rescuing.rescue_expired(ctx, self.name)
         cleaned = await ctx.writer.run(functools.partial(
             maintenance.cleanup, rules=self._cleanup_rules(), limit=self.batch))
         orphans = await ctx.writer.run(functools.partial(
@@ -154,8 +158,14 @@ class Orchestrator:
         return {name: (d.queue, d.schedule) for name, d in self.ctx.definitions.items()
                 if d.schedule is not None}
 
-    def _make_job(self, name: str) -> ops.NewJob:
-        return self.ctx.prepare(name, {})
+    def _make_job(self, name: str) -> ops.NewJob | dict[str, Any]:
+        """The job a schedule enqueues if it fires this round, prepared here, outside the
+        transaction; or, if preparing it fails (a group function that raises, say), the
+        error its `schedule` event records."""
+        try:
+            return self.ctx.prepare(name, {})
+        except Exception as exc:
+            return describe_error(exc)
 
     def _cleanup_rules(self) -> list[tuple[str, tuple[str, ...], float]]:
         rules: list[tuple[str, tuple[str, ...], float]] = []

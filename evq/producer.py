@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import flows
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
-from .ledger import connection, ops, seals, sql, trees
+from .ledger import connection, ops, seals, sql, stalls, trees
 from .ledger.tx import Tx
 from .ledger.wal import WalWatch
 
@@ -30,6 +31,8 @@ T = TypeVar("T")
 
 
 BUSY_TIMEOUT_MS = 10_000
+NO_WAIT = sql.SET_BUSY_TIMEOUT.format(ms=0)
+WAIT = sql.SET_BUSY_TIMEOUT.format(ms=BUSY_TIMEOUT_MS)
 
 
 class SyncProducer:
@@ -80,8 +83,15 @@ class SyncProducer:
                 conn = self._conn
                 if conn is None:
                     raise ContextClosed("this SyncProducer is closed")
-                # The common case in one statement instead of four (see enqueue_alone).
-                if ops.enqueue_alone(conn, new, self._ctx.clock.now(), self._last_seal):
+                # The common case in one statement instead of four (see enqueue_alone),
+                # which must not wait for the lock: its time is read before it.
+                conn.execute(NO_WAIT)
+                try:
+                    written = ops.enqueue_alone(conn, new, self._ctx.clock.now(),
+                                                self._last_seal)
+                finally:
+                    conn.execute(WAIT)
+                if written:
                     self._wal.after_commit(conn, BUSY_TIMEOUT_MS, small=True)
                     return new.id
         return self._write([new], ops.enqueue)[0]
@@ -110,9 +120,12 @@ class SyncProducer:
             conn = self._conn
             if conn is None:
                 raise ContextClosed("this SyncProducer is closed")
+            asked = time.monotonic()
             conn.execute(sql.BEGIN_IMMEDIATE)
             try:
-                tx = Tx(conn, self._ctx.clock.now())
+                tx = Tx.locked(conn, self._ctx.clock.now())
+                if time.monotonic() - asked >= stalls.STALL:
+                    stalls.record(tx, time.monotonic() - asked)
                 if refused:
                     ops.reject(tx, [j for j in jobs if j.id in refused], refused)
                 else:

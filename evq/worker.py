@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import codec
-from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
+from . import codec, outages, rescuing
+from .errors import InvalidInput, InvalidPayload, LeaseLost, LedgerUnavailable, UnrecoverableError
 from .jobs import Job, JobDefinition
-from .ledger import maintenance, ops
+from .ledger import maintenance, ops, rescues
 from .ledger.tx import Tx
 from .logs import get_logger
 from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
@@ -143,6 +143,7 @@ class Worker:
             lease_for=lambda name: definitions[name].lease)
         self._stopping = False
         start_count = self.jobs_done
+        storage = outages.Backoff()
         await self._announce(queues, sorted(definitions))
         remove_wake = ctx.on_wake(self._on_new_work)
         ctx._cancel_listeners.append(self._on_cancel)
@@ -164,10 +165,27 @@ class Worker:
                 if free > 0 and (self._new_work or free >= self._refill or not self._running):
                     self._new_work = False
                     self._finished_since_claim = False
-                    claimed, next_at = await ctx.writer.run(
-                        functools.partial(claim, limit=min(free, self.batch_size)))
+                    try:
+                        claimed, next_at, expired = await ctx.writer.run(
+                            functools.partial(claim, limit=min(free, self.batch_size)))
+                    except LedgerUnavailable as exc:
+                        # Nothing was claimed; what runs here keeps running. Try again.
+                        delay = storage.after(exc)
+                        outages.log_failure(self._log, exc, "claim", delay)
+                        self._new_work = True
+                        await self._wait(ctx.clock.now() + delay)
+                        continue
+                    storage.reset()
                     for job in claimed:
                         self._start(job, definitions[job.name])
+                    if expired:
+                        try:
+                            if rescued := await rescuing.rescue(ctx, expired, self.name):
+                                self._log.info("evq.jobs_rescued", jobs=rescued)
+                        except LedgerUnavailable as exc:  # found again at the next claim
+                            outages.log_failure(self._log, exc, "rescue", 0.0)
+                        self._new_work = True
+                        continue
                     if len(claimed) == min(free, self.batch_size) and free > len(claimed):
                         continue
                 if (until_idle and not claimed and not self._running
@@ -209,7 +227,8 @@ class Worker:
             self._seen_at = tx.now
             return ops.release_previous(tx, self.name, json.dumps(restart)) if restart else []
 
-        released = await self.ctx.writer.run(op)
+        released = await outages.until_written(self.ctx.clock, self._log, "announce",
+                                               lambda: self.ctx.writer.run(op))
         if released:
             self._log.info("evq.jobs_released_after_restart", jobs=len(released))
 
@@ -238,8 +257,14 @@ class Worker:
         self._next_cancel_check = time.monotonic() + CANCEL_CHECK_EVERY
         # Through the writer: it joins the batch already going (a read connection would
         # add a third thread competing for the GIL).
-        for job_id in await self.ctx.writer.run(functools.partial(
-                ops.cancelled_among, job_ids_json=json.dumps(sorted(self._running)))):
+        try:
+            cancelled = await self.ctx.writer.run(functools.partial(
+                ops.cancelled_among, job_ids_json=json.dumps(sorted(self._running))))
+        except LedgerUnavailable as exc:  # looked at again after the next foreign commit
+            self._foreign_commit = True
+            outages.log_failure(self._log, exc, "check_cancelled", CANCEL_CHECK_EVERY)
+            return
+        for job_id in cancelled:
             self._on_cancel(job_id)
 
     def _on_new_work(self, foreign: bool) -> None:
@@ -277,25 +302,27 @@ class Worker:
     def _claim_op(self, tx: Tx, *, queues: list[str], queue_limits: dict[str, int],
                   queues_json: str, names_json: str, limit: int,
                   lease_for: Callable[[str], float]
-                  ) -> tuple[list[ops.Claimed], float | None]:
-        ops.rescue_expired(tx, self.ctx.retry_policy, self.name)
+                  ) -> tuple[list[ops.Claimed], float | None, list[rescues.Expired]]:
+        """Claim due jobs; also find the leases that ran out (rescued after this commit,
+        see rescuing.py). Returns the jobs, when to look again, and those leases."""
+        expired, kept_until = rescues.expired_leases(tx)
         if tx.now - self._seen_at >= SEEN_EVERY:
             maintenance.see_worker(tx, self.name, self._names)
             self._seen_at = tx.now
         claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits)
         if len(claimed) == limit:
-            return claimed, None
+            return claimed, None, expired
         # Due jobs that could not be taken (paused queue, limit reached, group busy) wait
-        # for a commit that frees them, which wakes the worker; only future times count.
+        # for a commit that frees them, which wakes the worker; only future times count
+        # (and when leases a stall keeps from rescue may be rescued).
         candidates = [t for t in (ops.next_due(tx, queues_json, names_json),
-                                  ops.next_lease_expiry(tx)) if t is not None and t > tx.now]
-        return claimed, min(candidates) if candidates else None
+                                  ops.next_lease_expiry(tx), kept_until)
+                      if t is not None and t > tx.now]
+        return claimed, min(candidates) if candidates else None, expired
 
     @staticmethod
     def _report_op(tx: Tx, *, held: ops.Attempt, plan: Plan) -> list[Planned]:
-        planned = plan(tx.now)
-        ops.report(tx, held, planned)
-        return planned
+        return ops.report(tx, held, plan(tx.now))
 
     @staticmethod
     def _heartbeat_op(tx: Tx, *, runs: list[_Running]) -> list[_Running]:
@@ -342,9 +369,11 @@ class Worker:
                 if run.cancelled:  # the job was cancelled: the ledger already says so
                     log.info("evq.job_cancelled")
                     return
-                # Stopped past its grace period: hand the job back now, not at lease end.
+                # Stopped past its grace period: hand the job back now, not at lease end
+                # (or, if the ledger cannot take it now, when the lease runs out).
                 await self._report(run, lambda now: [Planned(
-                    "requeue", {"reason": "worker_stopped", "run_at": now})], log)
+                    "requeue", {"reason": "worker_stopped", "run_at": now})], log,
+                    persist=False)
                 raise
             expired_with_hook = await self._report(run, plan, log)
             self.jobs_done += 1
@@ -360,7 +389,6 @@ class Worker:
 
     async def _call(self, definition: JobDefinition[Any], job: Job, log: Any) -> Plan:
         policy = definition.retry_policy
-        errors = job.errors
         try:
             payload = codec.decode_as(definition.payload_type, job.payload)
             job.payload = payload
@@ -383,14 +411,23 @@ class Worker:
                 result = await pending
         except UnrecoverableError as exc:
             log.warning("evq.job_failed", error=repr(exc))
-            error = describe_error(exc)
-            return lambda now: after_failure("error", error, errors, policy, now, retryable=False)
+            return self._failed(job, describe_error(exc), policy, log, retryable=False)
         except (TimeoutError, Exception) as exc:
             log.warning("evq.job_error", error=repr(exc))
-            error = describe_error(exc)
-            return lambda now: after_failure("error", error, errors, policy, now)
+            return self._failed(job, describe_error(exc), policy, log)
         chosen = job.outcome or Planned("success", {"result": result})
-        return self._plan_outcome(chosen, errors, policy, log, definition.failure_delay)
+        return self._plan_outcome(job, chosen, policy, log, definition.failure_delay)
+
+    @staticmethod
+    def _failed(job: Job, error: dict[str, Any], policy: RetryPolicy, log: Any, *,
+                retryable: bool = True) -> Plan:
+        """The plan for a failed attempt, decided here, outside the write transaction:
+        the job's backoff is the application's code."""
+        steps = after_failure("error", error, job.errors, policy, job=f"{job.id} ({job.name})",
+                              retryable=retryable)
+        if steps[-1].data.get("reason") == "backoff_failed":
+            log.error("evq.backoff_failed", error=steps[-1].data["error"]["message"])
+        return lambda _now: steps
 
     async def _maybe_await(self, check: Callable[..., Any], *args: Any) -> Any:
         """Call a hook that may be async, or sync (then in a thread, off the loop)."""
@@ -399,39 +436,54 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(
             self.ctx.sync_executor(), functools.partial(check, *args))
 
-    def _plan_outcome(self, chosen: Planned, errors: int, policy: Any, log: Any,
+    def _plan_outcome(self, job: Job, chosen: Planned, policy: RetryPolicy, log: Any,
                       failure_delay: float | None = None) -> Plan:
+        """The plan for the outcome the handler chose: plain data, whatever the result
+        holds (a result that cannot be encoded, however it fails, fails the job)."""
         data = dict(chosen.data)
+        errors = job.errors
         if chosen.kind == "success":
             try:
                 data["result"] = codec.encode(data["result"], "result",
                                               self.ctx.max_payload_bytes)
-            except InvalidPayload as exc:
-                log.warning("evq.bad_result", error=str(exc))
+            except Exception as exc:
+                log.warning("evq.bad_result", error=repr(exc))
                 error = describe_error(exc)
-                return lambda now: after_failure("error", error, errors, policy, now,
-                                                 retryable=False)
+                if not isinstance(exc, InvalidPayload):
+                    error["message"] = (f"the handler's result cannot be stored as JSON: "
+                                        f"encoding it raised {type(exc).__name__}: {exc}")
+                return self._failed(job, error, policy, log, retryable=False)
             log.debug("evq.job_succeeded")
-            return lambda now: [Planned("success", data)]
-        if chosen.kind == "requeue":
+            steps = [Planned("success", data)]
+        elif chosen.kind == "requeue":
             delay = data.pop("delay")
-            return lambda now: [Planned("requeue", {**data, "run_at": now + delay})]
-        if chosen.kind == "fail" and failure_delay is not None:
+            steps = [Planned("requeue", {**data, "run_at": None}, due_in=delay)]
+        elif chosen.kind == "fail" and failure_delay is not None:
             # Joystick's requeue_on_failure: a failed attempt comes back after the delay.
             retry = RetryPolicy(policy.max_attempts, Fixed(failure_delay), policy.exhausted_hook)
-            return lambda now: after_failure("error", data["error"], errors, retry, now)
-        if chosen.kind == "fail":
-            return lambda now: [Planned("error", {"error": data["error"], "errors": errors + 1,
-                                                  "retry_at": None}),
-                                Planned("fail", {"reason": "handler"})]
-        return lambda now: [Planned(chosen.kind, data)]
+            return self._failed(job, data["error"], retry, log)
+        elif chosen.kind == "fail":
+            steps = [Planned("error", {"error": data["error"], "errors": errors + 1,
+                                       "retry_at": None}),
+                     Planned("fail", {"reason": "handler"})]
+        else:
+            steps = [Planned(chosen.kind, data)]
+        return lambda _now: steps
 
-    async def _report(self, run: _Running, plan: Plan, log: Any) -> bool:
-        """Commit the attempt's outcome; True if it expired the job with a hook due."""
+    async def _report(self, run: _Running, plan: Plan, log: Any, *, persist: bool = True
+                      ) -> bool:
+        """Commit the attempt's outcome; True if it expired the job with a hook due.
+        Held until the ledger takes it (a full disk delays an outcome, never drops it),
+        unless not `persist`: then a storage failure is logged and the lease decides."""
         run.reporting = True
         try:
-            planned = await self.ctx.writer.run(
-                functools.partial(self._report_op, held=run.held, plan=plan))
+            planned = await outages.until_written(
+                self.ctx.clock, log, "report", lambda: self.ctx.writer.run(
+                    functools.partial(self._report_op, held=run.held, plan=plan)),
+                give_up=lambda: not persist)
+        except LedgerUnavailable as exc:
+            outages.log_failure(log, exc, "report", 0.0)
+            return False
         except LeaseLost as exc:
             if run.cancelled:
                 log.info("evq.job_cancelled", note="the handler finished after the cancel")
@@ -479,13 +531,16 @@ class Worker:
 
     async def _heartbeats(self) -> None:
         clock = self.ctx.clock
+        storage = outages.Backoff()
+        retry_in = float("inf")  # after a renewal the ledger could not take
         while True:
             self._beat_wake.clear()
             self._beat_period = min((r.lease / 3 for r in self._running.values()),
                                     default=float("inf"))
             waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._beat_wake.wait())]
-            if self._beat_period != float("inf"):
-                waiters.append(asyncio.ensure_future(clock.sleep(self._beat_period)))
+            if min(self._beat_period, retry_in) != float("inf"):
+                waiters.append(asyncio.ensure_future(clock.sleep(
+                    min(self._beat_period, retry_in))))
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -494,8 +549,16 @@ class Worker:
             now = clock.now()
             due = [r for r in self._running.values()
                    if not r.reporting and r.lease_until - now < r.lease * 2 / 3]
+            retry_in = float("inf")
             if due:
-                lost = await self.ctx.writer.run(functools.partial(self._heartbeat_op, runs=due))
+                try:
+                    lost = await self.ctx.writer.run(functools.partial(self._heartbeat_op,
+                                                                       runs=due))
+                except LedgerUnavailable as exc:
+                    retry_in = storage.after(exc)
+                    outages.log_failure(self._log, exc, "heartbeat", retry_in)
+                    continue
+                storage.reset()
                 for run in lost:
                     # Rescued or cancelled elsewhere: this attempt is over, stop its handler.
                     self._log.warning("evq.lease_lost", job_id=run.held.job_id,

@@ -5,7 +5,7 @@ transaction and writes history only as events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -59,7 +59,7 @@ def deploy(tx: Tx, definitions: Mapping[str, tuple[str, dict[str, Any]]]) -> lis
 @attrs.frozen
 class Fired:
     name: str
-    kind: str  # schedule, schedule_orphan, or registered
+    kind: str  # schedule, schedule_orphan, registered, or schedule_failed
     due_at: float | None
     next_at: float
     job_id: str | None = None
@@ -69,11 +69,15 @@ class Fired:
 def fire_schedules(
     tx: Tx,
     local: Mapping[str, tuple[str, Schedule]],
-    make_job: Callable[[str], NewJob],
+    jobs: Mapping[str, NewJob | dict[str, Any]],
 ) -> list[Fired]:
     """Fire every due repeating job once. `local` maps job names this process defines to
     (queue, schedule); deployed schedules it does not define are due too, and get a
-    `schedule_orphan` event instead of a job. See schedules.py for the catch-up rule."""
+    `schedule_orphan` event instead of a job. See schedules.py for the catch-up rule.
+
+    `jobs` holds, for each local name, the job to enqueue if it fires, prepared before
+    the transaction (preparing runs the application's group function), or the error
+    that preparing it raised: the schedule then fires with that error and no job."""
     known = dict(local)
     for name, queue, data_text in tx.rows(sql.LIST_DEFINITIONS):
         if name not in known:
@@ -101,11 +105,14 @@ def fire_schedules(
         next_at = schedule.next_after(due, tx.now)
         missed = _missed(schedule, due, tx.now)
         data = {"spec": spec, "due_at": due, "next_at": next_at, "missed": missed}
-        if name in local:
-            job = make_job(name)
+        if name in local and isinstance(job := jobs[name], NewJob):
             enqueue(tx, [job])
             tx.append("schedule", job.id, queue, name, data={**data, "job_id": job.id})
             fired.append(Fired(name, "schedule", due, next_at, job.id, missed))
+        elif name in local:
+            tx.append("schedule", queue=queue, job=name, data={
+                **data, "job_id": None, "reason": "job_not_prepared", "error": job})
+            fired.append(Fired(name, "schedule_failed", due, next_at, None, missed))
         else:
             tx.append("schedule_orphan", queue=queue, job=name, data={
                 **data, "reason": "no definition of this job in the orchestrator's process"})

@@ -16,7 +16,7 @@ import attrs
 from ..codec import dumps
 from ..errors import JobStateConflict, UnknownJob
 from ..jobs import Child
-from ..outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure
+from ..outcomes import EXHAUSTED_HOOK, Planned
 from . import connection, flows, seals, sql
 from .tx import NewEvent, Tx, refusal
 
@@ -122,8 +122,13 @@ def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
     only if that seal is still the newest event, and SQLite refuses the write if another
     commit landed after the statement began, so the chain can never fork. Returns
     whether it wrote; if not (or the file is busy), nothing was written and the caller
-    takes the general path."""
-    if job.key is not None or not last.position:
+    takes the general path.
+
+    `now` is the clock read just before; `conn` must not wait for the write lock
+    (busy_timeout 0), so that the statement either takes the lock at once, at that time,
+    or does not write. A `now` before that newest seal's time is left to the general
+    path too, which stamps its events no earlier (see `Tx.locked`)."""
+    if job.key is not None or not last.position or now < last.at:
         return False
     first = last.position + 1
     text = job.event_text()
@@ -143,7 +148,7 @@ def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
         raise
     if cursor.rowcount != 2:
         return False
-    last.position, last.hash = first + 1, sealed
+    last.position, last.hash, last.at = first + 1, sealed, now
     return True
 
 
@@ -309,31 +314,15 @@ class Attempt:
     worker: str
 
 
-def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> None:
-    """Append the outcome events of an attempt; refused (LeaseLost) if it is not held."""
-    for step in planned:
+def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> list[Planned]:
+    """Append the outcome events of an attempt; refused (LeaseLost) if it is not held.
+    Returns the steps with their times set from the commit's (`Planned.due_in`)."""
+    stamped = [Planned(step.kind, step.stamped(tx.now)) for step in planned]
+    for step in stamped:
         tx.append(step.kind, held.job_id, held.queue, held.name, held.attempt,
                   held.worker, step.data)
-    flows.settle_planned(tx, held.job_id, planned)
-
-
-def rescue_expired(
-    tx: Tx,
-    policy_for: Callable[[str, int | None], RetryPolicy],
-    rescuer: str,
-    limit: int = 500,
-) -> int:
-    """Put back (or expire) every job whose lease ran out; returns how many."""
-    rows = tx.rows(sql.EXPIRED_LEASES, (tx.now, limit))
-    for job_id, queue, name, attempt, errors, max_attempts, holder in rows:
-        error = {"type": "LeaseExpired",
-                 "message": f"worker {holder} stopped renewing its lease", "traceback": ""}
-        steps = after_failure("rescue", error, errors, policy_for(name, max_attempts),
-                              tx.now, extra={"reason": "lease_expired", "holder": holder})
-        for step in steps:
-            tx.append(step.kind, job_id, queue, name, attempt, rescuer, step.data)
-        flows.settle_planned(tx, job_id, steps)
-    return len(rows)
+    flows.settle_planned(tx, held.job_id, stamped)
+    return stamped
 
 
 def release_previous(tx: Tx, worker: str, queues_json: str) -> list[str]:

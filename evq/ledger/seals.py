@@ -55,6 +55,7 @@ class LastSeal:
 
     position: int = 0
     hash: str = GENESIS
+    at: float = 0.0  # the seal's time: no later commit may be stamped before it
 
 
 def previous_hash(conn: sqlite3.Connection, first: int, last: LastSeal | None) -> str:

@@ -51,6 +51,12 @@ APPEND_EVENT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# The newest event's time (a lookup at the end of the rowid tree).
+NEWEST_AT = "SELECT at FROM evq_events ORDER BY position DESC LIMIT 1"
+# A write that changes nothing but takes the write lock now, inside a caller's
+# transaction that may have only read so far.
+TAKE_WRITE_LOCK = "DELETE FROM evq_meta WHERE 0"
+
 # --- seals (the hash chain lives in the log: a `seal` event ends each commit) -----------
 # Scans back from the newest event; the previous seal is just before this commit's events.
 LAST_SEAL = (
@@ -103,10 +109,12 @@ WHERE state = 'pending'
 
 # --- leases --------------------------------------------------------------------------
 EXPIRED_LEASES = """
-SELECT id, queue, name, attempt, errors, max_attempts, worker
+SELECT id, queue, name, attempt, errors, max_attempts, worker, lease_until
 FROM evq_jobs WHERE state = 'running' AND lease_until <= ?
 ORDER BY lease_until LIMIT ?
 """
+# Which attempt of a job runs now, and until when its lease holds (a rescue's fence).
+LEASE_OF = "SELECT state, attempt, lease_until FROM evq_jobs WHERE id = ?"
 RUNNING_UNDER_WORKER = """
 SELECT id, queue, name, attempt, run_at FROM evq_jobs
 WHERE state = 'running' AND worker = ? AND queue IN (SELECT value FROM json_each(?))
@@ -235,7 +243,14 @@ PROJECTIONS = {
     "evq_deleted_jobs": "id, enqueue_position, deleted_position",
 }
 IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-LAST_POSITION_AT = "SELECT coalesce(max(position), 0) FROM evq_events WHERE at <= ?"
+# The ledger as it stood at a time: every event before the first one stamped later.
+# (`at` never decreases in position order, so these are exactly the events stamped at or
+# before that time; in a ledger written before that held, nothing stamped later is
+# taken in.)
+LAST_POSITION_AT = """
+SELECT coalesce((SELECT min(position) FROM evq_events WHERE at > ?1) - 1,
+                (SELECT max(position) FROM evq_events), 0)
+"""
 SOURCE_EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position > ? AND position <= ? "
     "ORDER BY position LIMIT ?"

@@ -1,6 +1,12 @@
 """A transaction on a ledger connection, as operations see it: append events, run named
 queries. It records what it appended so that the committer can hand the very same
-events to subscribers after the commit."""
+events to subscribers after the commit.
+
+Its time (`now`, every event's `at`, and every lease and retry time computed from it) is
+read once the transaction holds the write lock, and is never before the newest event's
+`at`: so `at` never decreases in position order, whichever process, clock or writer
+wrote the events, and a lease written after a long wait for the lock starts when the
+write lands, not when it was asked for."""
 
 from __future__ import annotations
 
@@ -23,15 +29,29 @@ NewEvent = tuple[str, str | None, str | None, str | None, int | None, str | None
 
 
 class Tx:
-    """Appends events inside a transaction someone else opened and will commit."""
+    """Appends events inside a transaction someone else opened and will commit. Make it
+    with `Tx.locked` once that transaction holds the write lock."""
 
-    __slots__ = ("appended", "conn", "lines", "now")
+    __slots__ = ("appended", "conn", "last_at", "lines", "now")
 
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: float, last_at: float | None = None
+                 ) -> None:
         self.conn = conn
         self.now = now
+        # The newest event's `at` before this transaction (None: no event yet). The
+        # ledger took no commit between then and now.
+        self.last_at = last_at
         self.appended: list[AppendedRow] = []
         self.lines: list[bytes] = []  # what the seal of this transaction will hash
+
+    @classmethod
+    def locked(cls, conn: sqlite3.Connection, clock_now: float) -> Tx:
+        """A transaction on `conn`, which holds the write lock; `clock_now` is the clock
+        read after the lock was taken. Its time is that, or the newest event's `at` if
+        that is later (a clock that stepped back, or another process's clock ahead)."""
+        row = conn.execute(sql.NEWEST_AT).fetchone()
+        last_at = None if row is None else float(row[0])
+        return cls(conn, clock_now if last_at is None else max(clock_now, last_at), last_at)
 
     def mark(self) -> int:
         return len(self.appended)
@@ -52,7 +72,7 @@ class Tx:
         data = {"first": first, "hash": sealed}
         position = self.append(seals.SEAL, data=data, text=seals.data_text(first, sealed))
         if last is not None:
-            last.position, last.hash = position, sealed
+            last.position, last.hash, last.at = position, sealed, self.now
 
     def append(
         self,

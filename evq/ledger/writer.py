@@ -5,13 +5,19 @@ that moment in one `BEGIN IMMEDIATE ... COMMIT`, each inside its own savepoint s
 refused operation (say, a fenced report) leaves the others intact, then resolves each
 caller's future and hands the committed events on. One thread hop per batch, however
 many jobs the batch carries: that is where evq's speed comes from.
+
+A commit reads the clock only once it holds the write lock (see `Tx.locked`), and waits
+for that lock at most `busy_timeout` in all, then fails with LedgerLocked. A wait long
+enough to be a stall is recorded in the ledger (see stalls.py). Every driver error
+reaches the callers as the typed error that says what happened (ledger/failures.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +26,7 @@ from typing import Any, TypeVar
 from ..clock import Clock
 from ..errors import ContextClosed
 from ..logs import get_logger
-from . import connection, seals, sql
+from . import connection, failures, seals, sql, stalls
 from .tx import AppendedRow, Tx
 from .wal import WalWatch
 
@@ -31,7 +37,9 @@ OnCommit = Callable[[list[AppendedRow]], None]
 # A batch this light (in events it may write) commits on the event loop itself: the hop to
 # the writer thread would cost as much as the commit. Never with power-loss durability.
 INLINE_MAX_WEIGHT = 8
-BEGIN_RETRIES = 30
+# SQLite's busy handler does the waiting; when it reports busy at once anyway (a WAL
+# being recovered, say), try again after this long, within the same busy_timeout.
+BEGIN_PAUSE = 0.005
 
 _log = get_logger("evq.writer")
 
@@ -66,6 +74,9 @@ class Writer:
         self._last_seal: dict[int, seals.LastSeal] = {}
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._weight = 0
+        # Monotonic time since which this writer has wanted the write lock through a
+        # stall (a long wait, or a wait given up on), until a commit records it.
+        self._stalled_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -142,11 +153,12 @@ class Writer:
                     done = await loop.run_in_executor(self._executor, self._commit, ops)
                 results, appended = done
             except BaseException as exc:  # the commit itself failed: nobody's op landed
-                _log.error("evq.commit_failed", error=repr(exc), ops=len(batch))
+                failure = self._typed(exc)
+                _log.error("evq.commit_failed", error=str(failure), kind=type(failure).__name__,
+                           ops=len(batch))
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception)
-                                             else RuntimeError(repr(exc)))
+                        future.set_exception(failure)
                 continue
             for (_, future), (ok, value) in zip(batch, results, strict=True):
                 if future.done():
@@ -154,11 +166,18 @@ class Writer:
                 if ok:
                     future.set_result(value)
                 else:
-                    future.set_exception(value)
+                    future.set_exception(self._typed(value))
             if appended:
                 self._on_commit(appended)
             if self._queue:
                 self._wake.set()
+
+    def _typed(self, exc: BaseException) -> Exception:
+        """What a caller gets for an exception raised while committing."""
+        if isinstance(exc, sqlite3.Error):
+            return failures.ledger_error(exc, self._path, "writing to",
+                                         self._busy_timeout_ms / 1000)
+        return exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
 
     def _commit_inline(self, ops: list[Op]
                        ) -> tuple[list[tuple[bool, Any]], list[AppendedRow]] | None:
@@ -167,11 +186,11 @@ class Writer:
         conn = self._inline
         if conn is None or self._wal.wants_checkpoint():
             return None
-        now = self._clock.now()
         try:
-            outcome = self._run_batch(conn, ops, now, isolate=False, begin=False)
-        except _Refused:
-            outcome = self._run_batch(conn, ops, now, isolate=True, begin=False)
+            try:
+                outcome = self._run_batch(conn, ops, isolate=False, begin=False)
+            except _Refused:
+                outcome = self._run_batch(conn, ops, isolate=True, begin=False)
         except _Busy:
             return None
         self.commits += 1
@@ -186,16 +205,15 @@ class Writer:
         result is handed back."""
         conn = self._conn
         assert conn is not None
-        now = self._clock.now()
         try:
-            results, appended = self._run_batch(conn, ops, now, isolate=False)
+            results, appended = self._run_batch(conn, ops, isolate=False)
         except _Refused:
-            results, appended = self._run_batch(conn, ops, now, isolate=True)
+            results, appended = self._run_batch(conn, ops, isolate=True)
         self.commits += 1
         self._wal.after_commit(conn, self._busy_timeout_ms)
         return results, appended
 
-    def _run_batch(self, conn: sqlite3.Connection, ops: list[Op], now: float, *,
+    def _run_batch(self, conn: sqlite3.Connection, ops: list[Op], *,
                    isolate: bool, begin: bool = True
                    ) -> tuple[list[tuple[bool, Any]], list[AppendedRow]]:
         if begin:
@@ -204,10 +222,16 @@ class Writer:
             try:
                 conn.execute(sql.BEGIN_IMMEDIATE)
             except sqlite3.OperationalError as exc:
-                raise _Busy from exc
-        tx = Tx(conn, now)
+                if connection.is_busy(exc):
+                    raise _Busy from exc
+                raise
         results: list[tuple[bool, Any]] = []
         try:
+            tx = Tx.locked(conn, self._clock.now())
+            if self._stalled_since is not None:
+                span = stalls.record(tx, time.monotonic() - self._stalled_since)
+                _log.warning("evq.ledger_stalled", path=self._path, waited=round(
+                    span[1] - span[0], 3), since=span[0], until=span[1])
             for op in ops:
                 if not isolate:
                     try:
@@ -233,18 +257,33 @@ class Writer:
         except BaseException:
             self._last_seal.pop(id(conn), None)
             if conn.in_transaction:
-                conn.execute(sql.ROLLBACK)
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                    conn.execute(sql.ROLLBACK)
             raise
+        self._stalled_since = None
         return results, tx.appended
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        # busy_timeout already waits; this loop only covers a lock held even longer.
-        for attempt in range(BEGIN_RETRIES):
+        """BEGIN IMMEDIATE, waiting for the write lock at most busy_timeout in all; past
+        it, the busy error (the caller gets LedgerLocked). A long wait is a stall."""
+        asked = time.monotonic()
+        deadline = asked + self._busy_timeout_ms / 1000
+        while True:
             try:
                 conn.execute(sql.BEGIN_IMMEDIATE)
-                return
+                break
             except sqlite3.OperationalError as exc:
                 if not connection.is_busy(exc):
                     raise
-                _log.warning("evq.writer_busy", attempt=attempt + 1, thread=threading.get_ident())
-        conn.execute(sql.BEGIN_IMMEDIATE)
+                if time.monotonic() >= deadline:
+                    self._note_stall(asked)
+                    _log.warning("evq.writer_busy", path=self._path,
+                                 waited=round(time.monotonic() - asked, 3))
+                    raise
+                time.sleep(BEGIN_PAUSE)
+        if time.monotonic() - asked >= stalls.STALL:
+            self._note_stall(asked)
+
+    def _note_stall(self, asked: float) -> None:
+        if self._stalled_since is None or asked < self._stalled_since:
+            self._stalled_since = asked

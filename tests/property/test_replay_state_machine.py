@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from evq.errors import EvqError, LeaseLost
-from evq.ledger import connection, ops, replay, seals, trees
+from evq.ledger import connection, ops, replay, rescues, seals, trees
 from evq.ledger.tx import Tx
 from evq.outcomes import Planned, RetryPolicy, after_failure
 from evq.retry import Fixed
@@ -140,9 +140,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if outcome == "success":
             planned = [Planned("success", {"result": data.draw(payloads)})]
         elif outcome == "error":
-            planned = after_failure("error", error, model["errors"], policy, self.now)
+            planned = after_failure("error", error, model["errors"], policy)
         elif outcome == "fail":
-            planned = after_failure("error", error, model["errors"], policy, self.now,
+            planned = after_failure("error", error, model["errors"], policy,
                                     retryable=False)
         elif outcome in ("requeue", "defer"):
             planned = [Planned(outcome, {"reason": "test", "run_at": self.now + 3})]
@@ -180,8 +180,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def rescue(self) -> None:
-        self.write(lambda tx: ops.rescue_expired(
-            tx, lambda name, most: RetryPolicy(most, Fixed(2.0)), "rescuer"))
+        def rescue(tx: Tx) -> int:
+            found, _ = rescues.expired_leases(tx)
+            return rescues.rescue(tx, [rescues.rescue_of(
+                lease, RetryPolicy(lease.max_attempts, Fixed(2.0))) for lease in found],
+                "rescuer")
+
+        self.write(rescue)
         for job_id in [j for j, held in self.held.items()
                        if self.jobs[j]["lease_until"] <= self.now]:
             model = self.jobs[job_id]
