@@ -138,7 +138,8 @@ class Worker:
             self._claim_op, queues=queues, queue_limits=limits,
             queues_json=json.dumps(queues),
             names_json=json.dumps(sorted(definitions)),
-            lease_for=lambda name: definitions[name].lease)
+            lease_for=lambda name: definitions[name].lease,
+            run_later=frozenset(n for n, d in definitions.items() if d.okay_to_run))
         self._stopping = False
         start_count = self.jobs_done
         await self._announce(queues, sorted(definitions))
@@ -274,13 +275,14 @@ class Worker:
     # --- operations run inside the writer's transaction ---------------------------------
     def _claim_op(self, tx: Tx, *, queues: list[str], queue_limits: dict[str, int],
                   queues_json: str, names_json: str, limit: int,
-                  lease_for: Callable[[str], float]
+                  lease_for: Callable[[str], float], run_later: frozenset[str]
                   ) -> tuple[list[ops.Claimed], float | None]:
         ops.rescue_expired(tx, self.ctx.retry_policy, self.name)
         if tx.now - self._seen_at >= SEEN_EVERY:
             maintenance.see_worker(tx, self.name, self._names)
             self._seen_at = tx.now
-        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits)
+        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits,
+                            run_later)
         if len(claimed) == limit:
             return claimed, None
         # Due jobs that could not be taken (paused queue, limit reached, group busy) wait
@@ -362,12 +364,10 @@ class Worker:
         try:
             payload = codec.decode_as(definition.payload_type, job.payload)
             job.payload = payload
-            if definition.okay_to_run is not None and not await self._maybe_await(
-                    definition.okay_to_run, payload, job):
-                delay = definition.requeue_delay
-                log.info("evq.job_deferred", delay=delay)
-                return lambda now: [Planned("defer", {"reason": "okay_to_run", "delay": delay,
-                                                      "run_at": now + delay})]
+            if definition.okay_to_run is not None:
+                not_now = await self._okay_to_run(definition, payload, job, log)
+                if not_now is not None:
+                    return not_now
             args = (payload, job)[: definition.handler_arity]
             assert definition.handler is not None
             if definition.is_async:
@@ -389,6 +389,26 @@ class Worker:
             return lambda now: after_failure("error", error, errors, policy, now)
         chosen = job.outcome or Planned("success", {"result": result})
         return self._plan_outcome(chosen, errors, policy, log, definition.failure_delay)
+
+    async def _okay_to_run(self, definition: JobDefinition[Any], payload: Any, job: Job,
+                           log: Any) -> Plan | None:
+        """Ask okay_to_run. Not now: a `defer` that gives the attempt back (a defer is not
+        a run). Yes: the attempt's `run` event, then None (the handler may start)."""
+        assert definition.okay_to_run is not None
+        if not await self._maybe_await(definition.okay_to_run, payload, job):
+            delay = definition.requeue_delay
+            log.info("evq.job_deferred", delay=delay)
+            before = job.attempt - 1
+            return lambda now: [Planned("defer", {
+                "reason": "okay_to_run", "delay": delay, "run_at": now + delay,
+                "attempt_before": before})]
+        held = ops.Attempt(job.id, job.queue, job.name, job.attempt, self.name)
+        try:
+            await self.ctx.writer.run(functools.partial(ops.start_run, held=held))
+        except LeaseLost as exc:  # cancelled or rescued while okay_to_run was asked
+            log.warning("evq.lease_lost", error=str(exc))
+            return lambda now: []
+        return None
 
     async def _maybe_await(self, check: Callable[..., Any], *args: Any) -> Any:
         """Call a hook that may be async, or sync (then in a thread, off the loop)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -193,8 +193,11 @@ def claim(
     worker: str,
     lease_seconds: Callable[[str], float],
     queue_limits: Mapping[str, int] | None = None,
+    run_later: Container[str] = frozenset(),
 ) -> list[Claimed]:
     """Take up to `limit` due jobs: a dequeue and a run event each, in this transaction.
+    Jobs named in `run_later` (their definition asks `okay_to_run` first) get the dequeue
+    alone: their worker appends `run` once okay_to_run agrees (`start_run`).
 
     Paused queues are skipped; a queue with a limit in `queue_limits` gets no more than
     the limit minus the jobs of that queue running now in any process; at most one job
@@ -229,7 +232,8 @@ def claim(
         lease_until = tx.now + lease_seconds(name)
         events.append(("dequeue", job_id, queue, name, attempt + 1, worker,
                        {"lease_until": lease_until}, None))
-        events.append(("run", job_id, queue, name, attempt + 1, worker, {}, None))
+        if name not in run_later:
+            events.append(("run", job_id, queue, name, attempt + 1, worker, {}, None))
         claimed.append(Claimed(
             job_id, queue, name, attempt + 1, errors, max_attempts, priority, run_at,
             enqueued_at, json.loads(enqueue_data)["payload"], lease_until,
@@ -307,6 +311,12 @@ class Attempt:
     name: str
     attempt: int
     worker: str
+
+
+def start_run(tx: Tx, held: Attempt) -> None:
+    """The handler of a job claimed with its dequeue alone starts now: its `run` event
+    (refused, LeaseLost, if the attempt is no longer held)."""
+    tx.append("run", held.job_id, held.queue, held.name, held.attempt, held.worker, {})
 
 
 def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> None:

@@ -73,7 +73,45 @@ async def test_okay_to_run_defers_without_using_an_attempt(ctx, clock):
     await ctx.drain()
     assert ran == ["video"]
     assert await kinds_of(ctx, job_id) == [
-        "enqueue", "dequeue", "run", "defer", "dequeue", "run", "success"]
+        "enqueue", "dequeue", "defer", "dequeue", "run", "success"]
+
+
+async def test_a_defer_is_not_a_run_nor_an_attempt(ctx, clock):
+    """A max_attempts=1 job deferred three times runs as its first attempt, and the
+    ledger holds one `run`: a defer neither uses an attempt nor dilutes the stats."""
+    answers = iter([False, False, False, True])
+    seen: list[int] = []
+    ctx.define("encode", lambda payload, job: seen.append(job.attempt), max_attempts=1,
+               requeue_delay=5, okay_to_run=lambda payload, job: next(answers))
+    job_id = await ctx.enqueue("encode", "video")
+    for _ in range(3):
+        await ctx.drain()
+        record = await ctx.get_job(job_id)
+        assert (record.state, record.attempt) == (evq.JobState.PENDING, 0)
+        clock.advance(5)
+    await ctx.drain()
+    record = await ctx.get_job(job_id)
+    assert seen == [1]
+    assert (record.state, record.attempt, record.errors) == (evq.JobState.SUCCEEDED, 1, 0)
+    kinds = await kinds_of(ctx, job_id)
+    assert kinds.count("run") == 1 and kinds.count("defer") == 3
+    defers = [e for e in await ctx.history(job_id) if e.kind == "defer"]
+    assert [e.data["attempt_before"] for e in defers] == [0, 0, 0]
+    assert replay.check(ctx.path).ok
+
+
+async def test_a_job_cancelled_while_okay_to_run_is_asked_never_runs(ctx):
+    ran: list[str] = []
+
+    async def ask(payload, job):
+        await ctx.cancel(job.id)
+        return True
+
+    ctx.define("encode", ran.append, okay_to_run=ask)
+    job_id = await ctx.enqueue("encode", "video")
+    await ctx.drain()
+    assert ran == []
+    assert await kinds_of(ctx, job_id) == ["enqueue", "dequeue", "cancel"]
 
 
 async def test_requeue_on_failure_puts_a_failed_job_back_after_the_delay(ctx, clock):
