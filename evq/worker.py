@@ -48,6 +48,15 @@ def default_worker_name() -> str:
     return f"{host or 'host'}:{os.getpid()}:{next(_counter)}"
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _ran_past(timeout: float | None) -> str:
+    return f"the handler ran past its timeout of {timeout} s"
+
+
 @attrs.define(eq=False)
 class _Running:
     claimed: ops.Claimed
@@ -368,17 +377,7 @@ class Worker:
                 not_now = await self._okay_to_run(definition, payload, job, log)
                 if not_now is not None:
                     return not_now
-            args = (payload, job)[: definition.handler_arity]
-            assert definition.handler is not None
-            if definition.is_async:
-                pending = definition.handler(*args)
-            else:
-                pending = asyncio.get_running_loop().run_in_executor(
-                    self.ctx.sync_executor(), functools.partial(definition.handler, *args))
-            if definition.timeout is not None:
-                result = await asyncio.wait_for(pending, definition.timeout)
-            else:
-                result = await pending
+            result = await self._invoke(definition, (payload, job), job, log)
         except UnrecoverableError as exc:
             log.warning("evq.job_failed", error=repr(exc))
             error = describe_error(exc)
@@ -389,6 +388,46 @@ class Worker:
             return lambda now: after_failure("error", error, errors, policy, now)
         chosen = job.outcome or Planned("success", {"result": result})
         return self._plan_outcome(chosen, errors, policy, log, definition.failure_delay)
+
+    async def _invoke(self, definition: JobDefinition[Any], args: tuple[Any, ...], job: Job,
+                      log: Any) -> Any:
+        """Run the handler. With a timeout, an async handler is cancelled once it has run
+        for `timeout` seconds. A sync handler's thread cannot be stopped: its timeout
+        counts from when the thread starts it (a handler still waiting for a thread is not
+        timed out), then `job.cancel_requested` is set and the job keeps its slot, group
+        and lease until the thread returns. Either way the attempt ends in TimeoutError."""
+        handler = definition.handler
+        assert handler is not None
+        args = args[: definition.handler_arity]
+        timeout = definition.timeout
+        if definition.is_async:
+            if timeout is None:
+                return await handler(*args)
+            try:
+                return await asyncio.wait_for(handler(*args), timeout)
+            except TimeoutError:
+                raise TimeoutError(_ran_past(timeout)) from None
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def call() -> Any:
+            loop.call_soon_threadsafe(_resolve, started)
+            return handler(*args)
+
+        finished = loop.run_in_executor(self.ctx.sync_executor(), call)
+        if timeout is None:
+            return await finished
+        await asyncio.wait([started, finished], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            return await asyncio.wait_for(asyncio.shield(finished), timeout)
+        except TimeoutError:
+            job.cancel_requested = True
+            log.warning("evq.job_timed_out", timeout=timeout,
+                        note="the handler's thread is told to stop (job.cancel_requested); "
+                        "the job keeps its slot and group until it returns")
+            with contextlib.suppress(Exception):
+                await finished
+            raise TimeoutError(_ran_past(timeout)) from None
 
     async def _okay_to_run(self, definition: JobDefinition[Any], payload: Any, job: Job,
                            log: Any) -> Plan | None:
