@@ -15,7 +15,6 @@ import inspect
 import itertools
 import json
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import codec
+from .awaiting import Later, call_in_loop
 from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
 from .jobs import Job, JobDefinition
 from .ledger import maintenance, ops
@@ -32,6 +32,7 @@ from .ledger.tx import Tx
 from .logs import get_logger
 from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
 from .retry import Fixed
+from .signals import stop_on_signals
 
 if TYPE_CHECKING:
     from .context import Context
@@ -120,11 +121,27 @@ class Worker:
         self._names: list[str] = []
         self._seen_at = float("-inf")
         self._hooks_again = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: asyncio.Future[None] | None = None
 
-    def stop(self) -> None:
-        """Ask the worker to stop: no new claims; running jobs finish within `grace`."""
+    def stop(self) -> Later:
+        """Ask the worker to stop: no new claims; running jobs finish within `grace`.
+        A plain call (from any thread) only asks; `await worker.stop()` also waits until
+        `run()` has finished (at once when awaited by one of this worker's own jobs,
+        which the worker itself waits for)."""
         self._stopping = True
-        self._wake.set()
+        call_in_loop(self._loop, self._wake.set)
+        return Later(self._until_stopped)
+
+    async def _until_stopped(self) -> None:
+        finished = self._finished
+        if finished is None or finished.done():
+            return
+        current = asyncio.current_task()
+        if current is self._hooks_task or any(
+                run.task is current for run in (*self._running.values(), *self._superseded)):
+            return
+        await asyncio.shield(finished)
 
     @property
     def running(self) -> int:
@@ -132,7 +149,20 @@ class Worker:
 
     async def run(self, *, until_idle: bool = False, handle_signals: bool = False) -> int:
         """Serve jobs until stopped (or, with until_idle, until no job is due and none is
-        running). Returns the number of jobs this call ran to an outcome."""
+        running). Returns the number of jobs this call ran to an outcome. handle_signals:
+        SIGINT and SIGTERM stop this worker, and every other worker and orchestrator of
+        this event loop that asked for it too (see `evq.serve`)."""
+        self._loop = asyncio.get_running_loop()
+        self._finished = finished = self._loop.create_future()
+        forget_signals = stop_on_signals(self.stop) if handle_signals else None
+        try:
+            return await self._serve(until_idle)
+        finally:
+            if forget_signals is not None:
+                forget_signals()
+            finished.set_result(None)
+
+    async def _serve(self, until_idle: bool) -> int:
         ctx = self.ctx
         on_startup = {name for name, q in ctx.queues.items() if q.run_on_startup}
         definitions = {
@@ -155,7 +185,6 @@ class Worker:
         remove_wake = ctx.on_wake(self._on_new_work)
         ctx._cancel_listeners.append(self._on_cancel)
         done = ctx.worker_running(self)
-        signals = self._install_signals() if handle_signals else []
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
         self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
         if any(d.on_max_attempts_exhausted for d in definitions.values()):
@@ -187,8 +216,6 @@ class Worker:
                 if next_at is not None and ctx.clock.now() >= next_at:
                     self._new_work = True
         finally:
-            for sig in signals:
-                asyncio.get_running_loop().remove_signal_handler(sig)
             remove_wake()
             ctx._cancel_listeners.remove(self._on_cancel)
             await self._finish_running()
@@ -254,15 +281,6 @@ class Worker:
         self._new_work = True
         self._foreign_commit = self._foreign_commit or foreign
         self._wake.set()
-
-    def _install_signals(self) -> list[signal.Signals]:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
-        return installed
 
     async def _wait(self, next_at: float | None) -> None:
         if self._wake.is_set():
