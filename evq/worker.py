@@ -26,11 +26,12 @@ import attrs
 from . import codec
 from .awaiting import Later, call_in_loop
 from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
+from .hooks import HookRunner
 from .jobs import Job, JobDefinition
 from .ledger import maintenance, ops
 from .ledger.tx import Tx
 from .logs import get_logger
-from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
+from .outcomes import Planned, RetryPolicy, after_failure, describe_error
 from .retry import Fixed
 from .signals import stop_on_signals
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .context import Context
 
 _counter = itertools.count(1)
-HOOK_LEASE = 300.0
+HOOK_LEASE = 30.0  # default seconds a hook's runner holds it between renewals
 CANCEL_CHECK_EVERY = 0.05  # real seconds between checks for cancels made elsewhere
 SEEN_EVERY = 10.0  # how often a worker renews its entry in the registry of live workers
 Plan = Callable[[float], list[Planned]]
@@ -77,6 +78,8 @@ class Worker:
 
     concurrency: handlers running at once. grace: seconds running jobs get to finish
     when the worker is stopped. batch_size: most jobs claimed per transaction.
+    hook_lease: seconds an on_max_attempts_exhausted hook run here is held between
+    renewals; a worker that dies mid-hook leaves it to another within that time.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Worker:
         name: str | None = None,
         grace: float = 30.0,
         batch_size: int = 100,
+        hook_lease: float = HOOK_LEASE,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -117,10 +121,14 @@ class Worker:
         self._next_cancel_check = 0.0
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = get_logger("evq.worker").bind(worker=self.name)
+        self.hook_lease = codec.check_delay(hook_lease, "hook_lease")
+        if self.hook_lease <= 0:
+            raise InvalidInput(f"hook_lease must be > 0 seconds, got {hook_lease!r}")
+        self._hooks: HookRunner | None = None
         self._hooks_task: asyncio.Task[None] | None = None
+        self._until_idle = False
         self._names: list[str] = []
         self._seen_at = float("-inf")
-        self._hooks_again = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finished: asyncio.Future[None] | None = None
 
@@ -187,8 +195,10 @@ class Worker:
         done = ctx.worker_running(self)
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
         self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
-        if any(d.on_max_attempts_exhausted for d in definitions.values()):
-            self._start_hooks()  # hooks left due by a process that died
+        self._until_idle = until_idle
+        if any(d.on_max_attempts_exhausted for d in ctx.definitions.values()):
+            self._hooks = HookRunner(ctx, self.name, self.hook_lease, self._log)
+            self._start_hooks()  # hooks left due, or leased by a runner that died
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -222,8 +232,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await ctx.writer.run(functools.partial(maintenance.forget_worker,
                                                        name=self.name))
-            if self._hooks_task is not None:
-                await asyncio.wait([self._hooks_task], timeout=self.grace)
+            await self._stop_hooks()
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
@@ -515,42 +524,29 @@ class Worker:
             return False
         return any(step.kind == "expire" and step.data.get("hook") for step in planned)
 
-    # --- the exhausted-attempts hook ----------------------------------------------------
+    # --- the exhausted-attempts hooks (run by hooks.HookRunner) --------------------------
     def _start_hooks(self) -> None:
+        """Start the hook runner (serving: it runs hooks as they become due; draining:
+        the ones due now), or poke it: a hook may have become due."""
+        if self._hooks is None:
+            return
         if self._hooks_task is None or self._hooks_task.done():
-            self._hooks_task = asyncio.get_running_loop().create_task(self._run_hooks())
+            self._hooks_task = asyncio.get_running_loop().create_task(
+                self._hooks.run(until_idle=self._until_idle))
         else:
-            self._hooks_again = True
+            self._hooks.poke()
 
-    async def _run_hooks(self) -> None:
-        """Run the due on_max_attempts_exhausted hooks of the jobs this worker knows.
-        Each run is recorded (`hook` started, then done or failed) under a lease, so a
-        hook is never lost and, once done, never run again."""
-        from .jobs import JobRecord
-
-        names = json.dumps(sorted(n for n, d in self.ctx.definitions.items()
-                                  if d.on_max_attempts_exhausted is not None))
-        self._hooks_again = True
-        while self._hooks_again:
-            self._hooks_again = False
-            rows = await self.ctx.writer.run(functools.partial(
-                ops.start_hooks, names_json=names, worker=self.name, lease=HOOK_LEASE,
-                limit=100))
-            for row in rows:
-                record = JobRecord.from_row(row)
-                hook = self.ctx.definitions[record.name].on_max_attempts_exhausted
-                assert hook is not None
-                log = self._log.bind(job_id=record.id, queue=record.queue, job=record.name,
-                                     hook=EXHAUSTED_HOOK)
-                error = None
-                try:
-                    await self._maybe_await(hook, record)
-                except Exception as exc:
-                    log.error("evq.hook_failed", error=repr(exc))
-                    error = describe_error(exc)
-                await self.ctx.writer.run(functools.partial(
-                    ops.finish_hook, job_id=record.id, queue=record.queue, name=record.name,
-                    attempt=record.attempt, worker=self.name, error=error))
+    async def _stop_hooks(self) -> None:
+        """The hook running, if any, gets `grace` seconds; cut short, it stays leased
+        and another worker takes it once the lease runs out."""
+        task = self._hooks_task
+        if self._hooks is None or task is None:
+            return
+        self._hooks.stop()
+        _, pending = await asyncio.wait([task], timeout=self.grace)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _heartbeats(self) -> None:
         clock = self.ctx.clock

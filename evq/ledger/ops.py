@@ -264,19 +264,31 @@ def reject(tx: Tx, jobs: Sequence[NewJob], reasons: Mapping[str, str]) -> None:
         tx.append("reject", job.id, job.queue, job.name, data=data)
 
 
-def start_hooks(tx: Tx, names_json: str, worker: str, lease: float, limit: int
-                ) -> list[tuple[Any, ...]]:
-    """Take the exhausted-attempts hooks that are due (or whose runner's lease ran out)
-    for these job names: a `hook` event with status started each."""
-    rows = tx.rows(sql.HOOKS_DUE, (tx.now, names_json, limit))
-    for row in rows:
-        tx.append("hook", row[0], row[1], row[2], row[6], worker,
-                  {"hook": EXHAUSTED_HOOK, "status": "started", "lease_until": tx.now + lease})
-    return [tuple(row) for row in rows]
+def take_hook(tx: Tx, names_json: str, worker: str, lease: float
+              ) -> tuple[tuple[Any, ...] | None, float | None]:
+    """Take one exhausted-attempts hook of these job names that is due (or whose
+    runner's lease ran out): a `hook` event with status started, and the job's row.
+    With none to take: (None, when the next runner's lease runs out, if any)."""
+    row = tx.one(sql.HOOKS_DUE, (tx.now, names_json, 1))
+    if row is None:
+        return None, tx.one(sql.NEXT_HOOK_LEASE_EXPIRY, (names_json,))[0]
+    tx.append("hook", row[0], row[1], row[2], row[6], worker,
+              {"hook": EXHAUSTED_HOOK, "status": "started", "lease_until": tx.now + lease})
+    return tuple(row), None
+
+
+def renew_hook(tx: Tx, job_id: str, queue: str, name: str, attempt: int, worker: str,
+               lease: float) -> None:
+    """The runner of a hook that is still running keeps it (refused, LeaseLost, if
+    another runner took it over)."""
+    tx.append("hook", job_id, queue, name, attempt, worker,
+              {"hook": EXHAUSTED_HOOK, "status": "renewed", "lease_until": tx.now + lease})
 
 
 def finish_hook(tx: Tx, job_id: str, queue: str, name: str, attempt: int, worker: str,
                 error: dict[str, Any] | None) -> None:
+    """The hook returned (done) or raised (failed); refused, LeaseLost, if another
+    runner took it over meanwhile (that runner's outcome is the one recorded)."""
     data: dict[str, Any] = {"hook": EXHAUSTED_HOOK, "status": "failed" if error else "done"}
     if error:
         data["error"] = error

@@ -207,11 +207,18 @@ SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, valu
        value ->> 6
 FROM json_each(?2)
 """
+# Both read through the partial index evq_jobs_hooks (its condition is repeated here).
 HOOKS_DUE = f"""
 SELECT {JOB_COLUMNS} FROM evq_jobs
-WHERE state = 'expired' AND (hook_state = 'due' OR (hook_state = 'running' AND lease_until <= ?))
+WHERE (hook_state = 'due' OR hook_state = 'running') AND state = 'expired'
+  AND (hook_state = 'due' OR lease_until <= ?)
   AND name IN (SELECT value FROM json_each(?))
 ORDER BY finished_at LIMIT ?
+"""
+NEXT_HOOK_LEASE_EXPIRY = """
+SELECT min(lease_until) FROM evq_jobs
+WHERE (hook_state = 'due' OR hook_state = 'running') AND state = 'expired'
+  AND hook_state = 'running' AND name IN (SELECT value FROM json_each(?))
 """
 HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM evq_events"
 

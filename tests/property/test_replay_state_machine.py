@@ -192,21 +192,53 @@ class LedgerMachine(RuleBasedStateMachine):
             if not retry:
                 self.settle(job_id, False)
 
-    @rule(worker=st.sampled_from(WORKERS))
-    def hooks_run(self, worker: str) -> None:
-        started = self.write(lambda tx: ops.start_hooks(tx, json.dumps(NAMES), worker, 20.0,
-                                                        10))
-        for row in started:
-            model = self.jobs[row[0]]
-            assert model["hook"] == "due" or (model["hook"] == "running"
-                                              and model["hook_until"] <= self.now)
-            model["hook"], model["hook_until"] = "running", self.now + 20.0
-            model["hook_worker"] = worker
-        for row in started[: len(started) // 2]:  # the others' runner dies mid-hook
-            job = self.jobs[row[0]]
-            self.write(lambda tx, row=row: ops.finish_hook(
-                tx, row[0], row[1], row[2], row[6], worker, None))
-            job["hook"] = "done"
+    @rule(worker=st.sampled_from(WORKERS), outcome=st.sampled_from(
+        ["done", "failed", "renewed", "dies"]))
+    def hook_runs(self, worker: str, outcome: str) -> None:
+        """A runner takes one hook (due, or whose runner's lease ran out), then ends it,
+        renews it, or dies with it."""
+        row, next_at = self.write(lambda tx: ops.take_hook(tx, json.dumps(NAMES), worker,
+                                                           20.0))
+        free = [j for j, m in self.jobs.items() if m["state"] == "expired" and (
+            m["hook"] == "due" or (m["hook"] == "running" and m["hook_until"] <= self.now))]
+        if row is None:
+            assert free == []
+            leases = [m["hook_until"] for m in self.jobs.values()
+                      if m["state"] == "expired" and m["hook"] == "running"]
+            assert next_at == (min(leases) if leases else None)
+            return
+        assert row[0] in free
+        model = self.jobs[row[0]]
+        model["hook"], model["hook_until"], model["hook_worker"] = (
+            "running", self.now + 20.0, worker)
+        if outcome == "dies":
+            return
+        if outcome == "renewed":
+            self.write(lambda tx: ops.renew_hook(tx, row[0], row[1], row[2], row[6], worker,
+                                                 30.0))
+            model["hook_until"] = self.now + 30.0
+            return
+        error = {"type": "E", "message": "x", "traceback": ""} if outcome == "failed" else None
+        self.write(lambda tx: ops.finish_hook(tx, row[0], row[1], row[2], row[6], worker,
+                                              error))
+        model["hook"] = outcome
+
+    @precondition(lambda self: any(m["hook"] == "running" for m in self.jobs.values()))
+    @rule(data=st.data(), worker=st.sampled_from(WORKERS))
+    def hook_runner_reports(self, data: st.DataObject, worker: str) -> None:
+        """A runner ends a hook it may no longer hold: refused unless it is the holder."""
+        job_id = data.draw(st.sampled_from(sorted(
+            j for j, m in self.jobs.items() if m["hook"] == "running")))
+        model = self.jobs[job_id]
+        row = self.conn.execute("SELECT queue, name, attempt FROM evq_jobs WHERE id = ?",
+                                (job_id,)).fetchone()
+        finish = lambda tx: ops.finish_hook(tx, job_id, *row, worker, None)  # noqa: E731
+        if worker != model["hook_worker"]:
+            with pytest.raises(LeaseLost):
+                self.write(finish)
+            return
+        self.write(finish)
+        model["hook"] = "done"
 
     @rule(worker=st.sampled_from(WORKERS))
     def worker_restarts(self, worker: str) -> None:
