@@ -65,10 +65,10 @@ class Orchestrator:
         archive_after: float = 7 * 86400,
         archive_every: float = 3600.0,
     ) -> None:
-        from .worker import default_worker_name
+        from .identity import unique_name
 
         self.ctx = ctx
-        self.name = codec.check_name(name or f"orchestrator-{default_worker_name()}",
+        self.name = codec.check_name(name or f"orchestrator-{unique_name()}",
                                      "orchestrator")
         self.interval = codec.check_delay(interval, "interval")
         self.leader_lease = codec.check_delay(leader_lease, "leader_lease")

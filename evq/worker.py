@@ -12,10 +12,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import itertools
 import json
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -23,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import codec
+from . import codec, identity
 from .awaiting import Later, call_in_loop
 from .errors import InvalidInput, InvalidPayload, LeaseLost, UnrecoverableError
 from .hooks import HookRunner
@@ -38,16 +35,10 @@ from .signals import stop_on_signals
 if TYPE_CHECKING:
     from .context import Context
 
-_counter = itertools.count(1)
 HOOK_LEASE = 30.0  # default seconds a hook's runner holds it between renewals
 CANCEL_CHECK_EVERY = 0.05  # real seconds between checks for cancels made elsewhere
 SEEN_EVERY = 10.0  # how often a worker renews its entry in the registry of live workers
 Plan = Callable[[float], list[Planned]]
-
-
-def default_worker_name() -> str:
-    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
-    return f"{host or 'host'}:{os.getpid()}:{next(_counter)}"
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -76,8 +67,10 @@ class Worker:
     """Runs the jobs of `queues` (default: every queue with a handler in this process
     whose settings say run_on_startup, as they do unless configured otherwise).
 
-    concurrency: handlers running at once. grace: seconds running jobs get to finish
-    when the worker is stopped. batch_size: most jobs claimed per transaction.
+    name: default, a stable name from the host and the queues, unique among live
+    workers (see identity.py); chosen when run() starts. concurrency: handlers running
+    at once. grace: seconds running jobs get to finish when the worker is stopped.
+    batch_size: most jobs claimed per transaction.
     hook_lease: seconds an on_max_attempts_exhausted hook run here is held between
     renewals; a worker that dies mid-hook leaves it to another within that time.
     """
@@ -101,7 +94,11 @@ class Worker:
         self.queues = None if queues is None else sorted(
             {codec.check_name(q, "queue") for q in queues})
         self.concurrency = concurrency
-        self.name = codec.check_name(name or default_worker_name(), "worker")
+        # An explicit name is kept; the default one is chosen when run() starts (a
+        # stable one: see identity.py). Until then, a name for this process alone.
+        self._chosen_name = None if name is None else codec.check_name(name, "worker")
+        self.name = self._chosen_name or identity.unique_name()
+        self._announced = False
         self.grace = codec.check_delay(grace, "grace")
         self.batch_size = max(1, int(batch_size))
         self.jobs_done = 0
@@ -168,6 +165,9 @@ class Worker:
         finally:
             if forget_signals is not None:
                 forget_signals()
+            if self._announced:
+                self._announced = False
+                identity.live_here.discard(self.name)
             finished.set_result(None)
 
     async def _serve(self, until_idle: bool) -> int:
@@ -241,19 +241,46 @@ class Worker:
         return self.jobs_done - start_count
 
     async def _announce(self, queues: list[str], names: list[str]) -> None:
-        """Say in the ledger that this worker is alive and what it runs, and, where its
-        queues ask for it, take back what a previous worker of this name was running."""
+        """Say in the ledger that this worker is alive and what it runs, under its name
+        (the default one chosen now: see identity.py), and, where its queues ask for it,
+        take back what the previous worker of this name, now gone, was running."""
         self._names = names
         restart = [q for q in queues
                    if (settings := self.ctx.queues.get(q)) is not None
                    and settings.retry_jobs_running_before_restart]
+        candidates = [self._chosen_name] if self._chosen_name else list(
+            identity.default_names(queues))
+        taken: list[str] = []
 
-        def op(tx: Tx) -> list[str]:
-            maintenance.see_worker(tx, self.name, names)
+        def op(tx: Tx) -> tuple[str, list[str]]:
+            name = maintenance.take_worker_name(
+                tx, candidates, lambda n, holder: identity.holder_gone(n, holder, tx.now))
+            if name is None and self._chosen_name:
+                holder = maintenance.worker_holder(tx, self._chosen_name)
+                where = f" (process {holder.pid} on {holder.host})" if holder else ""
+                raise InvalidInput(
+                    f"worker name {self._chosen_name!r} is held by a live worker{where}: "
+                    "two live workers never share a name; give this one another name, or "
+                    "stop that one first")
+            if name is None:
+                raise InvalidInput(f"{len(candidates)} live workers already serve these "
+                                   "queues on this host; give this one a name")
+            identity.live_here.add(name)  # before commit: a worker announced next in
+            taken.append(name)            # this same batch must not take it too
+            maintenance.see_worker(tx, name, names)
             self._seen_at = tx.now
-            return ops.release_previous(tx, self.name, json.dumps(restart)) if restart else []
+            released = ops.release_previous(tx, name, json.dumps(restart)) if restart else []
+            return name, released
 
-        released = await self.ctx.writer.run(op)
+        try:
+            name, released = await self.ctx.writer.run(op)
+        finally:
+            for name_tried in taken:
+                identity.live_here.discard(name_tried)
+        identity.live_here.add(name)
+        self._announced = True
+        self.name = name
+        self._log = get_logger("evq.worker").bind(worker=name)
         if released:
             self._log.info("evq.jobs_released_after_restart", jobs=len(released))
 

@@ -290,8 +290,10 @@ WHERE evq_leaders.holder = excluded.holder OR evq_leaders.lease_until <= ?
 """
 GET_LEADER = "SELECT holder, lease_until FROM evq_leaders WHERE role = ?"
 RELEASE_LEADERSHIP = "DELETE FROM evq_leaders WHERE role = ? AND holder = ?"
-SEE_WORKER = "INSERT OR REPLACE INTO evq_workers (name, jobs, last_seen) VALUES (?, ?, ?)"
-FORGET_WORKER = "DELETE FROM evq_workers WHERE name = ?"
+SEE_WORKER = ("INSERT OR REPLACE INTO evq_workers (name, jobs, last_seen, host, pid) "
+              "VALUES (?, ?, ?, ?, ?)")
+GET_WORKER = "SELECT host, pid, last_seen FROM evq_workers WHERE name = ?"
+FORGET_WORKER = "DELETE FROM evq_workers WHERE name = ? AND host IS ? AND pid IS ?"
 LIVE_WORKER_JOBS = "SELECT jobs FROM evq_workers WHERE last_seen > ?"
 ORPHAN_CANDIDATES = """
 SELECT id, queue, name FROM evq_jobs
