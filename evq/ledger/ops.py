@@ -39,12 +39,14 @@ class NewJob:
     payload_json: str | None = None
     retry_of: str | None = None
     parent: str | None = None
+    keep_children: bool = False  # a flow's parent: its children run on if it fails
 
     def event_text(self) -> str | None:
         """The enqueue event's data as JSON text, reusing the payload's text encoded at
         validation (the payload is the bulk of it; encoding it twice costs)."""
         if (self.payload_json is None or self.key is not None or self.group is not None
-                or self.retry_of is not None or self.parent is not None):
+                or self.retry_of is not None or self.parent is not None
+                or self.keep_children):
             return None
         attempts = "null" if self.max_attempts is None else int(self.max_attempts)
         return (f'{{"payload":{self.payload_json},"run_at":{float(self.run_at)!r},'
@@ -65,6 +67,8 @@ class NewJob:
             data["retry_of"] = self.retry_of
         if self.parent is not None:
             data["parent"] = self.parent
+        if self.keep_children:
+            data["keep_children"] = True
         return data
 
 

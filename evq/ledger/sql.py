@@ -155,6 +155,12 @@ JOB_COLUMNS = (
 JOB_FIELD = {name: index for index, name in enumerate(JOB_COLUMNS.split(", "))}
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
 EVENT_DATA = "SELECT data FROM evq_events WHERE position = ?"
+# Whether a flow's parent was enqueued with keep_children (its children run on when it
+# fails because of a child).
+KEEPS_CHILDREN = """
+SELECT json_extract(e.data, '$.keep_children') FROM evq_jobs AS j
+JOIN evq_events AS e ON e.position = j.enqueue_position WHERE j.id = ?
+"""
 # Job ids are in three places: the jobs, the deleted jobs, and the events of jobs never
 # added (a refused enqueue); evq_events_by_job leaves enqueue events out (schema v3).
 _JOB_IDS_WHERE = """

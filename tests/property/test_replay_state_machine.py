@@ -57,6 +57,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # flows: parent -> child -> {"on": on_failure, "state": edge state}
         self.edges: dict[str, dict[str, dict[str, str]]] = {}
         self.parent_of: dict[str, str] = {}
+        self.keeps_children: set[str] = set()  # parents enqueued with keep_children
 
     def teardown(self) -> None:
         if self.conn.execute("SELECT count(*) FROM evq_events").fetchone()[0]:
@@ -312,10 +313,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- flows -------------------------------------------------------------------------
     def new_node(self, queue: str, name: str, on_failure: str,
-                 children: tuple[trees.PlannedNode, ...] = (), key: str | None = None
-                 ) -> trees.PlannedNode:
+                 children: tuple[trees.PlannedNode, ...] = (), key: str | None = None,
+                 keep_children: bool = False) -> trees.PlannedNode:
         self.count += 1
-        job = ops.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key)
+        job = ops.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key,
+                         keep_children=keep_children)
         return trees.PlannedNode(job, on_failure, children)
 
     @rule(data=st.data(), key=st.sampled_from([None, None, "k1"]))
@@ -326,7 +328,8 @@ class LedgerMachine(RuleBasedStateMachine):
                              for _ in range(fanout))
             return self.new_node(data.draw(st.sampled_from(QUEUES)),
                                  data.draw(st.sampled_from(NAMES)), on_failure, children,
-                                 key)
+                                 key, keep_children=bool(children) and data.draw(
+                                     st.booleans()))
         root = grow(0, "wait", key)
         placed = self.write(lambda tx: trees.enqueue_tree(tx, root))
         if not placed.added:  # the key named a live job: nothing was added
@@ -354,6 +357,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.jobs[job.id] = {"state": "waiting" if node.children else "pending", "errors": 0,
                              "attempt": 0, "max": job.max_attempts, "group": None,
                              "queue": job.queue, "key": job.key, "hook": None}
+        if job.keep_children:
+            self.keeps_children.add(job.id)
         if parent is not None:
             self.edges.setdefault(parent, {})[job.id] = {"on": node.on_failure,
                                                         "state": "open"}
@@ -374,9 +379,19 @@ class LedgerMachine(RuleBasedStateMachine):
                          else FAILED_EDGE[edge["on"]])
         if edge["state"] == "failed" and edge["on"] == "fail_parent":
             self.jobs[parent]["state"] = "failed"
+            if parent not in self.keeps_children:
+                self.cancel_unstarted(parent)
             self.settle(parent, False)
         elif all(e["state"] not in ("open", "failed") for e in self.edges[parent].values()):
             self.jobs[parent]["state"] = "pending"
+
+    def cancel_unstarted(self, parent: str) -> None:
+        """A parent failed because of a child: its descendants that have not started
+        (pending or waiting) are cancelled; running ones run on."""
+        for child in self.edges.get(parent, {}):
+            if self.jobs[child]["state"] in ("pending", "waiting"):
+                self.jobs[child]["state"] = "cancelled"
+                self.cancel_unstarted(child)
 
     def cancel_in_model(self, job_id: str) -> list[str]:
         """Cancel a job and its live descendants; the ids, in the order ops cancels."""
