@@ -114,10 +114,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert self.jobs[job_id]["state"] in LIVE
 
     @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 4),
-          lease=st.sampled_from([10.0, 30.0]))
-    def claim(self, worker: str, limit: int, lease: float) -> None:
+          lease=st.sampled_from([10.0, 30.0]),
+          run_later=st.sampled_from([frozenset(), frozenset({"y"})]))
+    def claim(self, worker: str, limit: int, lease: float, run_later: frozenset[str]
+              ) -> None:
+        """run_later: names whose `run` waits for okay_to_run (a dequeue alone)."""
         claimed = self.write(lambda tx: ops.claim(
-            tx, QUEUES, json.dumps(NAMES), limit, worker, lambda n: lease, {"b": 2}))
+            tx, QUEUES, json.dumps(NAMES), limit, worker, lambda n: lease, {"b": 2},
+            run_later))
         assert len(claimed) <= limit
         for job in claimed:
             model = self.jobs[job.id]
@@ -130,7 +134,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), outcome=st.sampled_from(
-        ["success", "error", "fail", "requeue", "defer", "delete", "heartbeat"]))
+        ["success", "error", "fail", "requeue", "defer", "delete", "heartbeat", "run"]))
     def report(self, data: st.DataObject, outcome: str) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.held)))
         held = self.held[job_id]
@@ -145,8 +149,14 @@ class LedgerMachine(RuleBasedStateMachine):
         elif outcome == "fail":
             planned = after_failure("error", error, model["errors"], policy, self.now,
                                     retryable=False)
-        elif outcome in ("requeue", "defer"):
+        elif outcome == "requeue":
             planned = [Planned(outcome, {"reason": "test", "run_at": self.now + 3})]
+        elif outcome == "defer":  # okay_to_run said not now: the attempt is given back
+            planned = [Planned(outcome, {"reason": "test", "run_at": self.now + 3,
+                                         "attempt_before": held.attempt - 1})]
+        elif outcome == "run":  # okay_to_run agreed: the handler starts
+            self.write(lambda tx: ops.start_run(tx, held))
+            return
         elif outcome == "delete":
             planned = [Planned("delete", {"reason": "handler"})]
         else:
@@ -174,6 +184,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.settle(job_id, False, removed=True)
         else:
             model["state"] = "pending"
+            if outcome == "defer":
+                model["attempt"] -= 1
 
     @rule(seconds=st.sampled_from([1.0, 10.0, 31.0]))
     def advance(self, seconds: float) -> None:
@@ -446,8 +458,13 @@ class LedgerMachine(RuleBasedStateMachine):
             "SELECT position, kind, job_id, attempt FROM evq_events ORDER BY rowid").fetchall()
         positions = [e[0] for e in events]
         assert positions == sorted(set(positions))
-        claims = [(e[2], e[3]) for e in events if e[1] == "dequeue"]
-        assert len(claims) == len(set(claims)), "an attempt was claimed twice"
+        held: set[tuple[str, int]] = set()  # attempts claimed, less those given back
+        for _, kind, job_id, attempt in events:
+            if kind == "dequeue":
+                assert (job_id, attempt) not in held, "an attempt was claimed twice"
+                held.add((job_id, attempt))
+            elif kind == "defer" and (job_id, attempt) in held:
+                held.discard((job_id, attempt))  # a defer gives its attempt back
         per_job: dict[str, list[str]] = {}
         for _, kind, job_id, _ in events:
             if job_id and kind in TERMINAL:
