@@ -465,7 +465,8 @@ class Worker:
         started: asyncio.Future[None] = loop.create_future()
 
         def call() -> Any:
-            loop.call_soon_threadsafe(_resolve, started)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, started)
             return handler(*args)
 
         finished = loop.run_in_executor(self.ctx.sync_executor(), call)
