@@ -46,6 +46,7 @@ from .ledger.trees import FlowNode
 from .orchestrator import Orchestrator
 from .queues import Cleanup, Queue
 from .retry import Exponential, Fixed
+from .signals import serve
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -59,6 +60,6 @@ __all__ = [
     "InvalidInput", "InvalidName", "InvalidPayload", "InvalidTime", "Job", "JobDefinition",
     "JobRecord", "JobRejected", "JobState", "JobStateConflict", "LeaseLost", "LedgerError",
     "migrate", "Orchestrator", "OutcomeAlreadySet", "PayloadTooLarge", "Queue",
-    "schema_sql", "SubscriberState", "SystemClock", "UnknownJob", "UnrecoverableError",
+    "schema_sql", "serve", "SubscriberState", "SystemClock", "UnknownJob", "UnrecoverableError",
     "Worker", "__version__",
 ]

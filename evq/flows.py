@@ -36,7 +36,12 @@ class FlowJob:
     ignore_dependency_on_failure lets the parent run anyway (it sees the failure in
     `job.children`), remove_dependency_on_failure drops the child from the parent's
     dependencies. key makes the node idempotent: while a job with that key is live, it
-    stands in for this node and its subtree."""
+    stands in for this node and its subtree.
+
+    A parent that fails because of a child (fail_parent_on_failure) cancels its
+    descendants that have not started (reason parent_failed), as BullMQ users expect of
+    a failed flow; those already running finish. keep_children_on_failure=True on the
+    parent lets them run on instead."""
 
     job: str | JobDefinition[Any]
     payload: Any = None
@@ -44,6 +49,7 @@ class FlowJob:
     fail_parent_on_failure: bool = False
     ignore_dependency_on_failure: bool = False
     remove_dependency_on_failure: bool = False
+    keep_children_on_failure: bool = False
     key: str | None = None
     delay: float | None = None
     run_at: datetime | str | float | None = None
@@ -80,6 +86,11 @@ def plan(ctx: Context, node: FlowJob) -> PlannedNode:
                               priority=node.priority, key=node.key, group=node.group,
                               now=now)
             on_failure = node.on_failure
+            if node.keep_children_on_failure is not False:
+                if node.keep_children_on_failure is not True:
+                    raise InvalidInput("keep_children_on_failure must be True or False, got "
+                                       f"{node.keep_children_on_failure!r}")
+                job = attrs.evolve(job, keep_children=True)
             check_children(node.children, "children")
         except EvqError as exc:
             raise type(exc)(f"{path}: {exc}") from None

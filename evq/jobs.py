@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
+from .awaiting import DONE, Done
 from .codec import check_delay, check_name
 from .errors import InvalidInput, OutcomeAlreadySet
 from .outcomes import Planned, RetryPolicy, describe_error
@@ -198,7 +199,8 @@ class Job:
 
     Returning from the handler is success; raising is an error. The explicit outcomes
     (Joystick's `completed`, `failed`, `requeue`, `delete`) take effect when the handler
-    returns; choose at most one.
+    returns; choose at most one. Each is a plain call, and may also be awaited
+    (`await job.completed()`, as Joystick's handlers write it): the same thing.
     """
 
     id: str
@@ -245,26 +247,30 @@ class Job:
             )
         self._outcome = planned
 
-    def completed(self, result: Any = None) -> None:
+    def completed(self, result: Any = None) -> Done:
         """End the job as succeeded with `result` (same as returning it)."""
         self._choose(Planned("success", {"result": result}))
+        return DONE
 
-    def failed(self, reason: str | BaseException | None = None) -> None:
+    def failed(self, reason: str | BaseException | None = None) -> Done:
         """End the job as failed for good, without retrying."""
         if isinstance(reason, BaseException):
             error = describe_error(reason)
         else:
             error = {"type": "Failed", "message": reason or "", "traceback": ""}
         self._choose(Planned("fail", {"reason": "handler", "error": error}))
+        return DONE
 
-    def requeue(self, delay: float = 0.0) -> None:
+    def requeue(self, delay: float = 0.0) -> Done:
         """Put the job back to run again after `delay` seconds; no attempt is used up."""
         seconds = check_delay(delay)
         self._choose(Planned("requeue", {"reason": "handler", "delay": seconds}))
+        return DONE
 
-    def delete(self) -> None:
+    def delete(self) -> Done:
         """Remove the job from the current state (its events stay in the ledger)."""
         self._choose(Planned("delete", {"reason": "handler"}))
+        return DONE
 
 
 def _json_or_none(text: str | None) -> Any:

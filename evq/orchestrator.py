@@ -19,11 +19,13 @@ import attrs
 
 from . import archive as archiving
 from . import codec, rescuing
+from .awaiting import Later, call_in_loop
 from .errors import InvalidInput
 from .ledger import maintenance, ops
 from .logs import get_logger
 from .outcomes import describe_error
 from .schedules import Schedule
+from .signals import stop_on_signals
 
 if TYPE_CHECKING:
     from .context import Context
@@ -65,10 +67,10 @@ class Orchestrator:
         archive_after: float = 7 * 86400,
         archive_every: float = 3600.0,
     ) -> None:
-        from .worker import default_worker_name
+        from .identity import unique_name
 
         self.ctx = ctx
-        self.name = codec.check_name(name or f"orchestrator-{default_worker_name()}",
+        self.name = codec.check_name(name or f"orchestrator-{unique_name()}",
                                      "orchestrator")
         self.interval = codec.check_delay(interval, "interval")
         self.leader_lease = codec.check_delay(leader_lease, "leader_lease")
@@ -82,15 +84,38 @@ class Orchestrator:
         self.archive_every = codec.check_delay(archive_every, "archive_every")
         self._next_archive = float("-inf")
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: asyncio.Future[None] | None = None
         self._log = get_logger("evq.orchestrator").bind(orchestrator=self.name)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self) -> Later:
+        """Ask the orchestrator to stop (from any thread); `await orchestrator.stop()`
+        also waits until `run()` has finished and handed the lead over."""
+        call_in_loop(self._loop, self._stop.set)
+        return Later(self._until_stopped)
 
-    async def run(self) -> None:
-        """Deploy this process's definitions, then run rounds until stopped; on a clean
-        stop, hand the lead over at once."""
+    async def _until_stopped(self) -> None:
+        finished = self._finished
+        if finished is not None and not finished.done():
+            await asyncio.shield(finished)
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Deploy this process's definitions, then run rounds until stopped (with
+        handle_signals, also by SIGINT or SIGTERM, which stop every worker and
+        orchestrator of this loop that asked too); on a clean stop, hand the lead over
+        at once."""
         self._stop.clear()
+        self._loop = asyncio.get_running_loop()
+        self._finished = finished = self._loop.create_future()
+        forget_signals = stop_on_signals(self.stop) if handle_signals else None
+        try:
+            await self._serve()
+        finally:
+            if forget_signals is not None:
+                forget_signals()
+            finished.set_result(None)
+
+    async def _serve(self) -> None:
         await self.ctx.deploy()
         self._log.info("evq.orchestrator_started")
         try:

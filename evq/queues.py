@@ -53,7 +53,8 @@ class Queue:
     ledger (the limit of the process that claims applies). run_on_startup: whether
     `evq worker` and `Context.start_workers` serve it without being asked.
     retry_jobs_running_before_restart: a worker that starts under the name of one that
-    stopped puts that worker's running jobs of this queue back at once.
+    is gone (worker names are stable: see identity.py) puts that worker's running jobs
+    of this queue back at once.
     """
 
     name: str = attrs.field(validator=lambda i, a, v: check_name(v, "queue"))

@@ -12,11 +12,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import itertools
 import json
-import os
-import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -24,28 +20,34 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import codec, outages, rescuing
+from . import codec, identity, outages, rescuing
+from .awaiting import Later, call_in_loop
 from .errors import InvalidInput, InvalidPayload, LeaseLost, LedgerUnavailable, UnrecoverableError
+from .hooks import HookRunner
 from .jobs import Job, JobDefinition
 from .ledger import maintenance, ops, rescues
 from .ledger.tx import Tx
 from .logs import get_logger
-from .outcomes import EXHAUSTED_HOOK, Planned, RetryPolicy, after_failure, describe_error
+from .outcomes import Planned, RetryPolicy, after_failure, describe_error
 from .retry import Fixed
+from .signals import stop_on_signals
 
 if TYPE_CHECKING:
     from .context import Context
 
-_counter = itertools.count(1)
-HOOK_LEASE = 300.0
+HOOK_LEASE = 30.0  # default seconds a hook's runner holds it between renewals
 CANCEL_CHECK_EVERY = 0.05  # real seconds between checks for cancels made elsewhere
 SEEN_EVERY = 10.0  # how often a worker renews its entry in the registry of live workers
 Plan = Callable[[float], list[Planned]]
 
 
-def default_worker_name() -> str:
-    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
-    return f"{host or 'host'}:{os.getpid()}:{next(_counter)}"
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _ran_past(timeout: float | None) -> str:
+    return f"the handler ran past its timeout of {timeout} s"
 
 
 @attrs.define(eq=False)
@@ -65,8 +67,12 @@ class Worker:
     """Runs the jobs of `queues` (default: every queue with a handler in this process
     whose settings say run_on_startup, as they do unless configured otherwise).
 
-    concurrency: handlers running at once. grace: seconds running jobs get to finish
-    when the worker is stopped. batch_size: most jobs claimed per transaction.
+    name: default, a stable name from the host and the queues, unique among live
+    workers (see identity.py); chosen when run() starts. concurrency: handlers running
+    at once. grace: seconds running jobs get to finish when the worker is stopped.
+    batch_size: most jobs claimed per transaction.
+    hook_lease: seconds an on_max_attempts_exhausted hook run here is held between
+    renewals; a worker that dies mid-hook leaves it to another within that time.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class Worker:
         name: str | None = None,
         grace: float = 30.0,
         batch_size: int = 100,
+        hook_lease: float = HOOK_LEASE,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -87,7 +94,11 @@ class Worker:
         self.queues = None if queues is None else sorted(
             {codec.check_name(q, "queue") for q in queues})
         self.concurrency = concurrency
-        self.name = codec.check_name(name or default_worker_name(), "worker")
+        # An explicit name is kept; the default one is chosen when run() starts (a
+        # stable one: see identity.py). Until then, a name for this process alone.
+        self._chosen_name = None if name is None else codec.check_name(name, "worker")
+        self.name = self._chosen_name or identity.unique_name()
+        self._announced = False
         self.grace = codec.check_delay(grace, "grace")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -109,15 +120,35 @@ class Worker:
         self._next_cancel_check = 0.0
         self._refill = max(1, min(self.batch_size, concurrency) // 2)
         self._log = get_logger("evq.worker").bind(worker=self.name)
+        self.hook_lease = codec.check_delay(hook_lease, "hook_lease")
+        if self.hook_lease <= 0:
+            raise InvalidInput(f"hook_lease must be > 0 seconds, got {hook_lease!r}")
+        self._hooks: HookRunner | None = None
         self._hooks_task: asyncio.Task[None] | None = None
+        self._until_idle = False
         self._names: list[str] = []
         self._seen_at = float("-inf")
-        self._hooks_again = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: asyncio.Future[None] | None = None
 
-    def stop(self) -> None:
-        """Ask the worker to stop: no new claims; running jobs finish within `grace`."""
+    def stop(self) -> Later:
+        """Ask the worker to stop: no new claims; running jobs finish within `grace`.
+        A plain call (from any thread) only asks; `await worker.stop()` also waits until
+        `run()` has finished (at once when awaited by one of this worker's own jobs,
+        which the worker itself waits for)."""
         self._stopping = True
-        self._wake.set()
+        call_in_loop(self._loop, self._wake.set)
+        return Later(self._until_stopped)
+
+    async def _until_stopped(self) -> None:
+        finished = self._finished
+        if finished is None or finished.done():
+            return
+        current = asyncio.current_task()
+        if current is self._hooks_task or any(
+                run.task is current for run in (*self._running.values(), *self._superseded)):
+            return
+        await asyncio.shield(finished)
 
     @property
     def running(self) -> int:
@@ -125,7 +156,23 @@ class Worker:
 
     async def run(self, *, until_idle: bool = False, handle_signals: bool = False) -> int:
         """Serve jobs until stopped (or, with until_idle, until no job is due and none is
-        running). Returns the number of jobs this call ran to an outcome."""
+        running). Returns the number of jobs this call ran to an outcome. handle_signals:
+        SIGINT and SIGTERM stop this worker, and every other worker and orchestrator of
+        this event loop that asked for it too (see `evq.serve`)."""
+        self._loop = asyncio.get_running_loop()
+        self._finished = finished = self._loop.create_future()
+        forget_signals = stop_on_signals(self.stop) if handle_signals else None
+        try:
+            return await self._serve(until_idle)
+        finally:
+            if forget_signals is not None:
+                forget_signals()
+            if self._announced:
+                self._announced = False
+                identity.live_here.discard(self.name)
+            finished.set_result(None)
+
+    async def _serve(self, until_idle: bool) -> int:
         ctx = self.ctx
         on_startup = {name for name, q in ctx.queues.items() if q.run_on_startup}
         definitions = {
@@ -140,7 +187,8 @@ class Worker:
             self._claim_op, queues=queues, queue_limits=limits,
             queues_json=json.dumps(queues),
             names_json=json.dumps(sorted(definitions)),
-            lease_for=lambda name: definitions[name].lease)
+            lease_for=lambda name: definitions[name].lease,
+            run_later=frozenset(n for n, d in definitions.items() if d.okay_to_run))
         self._stopping = False
         start_count = self.jobs_done
         storage = outages.Backoff()
@@ -148,11 +196,12 @@ class Worker:
         remove_wake = ctx.on_wake(self._on_new_work)
         ctx._cancel_listeners.append(self._on_cancel)
         done = ctx.worker_running(self)
-        signals = self._install_signals() if handle_signals else []
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
         self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
-        if any(d.on_max_attempts_exhausted for d in definitions.values()):
-            self._start_hooks()  # hooks left due by a process that died
+        self._until_idle = until_idle
+        if any(d.on_max_attempts_exhausted for d in ctx.definitions.values()):
+            self._hooks = HookRunner(ctx, self.name, self.hook_lease, self._log)
+            self._start_hooks()  # hooks left due, or leased by a runner that died
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -197,16 +246,13 @@ class Worker:
                 if next_at is not None and ctx.clock.now() >= next_at:
                     self._new_work = True
         finally:
-            for sig in signals:
-                asyncio.get_running_loop().remove_signal_handler(sig)
             remove_wake()
             ctx._cancel_listeners.remove(self._on_cancel)
             await self._finish_running()
             with contextlib.suppress(Exception):
                 await ctx.writer.run(functools.partial(maintenance.forget_worker,
                                                        name=self.name))
-            if self._hooks_task is not None:
-                await asyncio.wait([self._hooks_task], timeout=self.grace)
+            await self._stop_hooks()
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
@@ -215,20 +261,47 @@ class Worker:
         return self.jobs_done - start_count
 
     async def _announce(self, queues: list[str], names: list[str]) -> None:
-        """Say in the ledger that this worker is alive and what it runs, and, where its
-        queues ask for it, take back what a previous worker of this name was running."""
+        """Say in the ledger that this worker is alive and what it runs, under its name
+        (the default one chosen now: see identity.py), and, where its queues ask for it,
+        take back what the previous worker of this name, now gone, was running."""
         self._names = names
         restart = [q for q in queues
                    if (settings := self.ctx.queues.get(q)) is not None
                    and settings.retry_jobs_running_before_restart]
+        candidates = [self._chosen_name] if self._chosen_name else list(
+            identity.default_names(queues))
+        taken: list[str] = []
 
-        def op(tx: Tx) -> list[str]:
-            maintenance.see_worker(tx, self.name, names)
+        def op(tx: Tx) -> tuple[str, list[str]]:
+            name = maintenance.take_worker_name(
+                tx, candidates, lambda n, holder: identity.holder_gone(n, holder, tx.now))
+            if name is None and self._chosen_name:
+                holder = maintenance.worker_holder(tx, self._chosen_name)
+                where = f" (process {holder.pid} on {holder.host})" if holder else ""
+                raise InvalidInput(
+                    f"worker name {self._chosen_name!r} is held by a live worker{where}: "
+                    "two live workers never share a name; give this one another name, or "
+                    "stop that one first")
+            if name is None:
+                raise InvalidInput(f"{len(candidates)} live workers already serve these "
+                                   "queues on this host; give this one a name")
+            identity.live_here.add(name)  # before commit: a worker announced next in
+            taken.append(name)            # this same batch must not take it too
+            maintenance.see_worker(tx, name, names)
             self._seen_at = tx.now
-            return ops.release_previous(tx, self.name, json.dumps(restart)) if restart else []
+            released = ops.release_previous(tx, name, json.dumps(restart)) if restart else []
+            return name, released
 
-        released = await outages.until_written(self.ctx.clock, self._log, "announce",
-                                               lambda: self.ctx.writer.run(op))
+        try:
+            name, released = await outages.until_written(
+                self.ctx.clock, self._log, "announce", lambda: self.ctx.writer.run(op))
+        finally:
+            for name_tried in taken:
+                identity.live_here.discard(name_tried)
+        identity.live_here.add(name)
+        self._announced = True
+        self.name = name
+        self._log = get_logger("evq.worker").bind(worker=name)
         if released:
             self._log.info("evq.jobs_released_after_restart", jobs=len(released))
 
@@ -272,15 +345,6 @@ class Worker:
         self._foreign_commit = self._foreign_commit or foreign
         self._wake.set()
 
-    def _install_signals(self) -> list[signal.Signals]:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
-        return installed
-
     async def _wait(self, next_at: float | None) -> None:
         if self._wake.is_set():
             return
@@ -301,7 +365,7 @@ class Worker:
     # --- operations run inside the writer's transaction ---------------------------------
     def _claim_op(self, tx: Tx, *, queues: list[str], queue_limits: dict[str, int],
                   queues_json: str, names_json: str, limit: int,
-                  lease_for: Callable[[str], float]
+                  lease_for: Callable[[str], float], run_later: frozenset[str]
                   ) -> tuple[list[ops.Claimed], float | None, list[rescues.Expired]]:
         """Claim due jobs; also find the leases that ran out (rescued after this commit,
         see rescuing.py). Returns the jobs, when to look again, and those leases."""
@@ -309,7 +373,8 @@ class Worker:
         if tx.now - self._seen_at >= SEEN_EVERY:
             maintenance.see_worker(tx, self.name, self._names)
             self._seen_at = tx.now
-        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits)
+        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits,
+                            run_later)
         if len(claimed) == limit:
             return claimed, None, expired
         # Due jobs that could not be taken (paused queue, limit reached, group busy) wait
@@ -392,23 +457,11 @@ class Worker:
         try:
             payload = codec.decode_as(definition.payload_type, job.payload)
             job.payload = payload
-            if definition.okay_to_run is not None and not await self._maybe_await(
-                    definition.okay_to_run, payload, job):
-                delay = definition.requeue_delay
-                log.info("evq.job_deferred", delay=delay)
-                return lambda now: [Planned("defer", {"reason": "okay_to_run", "delay": delay,
-                                                      "run_at": now + delay})]
-            args = (payload, job)[: definition.handler_arity]
-            assert definition.handler is not None
-            if definition.is_async:
-                pending = definition.handler(*args)
-            else:
-                pending = asyncio.get_running_loop().run_in_executor(
-                    self.ctx.sync_executor(), functools.partial(definition.handler, *args))
-            if definition.timeout is not None:
-                result = await asyncio.wait_for(pending, definition.timeout)
-            else:
-                result = await pending
+            if definition.okay_to_run is not None:
+                not_now = await self._okay_to_run(definition, payload, job, log)
+                if not_now is not None:
+                    return not_now
+            result = await self._invoke(definition, (payload, job), job, log)
         except UnrecoverableError as exc:
             log.warning("evq.job_failed", error=repr(exc))
             return self._failed(job, describe_error(exc), policy, log, retryable=False)
@@ -428,6 +481,67 @@ class Worker:
         if steps[-1].data.get("reason") == "backoff_failed":
             log.error("evq.backoff_failed", error=steps[-1].data["error"]["message"])
         return lambda _now: steps
+
+    async def _invoke(self, definition: JobDefinition[Any], args: tuple[Any, ...], job: Job,
+                      log: Any) -> Any:
+        """Run the handler. With a timeout, an async handler is cancelled once it has run
+        for `timeout` seconds. A sync handler's thread cannot be stopped: its timeout
+        counts from when the thread starts it (a handler still waiting for a thread is not
+        timed out), then `job.cancel_requested` is set and the job keeps its slot, group
+        and lease until the thread returns. Either way the attempt ends in TimeoutError."""
+        handler = definition.handler
+        assert handler is not None
+        args = args[: definition.handler_arity]
+        timeout = definition.timeout
+        if definition.is_async:
+            if timeout is None:
+                return await handler(*args)
+            try:
+                return await asyncio.wait_for(handler(*args), timeout)
+            except TimeoutError:
+                raise TimeoutError(_ran_past(timeout)) from None
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def call() -> Any:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, started)
+            return handler(*args)
+
+        finished = loop.run_in_executor(self.ctx.sync_executor(), call)
+        if timeout is None:
+            return await finished
+        await asyncio.wait([started, finished], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            return await asyncio.wait_for(asyncio.shield(finished), timeout)
+        except TimeoutError:
+            job.cancel_requested = True
+            log.warning("evq.job_timed_out", timeout=timeout,
+                        note="the handler's thread is told to stop (job.cancel_requested); "
+                        "the job keeps its slot and group until it returns")
+            with contextlib.suppress(Exception):
+                await finished
+            raise TimeoutError(_ran_past(timeout)) from None
+
+    async def _okay_to_run(self, definition: JobDefinition[Any], payload: Any, job: Job,
+                           log: Any) -> Plan | None:
+        """Ask okay_to_run. Not now: a `defer` that gives the attempt back (a defer is not
+        a run). Yes: the attempt's `run` event, then None (the handler may start)."""
+        assert definition.okay_to_run is not None
+        if not await self._maybe_await(definition.okay_to_run, payload, job):
+            delay = definition.requeue_delay
+            log.info("evq.job_deferred", delay=delay)
+            before = job.attempt - 1
+            return lambda now: [Planned("defer", {
+                "reason": "okay_to_run", "delay": delay, "run_at": now + delay,
+                "attempt_before": before})]
+        held = ops.Attempt(job.id, job.queue, job.name, job.attempt, self.name)
+        try:
+            await self.ctx.writer.run(functools.partial(ops.start_run, held=held))
+        except LeaseLost as exc:  # cancelled or rescued while okay_to_run was asked
+            log.warning("evq.lease_lost", error=str(exc))
+            return lambda now: []
+        return None
 
     async def _maybe_await(self, check: Callable[..., Any], *args: Any) -> Any:
         """Call a hook that may be async, or sync (then in a thread, off the loop)."""
@@ -492,42 +606,29 @@ class Worker:
             return False
         return any(step.kind == "expire" and step.data.get("hook") for step in planned)
 
-    # --- the exhausted-attempts hook ----------------------------------------------------
+    # --- the exhausted-attempts hooks (run by hooks.HookRunner) --------------------------
     def _start_hooks(self) -> None:
+        """Start the hook runner (serving: it runs hooks as they become due; draining:
+        the ones due now), or poke it: a hook may have become due."""
+        if self._hooks is None:
+            return
         if self._hooks_task is None or self._hooks_task.done():
-            self._hooks_task = asyncio.get_running_loop().create_task(self._run_hooks())
+            self._hooks_task = asyncio.get_running_loop().create_task(
+                self._hooks.run(until_idle=self._until_idle))
         else:
-            self._hooks_again = True
+            self._hooks.poke()
 
-    async def _run_hooks(self) -> None:
-        """Run the due on_max_attempts_exhausted hooks of the jobs this worker knows.
-        Each run is recorded (`hook` started, then done or failed) under a lease, so a
-        hook is never lost and, once done, never run again."""
-        from .jobs import JobRecord
-
-        names = json.dumps(sorted(n for n, d in self.ctx.definitions.items()
-                                  if d.on_max_attempts_exhausted is not None))
-        self._hooks_again = True
-        while self._hooks_again:
-            self._hooks_again = False
-            rows = await self.ctx.writer.run(functools.partial(
-                ops.start_hooks, names_json=names, worker=self.name, lease=HOOK_LEASE,
-                limit=100))
-            for row in rows:
-                record = JobRecord.from_row(row)
-                hook = self.ctx.definitions[record.name].on_max_attempts_exhausted
-                assert hook is not None
-                log = self._log.bind(job_id=record.id, queue=record.queue, job=record.name,
-                                     hook=EXHAUSTED_HOOK)
-                error = None
-                try:
-                    await self._maybe_await(hook, record)
-                except Exception as exc:
-                    log.error("evq.hook_failed", error=repr(exc))
-                    error = describe_error(exc)
-                await self.ctx.writer.run(functools.partial(
-                    ops.finish_hook, job_id=record.id, queue=record.queue, name=record.name,
-                    attempt=record.attempt, worker=self.name, error=error))
+    async def _stop_hooks(self) -> None:
+        """The hook running, if any, gets `grace` seconds; cut short, it stays leased
+        and another worker takes it once the lease runs out."""
+        task = self._hooks_task
+        if self._hooks is None or task is None:
+            return
+        self._hooks.stop()
+        _, pending = await asyncio.wait([task], timeout=self.grace)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _heartbeats(self) -> None:
         clock = self.ctx.clock

@@ -2,8 +2,10 @@
 
 A child that ends settles its edge to a waiting parent with a `child` event; the parent
 then becomes `ready`, keeps waiting (a failed child it must wait for), or fails because of
-the child (`fail` without an attempt), which settles the parent's own edge in turn. A
-cancelled or deleted parent cancels its descendants that have not ended. The triggers
+the child (`fail` without an attempt), which settles the parent's own edge in turn; a
+parent failed so cancels its descendants that have not started (unless it was enqueued
+with keep_children). A cancelled or deleted parent cancels its descendants that have not
+ended. The triggers
 only fold these events; every decision is made here and recorded in them."""
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def settle(tx: Tx, child_id: str, succeeded: bool, result: Any = None,
                    "message": f"child {child_id} failed for good: {message}".rstrip(": ")}
         tx.append("fail", parent, queue, name,
                   data={"reason": "child_failed", "child": child_id, "error": failure})
+        if not tx.one(sql.KEEPS_CHILDREN, (parent,))[0]:
+            cancel_unstarted(tx, parent, "parent_failed")
         settle(tx, parent, False, error=failure)
     elif tx.one(sql.UNSETTLED_EDGES, (parent,))[0] == 0:
         tx.append("ready", parent, queue, name, data={"run_at": max(run_at, tx.now)})
@@ -101,3 +105,13 @@ def cancel_descendants(tx: Tx, children: list[tuple[str, str, str, str]], parent
         cancelled.append((child_id, state == "running"))
         cancelled += cancel_descendants(tx, live_children(tx, child_id), child_id, reason)
     return cancelled
+
+
+def cancel_unstarted(tx: Tx, parent_id: str, reason: str) -> None:
+    """Cancel the descendants of a parent that failed which have not started (pending
+    or waiting); running ones run on (their outcome no longer settles anything)."""
+    for child_id, queue, name, state in live_children(tx, parent_id):
+        if state == "running":
+            continue
+        tx.append("cancel", child_id, queue, name, data={"reason": reason, "parent": parent_id})
+        cancel_unstarted(tx, child_id, reason)

@@ -5,7 +5,9 @@ transaction and writes history only as events."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -34,13 +36,43 @@ def step_down(tx: Tx, role: str, holder: str) -> None:
     tx.conn.execute(sql.RELEASE_LEADERSHIP, (role, holder))
 
 
+HOST = socket.gethostname()
+
+
 def see_worker(tx: Tx, name: str, jobs: Sequence[str]) -> None:
-    """Record that worker `name` is alive and can run these job names."""
-    tx.conn.execute(sql.SEE_WORKER, (name, json.dumps(sorted(jobs)), tx.now))
+    """Record that worker `name`, in this process, is alive and can run these job names."""
+    tx.conn.execute(sql.SEE_WORKER, (name, json.dumps(sorted(jobs)), tx.now, HOST,
+                                     os.getpid()))
 
 
 def forget_worker(tx: Tx, name: str) -> None:
-    tx.conn.execute(sql.FORGET_WORKER, (name,))
+    """This process's worker `name` stopped (a later holder of the name keeps its entry)."""
+    tx.conn.execute(sql.FORGET_WORKER, (name, HOST, os.getpid()))
+
+
+@attrs.frozen
+class Holder:
+    """Who last announced a worker name: where it ran, and when it was last seen."""
+
+    host: str | None
+    pid: int | None
+    last_seen: float
+
+
+def worker_holder(tx: Tx, name: str) -> Holder | None:
+    row = tx.one(sql.GET_WORKER, (name,))
+    return None if row is None else Holder(row[0], row[1], float(row[2]))
+
+
+def take_worker_name(tx: Tx, candidates: Iterable[str], gone: Callable[[str, Holder], bool]
+                     ) -> str | None:
+    """The first of `candidates` that no live worker holds: unknown to the registry, or
+    whose holder `gone` says has stopped. None if every one is held."""
+    for name in candidates:
+        holder = worker_holder(tx, name)
+        if holder is None or gone(name, holder):
+            return name
+    return None
 
 
 def deploy(tx: Tx, definitions: Mapping[str, tuple[str, dict[str, Any]]]) -> list[str]:

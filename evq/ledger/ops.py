@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -39,12 +39,14 @@ class NewJob:
     payload_json: str | None = None
     retry_of: str | None = None
     parent: str | None = None
+    keep_children: bool = False  # a flow's parent: its children run on if it fails
 
     def event_text(self) -> str | None:
         """The enqueue event's data as JSON text, reusing the payload's text encoded at
         validation (the payload is the bulk of it; encoding it twice costs)."""
         if (self.payload_json is None or self.key is not None or self.group is not None
-                or self.retry_of is not None or self.parent is not None):
+                or self.retry_of is not None or self.parent is not None
+                or self.keep_children):
             return None
         attempts = "null" if self.max_attempts is None else int(self.max_attempts)
         return (f'{{"payload":{self.payload_json},"run_at":{float(self.run_at)!r},'
@@ -65,6 +67,8 @@ class NewJob:
             data["retry_of"] = self.retry_of
         if self.parent is not None:
             data["parent"] = self.parent
+        if self.keep_children:
+            data["keep_children"] = True
         return data
 
 
@@ -198,8 +202,11 @@ def claim(
     worker: str,
     lease_seconds: Callable[[str], float],
     queue_limits: Mapping[str, int] | None = None,
+    run_later: Container[str] = frozenset(),
 ) -> list[Claimed]:
     """Take up to `limit` due jobs: a dequeue and a run event each, in this transaction.
+    Jobs named in `run_later` (their definition asks `okay_to_run` first) get the dequeue
+    alone: their worker appends `run` once okay_to_run agrees (`start_run`).
 
     Paused queues are skipped; a queue with a limit in `queue_limits` gets no more than
     the limit minus the jobs of that queue running now in any process; at most one job
@@ -234,7 +241,8 @@ def claim(
         lease_until = tx.now + lease_seconds(name)
         events.append(("dequeue", job_id, queue, name, attempt + 1, worker,
                        {"lease_until": lease_until}, None))
-        events.append(("run", job_id, queue, name, attempt + 1, worker, {}, None))
+        if name not in run_later:
+            events.append(("run", job_id, queue, name, attempt + 1, worker, {}, None))
         claimed.append(Claimed(
             job_id, queue, name, attempt + 1, errors, max_attempts, priority, run_at,
             enqueued_at, json.loads(enqueue_data)["payload"], lease_until,
@@ -265,19 +273,31 @@ def reject(tx: Tx, jobs: Sequence[NewJob], reasons: Mapping[str, str]) -> None:
         tx.append("reject", job.id, job.queue, job.name, data=data)
 
 
-def start_hooks(tx: Tx, names_json: str, worker: str, lease: float, limit: int
-                ) -> list[tuple[Any, ...]]:
-    """Take the exhausted-attempts hooks that are due (or whose runner's lease ran out)
-    for these job names: a `hook` event with status started each."""
-    rows = tx.rows(sql.HOOKS_DUE, (tx.now, names_json, limit))
-    for row in rows:
-        tx.append("hook", row[0], row[1], row[2], row[6], worker,
-                  {"hook": EXHAUSTED_HOOK, "status": "started", "lease_until": tx.now + lease})
-    return [tuple(row) for row in rows]
+def take_hook(tx: Tx, names_json: str, worker: str, lease: float
+              ) -> tuple[tuple[Any, ...] | None, float | None]:
+    """Take one exhausted-attempts hook of these job names that is due (or whose
+    runner's lease ran out): a `hook` event with status started, and the job's row.
+    With none to take: (None, when the next runner's lease runs out, if any)."""
+    row = tx.one(sql.HOOKS_DUE, (tx.now, names_json, 1))
+    if row is None:
+        return None, tx.one(sql.NEXT_HOOK_LEASE_EXPIRY, (names_json,))[0]
+    tx.append("hook", row[0], row[1], row[2], row[6], worker,
+              {"hook": EXHAUSTED_HOOK, "status": "started", "lease_until": tx.now + lease})
+    return tuple(row), None
+
+
+def renew_hook(tx: Tx, job_id: str, queue: str, name: str, attempt: int, worker: str,
+               lease: float) -> None:
+    """The runner of a hook that is still running keeps it (refused, LeaseLost, if
+    another runner took it over)."""
+    tx.append("hook", job_id, queue, name, attempt, worker,
+              {"hook": EXHAUSTED_HOOK, "status": "renewed", "lease_until": tx.now + lease})
 
 
 def finish_hook(tx: Tx, job_id: str, queue: str, name: str, attempt: int, worker: str,
                 error: dict[str, Any] | None) -> None:
+    """The hook returned (done) or raised (failed); refused, LeaseLost, if another
+    runner took it over meanwhile (that runner's outcome is the one recorded)."""
     data: dict[str, Any] = {"hook": EXHAUSTED_HOOK, "status": "failed" if error else "done"}
     if error:
         data["error"] = error
@@ -312,6 +332,12 @@ class Attempt:
     name: str
     attempt: int
     worker: str
+
+
+def start_run(tx: Tx, held: Attempt) -> None:
+    """The handler of a job claimed with its dequeue alone starts now: its `run` event
+    (refused, LeaseLost, if the attempt is no longer held)."""
+    tx.append("run", held.job_id, held.queue, held.name, held.attempt, held.worker, {})
 
 
 def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> list[Planned]:

@@ -633,9 +633,24 @@ BEGIN
 END;
 """
 
+# Version 4: hooks to run are found through an index, since workers look for them
+# (hooks made due by other processes, and leases of hook runners that died) while they
+# serve, not only when they start.
+_V4_HOOKS = """
+CREATE INDEX evq_jobs_hooks ON evq_jobs (lease_until)
+    WHERE hook_state = 'due' OR hook_state = 'running';
+"""
+
+# Version 4: the registry of live workers says where each runs (host and process id), so
+# a worker taking a name can tell whether the previous holder of that name is gone.
+_V4_WORKERS = """
+ALTER TABLE evq_workers ADD COLUMN host TEXT;
+ALTER TABLE evq_workers ADD COLUMN pid INTEGER;
+"""
+
 # Each entry upgrades the schema by one version; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS,
-                               _V3_ENQUEUE_BY_JOB, _V4_DEFER_AND_HOOKS)
+                               _V3_ENQUEUE_BY_JOB, _V4_DEFER_AND_HOOKS + _V4_HOOKS + _V4_WORKERS)
 
 LATEST_VERSION = len(MIGRATIONS)
 

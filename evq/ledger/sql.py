@@ -163,6 +163,12 @@ JOB_COLUMNS = (
 JOB_FIELD = {name: index for index, name in enumerate(JOB_COLUMNS.split(", "))}
 GET_JOB = f"SELECT {JOB_COLUMNS} FROM evq_jobs WHERE id = ?"
 EVENT_DATA = "SELECT data FROM evq_events WHERE position = ?"
+# Whether a flow's parent was enqueued with keep_children (its children run on when it
+# fails because of a child).
+KEEPS_CHILDREN = """
+SELECT json_extract(e.data, '$.keep_children') FROM evq_jobs AS j
+JOIN evq_events AS e ON e.position = j.enqueue_position WHERE j.id = ?
+"""
 # Job ids are in three places: the jobs, the deleted jobs, and the events of jobs never
 # added (a refused enqueue); evq_events_by_job leaves enqueue events out (schema v3).
 _JOB_IDS_WHERE = """
@@ -215,11 +221,18 @@ SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, valu
        value ->> 6
 FROM json_each(?2)
 """
+# Both read through the partial index evq_jobs_hooks (its condition is repeated here).
 HOOKS_DUE = f"""
 SELECT {JOB_COLUMNS} FROM evq_jobs
-WHERE state = 'expired' AND (hook_state = 'due' OR (hook_state = 'running' AND lease_until <= ?))
+WHERE (hook_state = 'due' OR hook_state = 'running') AND state = 'expired'
+  AND (hook_state = 'due' OR lease_until <= ?)
   AND name IN (SELECT value FROM json_each(?))
 ORDER BY finished_at LIMIT ?
+"""
+NEXT_HOOK_LEASE_EXPIRY = """
+SELECT min(lease_until) FROM evq_jobs
+WHERE (hook_state = 'due' OR hook_state = 'running') AND state = 'expired'
+  AND hook_state = 'running' AND name IN (SELECT value FROM json_each(?))
 """
 HEAD_POSITION = "SELECT coalesce(max(position), 0) FROM evq_events"
 
@@ -298,8 +311,10 @@ WHERE evq_leaders.holder = excluded.holder OR evq_leaders.lease_until <= ?
 """
 GET_LEADER = "SELECT holder, lease_until FROM evq_leaders WHERE role = ?"
 RELEASE_LEADERSHIP = "DELETE FROM evq_leaders WHERE role = ? AND holder = ?"
-SEE_WORKER = "INSERT OR REPLACE INTO evq_workers (name, jobs, last_seen) VALUES (?, ?, ?)"
-FORGET_WORKER = "DELETE FROM evq_workers WHERE name = ?"
+SEE_WORKER = ("INSERT OR REPLACE INTO evq_workers (name, jobs, last_seen, host, pid) "
+              "VALUES (?, ?, ?, ?, ?)")
+GET_WORKER = "SELECT host, pid, last_seen FROM evq_workers WHERE name = ?"
+FORGET_WORKER = "DELETE FROM evq_workers WHERE name = ? AND host IS ? AND pid IS ?"
 LIVE_WORKER_JOBS = "SELECT jobs FROM evq_workers WHERE last_seen > ?"
 ORPHAN_CANDIDATES = """
 SELECT id, queue, name FROM evq_jobs

@@ -57,6 +57,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # flows: parent -> child -> {"on": on_failure, "state": edge state}
         self.edges: dict[str, dict[str, dict[str, str]]] = {}
         self.parent_of: dict[str, str] = {}
+        self.keeps_children: set[str] = set()  # parents enqueued with keep_children
 
     def teardown(self) -> None:
         if self.conn.execute("SELECT count(*) FROM evq_events").fetchone()[0]:
@@ -113,10 +114,14 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert self.jobs[job_id]["state"] in LIVE
 
     @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 4),
-          lease=st.sampled_from([10.0, 30.0]))
-    def claim(self, worker: str, limit: int, lease: float) -> None:
+          lease=st.sampled_from([10.0, 30.0]),
+          run_later=st.sampled_from([frozenset(), frozenset({"y"})]))
+    def claim(self, worker: str, limit: int, lease: float, run_later: frozenset[str]
+              ) -> None:
+        """run_later: names whose `run` waits for okay_to_run (a dequeue alone)."""
         claimed = self.write(lambda tx: ops.claim(
-            tx, QUEUES, json.dumps(NAMES), limit, worker, lambda n: lease, {"b": 2}))
+            tx, QUEUES, json.dumps(NAMES), limit, worker, lambda n: lease, {"b": 2},
+            run_later))
         assert len(claimed) <= limit
         for job in claimed:
             model = self.jobs[job.id]
@@ -129,7 +134,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), outcome=st.sampled_from(
-        ["success", "error", "fail", "requeue", "defer", "delete", "heartbeat"]))
+        ["success", "error", "fail", "requeue", "defer", "delete", "heartbeat", "run"]))
     def report(self, data: st.DataObject, outcome: str) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.held)))
         held = self.held[job_id]
@@ -144,8 +149,14 @@ class LedgerMachine(RuleBasedStateMachine):
         elif outcome == "fail":
             planned = after_failure("error", error, model["errors"], policy,
                                     retryable=False)
-        elif outcome in ("requeue", "defer"):
+        elif outcome == "requeue":
             planned = [Planned(outcome, {"reason": "test", "run_at": self.now + 3})]
+        elif outcome == "defer":  # okay_to_run said not now: the attempt is given back
+            planned = [Planned(outcome, {"reason": "test", "run_at": self.now + 3,
+                                         "attempt_before": held.attempt - 1})]
+        elif outcome == "run":  # okay_to_run agreed: the handler starts
+            self.write(lambda tx: ops.start_run(tx, held))
+            return
         elif outcome == "delete":
             planned = [Planned("delete", {"reason": "handler"})]
         else:
@@ -173,6 +184,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.settle(job_id, False, removed=True)
         else:
             model["state"] = "pending"
+            if outcome == "defer":
+                model["attempt"] -= 1
 
     @rule(seconds=st.sampled_from([1.0, 10.0, 31.0]))
     def advance(self, seconds: float) -> None:
@@ -197,21 +210,53 @@ class LedgerMachine(RuleBasedStateMachine):
             if not retry:
                 self.settle(job_id, False)
 
-    @rule(worker=st.sampled_from(WORKERS))
-    def hooks_run(self, worker: str) -> None:
-        started = self.write(lambda tx: ops.start_hooks(tx, json.dumps(NAMES), worker, 20.0,
-                                                        10))
-        for row in started:
-            model = self.jobs[row[0]]
-            assert model["hook"] == "due" or (model["hook"] == "running"
-                                              and model["hook_until"] <= self.now)
-            model["hook"], model["hook_until"] = "running", self.now + 20.0
-            model["hook_worker"] = worker
-        for row in started[: len(started) // 2]:  # the others' runner dies mid-hook
-            job = self.jobs[row[0]]
-            self.write(lambda tx, row=row: ops.finish_hook(
-                tx, row[0], row[1], row[2], row[6], worker, None))
-            job["hook"] = "done"
+    @rule(worker=st.sampled_from(WORKERS), outcome=st.sampled_from(
+        ["done", "failed", "renewed", "dies"]))
+    def hook_runs(self, worker: str, outcome: str) -> None:
+        """A runner takes one hook (due, or whose runner's lease ran out), then ends it,
+        renews it, or dies with it."""
+        row, next_at = self.write(lambda tx: ops.take_hook(tx, json.dumps(NAMES), worker,
+                                                           20.0))
+        free = [j for j, m in self.jobs.items() if m["state"] == "expired" and (
+            m["hook"] == "due" or (m["hook"] == "running" and m["hook_until"] <= self.now))]
+        if row is None:
+            assert free == []
+            leases = [m["hook_until"] for m in self.jobs.values()
+                      if m["state"] == "expired" and m["hook"] == "running"]
+            assert next_at == (min(leases) if leases else None)
+            return
+        assert row[0] in free
+        model = self.jobs[row[0]]
+        model["hook"], model["hook_until"], model["hook_worker"] = (
+            "running", self.now + 20.0, worker)
+        if outcome == "dies":
+            return
+        if outcome == "renewed":
+            self.write(lambda tx: ops.renew_hook(tx, row[0], row[1], row[2], row[6], worker,
+                                                 30.0))
+            model["hook_until"] = self.now + 30.0
+            return
+        error = {"type": "E", "message": "x", "traceback": ""} if outcome == "failed" else None
+        self.write(lambda tx: ops.finish_hook(tx, row[0], row[1], row[2], row[6], worker,
+                                              error))
+        model["hook"] = outcome
+
+    @precondition(lambda self: any(m["hook"] == "running" for m in self.jobs.values()))
+    @rule(data=st.data(), worker=st.sampled_from(WORKERS))
+    def hook_runner_reports(self, data: st.DataObject, worker: str) -> None:
+        """A runner ends a hook it may no longer hold: refused unless it is the holder."""
+        job_id = data.draw(st.sampled_from(sorted(
+            j for j, m in self.jobs.items() if m["hook"] == "running")))
+        model = self.jobs[job_id]
+        row = self.conn.execute("SELECT queue, name, attempt FROM evq_jobs WHERE id = ?",
+                                (job_id,)).fetchone()
+        finish = lambda tx: ops.finish_hook(tx, job_id, *row, worker, None)  # noqa: E731
+        if worker != model["hook_worker"]:
+            with pytest.raises(LeaseLost):
+                self.write(finish)
+            return
+        self.write(finish)
+        model["hook"] = "done"
 
     @rule(worker=st.sampled_from(WORKERS))
     def worker_restarts(self, worker: str) -> None:
@@ -285,10 +330,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- flows -------------------------------------------------------------------------
     def new_node(self, queue: str, name: str, on_failure: str,
-                 children: tuple[trees.PlannedNode, ...] = (), key: str | None = None
-                 ) -> trees.PlannedNode:
+                 children: tuple[trees.PlannedNode, ...] = (), key: str | None = None,
+                 keep_children: bool = False) -> trees.PlannedNode:
         self.count += 1
-        job = ops.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key)
+        job = ops.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key,
+                         keep_children=keep_children)
         return trees.PlannedNode(job, on_failure, children)
 
     @rule(data=st.data(), key=st.sampled_from([None, None, "k1"]))
@@ -299,7 +345,8 @@ class LedgerMachine(RuleBasedStateMachine):
                              for _ in range(fanout))
             return self.new_node(data.draw(st.sampled_from(QUEUES)),
                                  data.draw(st.sampled_from(NAMES)), on_failure, children,
-                                 key)
+                                 key, keep_children=bool(children) and data.draw(
+                                     st.booleans()))
         root = grow(0, "wait", key)
         placed = self.write(lambda tx: trees.enqueue_tree(tx, root))
         if not placed.added:  # the key named a live job: nothing was added
@@ -327,6 +374,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.jobs[job.id] = {"state": "waiting" if node.children else "pending", "errors": 0,
                              "attempt": 0, "max": job.max_attempts, "group": None,
                              "queue": job.queue, "key": job.key, "hook": None}
+        if job.keep_children:
+            self.keeps_children.add(job.id)
         if parent is not None:
             self.edges.setdefault(parent, {})[job.id] = {"on": node.on_failure,
                                                         "state": "open"}
@@ -347,9 +396,19 @@ class LedgerMachine(RuleBasedStateMachine):
                          else FAILED_EDGE[edge["on"]])
         if edge["state"] == "failed" and edge["on"] == "fail_parent":
             self.jobs[parent]["state"] = "failed"
+            if parent not in self.keeps_children:
+                self.cancel_unstarted(parent)
             self.settle(parent, False)
         elif all(e["state"] not in ("open", "failed") for e in self.edges[parent].values()):
             self.jobs[parent]["state"] = "pending"
+
+    def cancel_unstarted(self, parent: str) -> None:
+        """A parent failed because of a child: its descendants that have not started
+        (pending or waiting) are cancelled; running ones run on."""
+        for child in self.edges.get(parent, {}):
+            if self.jobs[child]["state"] in ("pending", "waiting"):
+                self.jobs[child]["state"] = "cancelled"
+                self.cancel_unstarted(child)
 
     def cancel_in_model(self, job_id: str) -> list[str]:
         """Cancel a job and its live descendants; the ids, in the order ops cancels."""
@@ -404,8 +463,13 @@ class LedgerMachine(RuleBasedStateMachine):
             "SELECT position, kind, job_id, attempt FROM evq_events ORDER BY rowid").fetchall()
         positions = [e[0] for e in events]
         assert positions == sorted(set(positions))
-        claims = [(e[2], e[3]) for e in events if e[1] == "dequeue"]
-        assert len(claims) == len(set(claims)), "an attempt was claimed twice"
+        held: set[tuple[str, int]] = set()  # attempts claimed, less those given back
+        for _, kind, job_id, attempt in events:
+            if kind == "dequeue":
+                assert (job_id, attempt) not in held, "an attempt was claimed twice"
+                held.add((job_id, attempt))
+            elif kind == "defer" and (job_id, attempt) in held:
+                held.discard((job_id, attempt))  # a defer gives its attempt back
         per_job: dict[str, list[str]] = {}
         for _, kind, job_id, _ in events:
             if job_id and kind in TERMINAL:

@@ -198,10 +198,68 @@ async def test_fail_parent_on_failure_fails_every_ancestor(ctx):
         fail = (await ctx.history(job_id))[-1]
         assert fail.kind == "fail" and fail.data["reason"] == "child_failed"
     assert "the DNS zone does not exist" in (await ctx.get_job(mid_id)).error["message"]
-    # The parent's other child still runs; its end changes nothing for a failed parent.
-    await ctx.drain(queues=["elsewhere"])
+    # The failed root's other child had not started: it does not run for a dead flow.
+    slow = await ctx.get_job(root.children[1].id)
+    assert slow.state is evq.JobState.CANCELLED
+    assert (await ctx.history(slow.id))[-1].data == {"reason": "parent_failed",
+                                                     "parent": root.id}
+    assert await ctx.drain(queues=["elsewhere"]) == 0
+    assert replay.check(ctx.path).ok
+
+
+async def test_a_failed_parent_cancels_its_subtree_that_has_not_started(ctx):
+    """BullMQ's rule for a failed flow: the parent's pending work does not run on. A
+    child already running finishes (its end settles nothing any more)."""
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def long_step(payload: Any) -> str:
+        started.set()
+        await gate.wait()
+        return "finished anyway"
+
+    ctx.define("report", lambda p: "never")
+    ctx.define("render", long_step, queue="render")
+    ctx.define("fetch", lambda p: 1 / 0, max_attempts=1, queue="fetch")
+    ctx.define("later", lambda p: "never", queue="later")
+    root = await ctx.enqueue_flow(FlowJob("report", children=[
+        FlowJob("render"),
+        FlowJob("fetch", fail_parent_on_failure=True),
+        FlowJob("report", children=[FlowJob("later"), FlowJob("later")])]))
+    render_id, fetch_id, sub = (node.id for node in root.children)
+    render = asyncio.create_task(ctx.drain(queues=["render"]))
+    await started.wait()
+    await ctx.drain(queues=["fetch"])
+    tree = await ctx.flow(root.id)
+    states = {node.id: node.state for node in tree.walk()}
+    assert states[root.id] == "failed" and states[fetch_id] == "expired"
+    assert states[render_id] == "running"
+    cancelled = [n for n in tree.walk() if n.state == "cancelled"]
+    assert sorted(n.id for n in cancelled) == sorted(
+        [sub, *(c.id for c in root.children[2].children)])
+    for node in cancelled:
+        assert (await ctx.history(node.id))[-1].data["reason"] == "parent_failed"
+    assert await ctx.drain(queues=["later", "default"]) == 0
+    gate.set()
+    assert await render == 1
+    assert (await ctx.get_job(render_id)).result == "finished anyway"
     assert (await ctx.get_job(root.id)).state is evq.JobState.FAILED
     assert replay.check(ctx.path).ok
+
+
+async def test_keep_children_on_failure_lets_a_failed_parents_children_run_on(ctx):
+    ran: list[str] = []
+    ctx.define("parent", lambda p: "never")
+    ctx.define("bad", lambda p: 1 / 0, max_attempts=1, queue="first")
+    ctx.define("other", ran.append, queue="second")
+    root = await ctx.enqueue_flow(FlowJob("parent", keep_children_on_failure=True, children=[
+        FlowJob("bad", fail_parent_on_failure=True), FlowJob("other", "still runs")]))
+    await ctx.drain(queues=["first"])
+    assert (await ctx.get_job(root.id)).state is evq.JobState.FAILED
+    assert (await ctx.history(root.id))[0].data["keep_children"] is True
+    await ctx.drain(queues=["second"])
+    assert ran == ["still runs"]
+    with pytest.raises(evq.InvalidInput, match="keep_children_on_failure"):
+        await ctx.enqueue_flow(FlowJob("parent", keep_children_on_failure="yes"))
 
 
 async def test_ignore_dependency_on_failure_runs_the_parent_with_the_failure(ctx):

@@ -73,7 +73,45 @@ async def test_okay_to_run_defers_without_using_an_attempt(ctx, clock):
     await ctx.drain()
     assert ran == ["video"]
     assert await kinds_of(ctx, job_id) == [
-        "enqueue", "dequeue", "run", "defer", "dequeue", "run", "success"]
+        "enqueue", "dequeue", "defer", "dequeue", "run", "success"]
+
+
+async def test_a_defer_is_not_a_run_nor_an_attempt(ctx, clock):
+    """A max_attempts=1 job deferred three times runs as its first attempt, and the
+    ledger holds one `run`: a defer neither uses an attempt nor dilutes the stats."""
+    answers = iter([False, False, False, True])
+    seen: list[int] = []
+    ctx.define("encode", lambda payload, job: seen.append(job.attempt), max_attempts=1,
+               requeue_delay=5, okay_to_run=lambda payload, job: next(answers))
+    job_id = await ctx.enqueue("encode", "video")
+    for _ in range(3):
+        await ctx.drain()
+        record = await ctx.get_job(job_id)
+        assert (record.state, record.attempt) == (evq.JobState.PENDING, 0)
+        clock.advance(5)
+    await ctx.drain()
+    record = await ctx.get_job(job_id)
+    assert seen == [1]
+    assert (record.state, record.attempt, record.errors) == (evq.JobState.SUCCEEDED, 1, 0)
+    kinds = await kinds_of(ctx, job_id)
+    assert kinds.count("run") == 1 and kinds.count("defer") == 3
+    defers = [e for e in await ctx.history(job_id) if e.kind == "defer"]
+    assert [e.data["attempt_before"] for e in defers] == [0, 0, 0]
+    assert replay.check(ctx.path).ok
+
+
+async def test_a_job_cancelled_while_okay_to_run_is_asked_never_runs(ctx):
+    ran: list[str] = []
+
+    async def ask(payload, job):
+        await ctx.cancel(job.id)
+        return True
+
+    ctx.define("encode", ran.append, okay_to_run=ask)
+    job_id = await ctx.enqueue("encode", "video")
+    await ctx.drain()
+    assert ran == []
+    assert await kinds_of(ctx, job_id) == ["enqueue", "dequeue", "cancel"]
 
 
 async def test_requeue_on_failure_puts_a_failed_job_back_after_the_delay(ctx, clock):
@@ -138,17 +176,27 @@ async def test_hook_started_by_a_dead_runner_is_taken_over_after_its_lease(ctx, 
     calls: list[str] = []
     ctx.define("doomed", lambda p: 1 / 0, max_attempts=1,
                on_max_attempts_exhausted=lambda job: calls.append(job.id))
-    job_id = await ctx.enqueue("doomed")
-    worker = ctx.worker()
-    worker._start_hooks = lambda: None  # the worker dies right after the expiry commits
-    await worker.run(until_idle=True)
-    await ctx.writer.run(functools.partial(
-        ops.start_hooks, names_json='["doomed"]', worker="dead", lease=60, limit=10))
+    ids = [await ctx.enqueue("doomed") for _ in range(2)]
+    await ctx.writer.run(functools.partial(  # a worker that dies after the expiries...
+        ops.claim, queues=["default"], names_json='["doomed"]', limit=2, worker="dead",
+        lease_seconds=lambda n: 5))
+    clock.advance(5)
+    await ctx.rescue_expired()
+    row, _ = await ctx.writer.run(functools.partial(  # ...and just after taking a hook
+        ops.take_hook, names_json='["doomed"]', worker="dead", lease=60))
+    taken = row[0]
+    [other] = [job_id for job_id in ids if job_id != taken]
     await ctx.drain()
-    assert calls == []  # still leased to the dead runner
-    clock.advance(60)
+    assert calls == [other]  # hooks are taken one at a time: the other one was free
+    clock.advance(59)
     await ctx.drain()
-    assert calls == [job_id]
+    assert calls == [other]  # still leased to the dead runner
+    clock.advance(1)
+    await ctx.drain()
+    assert calls == [other, taken]
+    for job_id in ids:
+        statuses = [e.data["status"] for e in await ctx.history(job_id) if e.kind == "hook"]
+        assert statuses.count("done") == 1
 
 
 async def test_failing_hook_is_recorded_as_failed(ctx):
@@ -161,3 +209,33 @@ async def test_failing_hook_is_recorded_as_failed(ctx):
     last = (await ctx.history(job_id))[-1]
     assert (last.kind, last.data["status"]) == ("hook", "failed")
     assert "pager is down" in last.data["error"]["message"]
+
+
+async def test_a_slow_hook_keeps_its_lease_while_it_runs(ctx, clock):
+    from evq.testing import settle
+
+    started, gate = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    async def slow_hook(record):
+        calls.append(record.id)
+        started.set()
+        await gate.wait()
+
+    ctx.define("doomed", lambda p: 1 / 0, max_attempts=1, on_max_attempts_exhausted=slow_hook)
+    job_id = await ctx.enqueue("doomed")
+    worker = ctx.worker(hook_lease=3)
+    serving = asyncio.create_task(worker.run())
+    await started.wait()
+    for _ in range(6):  # twice the hook lease, renewed every second
+        clock.advance(1)
+        await settle(ctx)
+    await ctx.drain(name="another")  # finds nothing to take over
+    assert calls == [job_id]
+    gate.set()
+    await worker.stop()
+    await serving
+    statuses = [e.data["status"] for e in await ctx.history(job_id) if e.kind == "hook"]
+    assert statuses[0] == "started" and statuses[-1] == "done"
+    assert statuses.count("renewed") >= 5
+    assert replay.check(ctx.path).ok

@@ -544,3 +544,91 @@ def test_job_ids_differ_across_a_fork_and_ignore_random_seed():
     first = new_job_id()
     random.seed(0)
     assert new_job_id()[12:] != first[12:]
+
+
+async def test_outcomes_can_be_awaited_as_joystick_handlers_write_them(ctx, clock):
+    @ctx.job()
+    async def completes(payload, job):
+        await job.completed({"sent": payload})
+
+    @ctx.job()
+    async def fails(payload, job):
+        await job.failed("mailbox does not exist")
+
+    @ctx.job()
+    async def requeues(payload, job):
+        if job.attempt == 1:
+            await job.requeue(30)
+        else:
+            return "second time"
+
+    @ctx.job()
+    async def deletes(payload, job):
+        await job.delete()
+
+    @ctx.job()
+    def plain_in_a_thread(payload, job):
+        job.completed("still a plain call")
+
+    ids = {name: await ctx.enqueue(name, 1) for name in (
+        "completes", "fails", "requeues", "deletes", "plain_in_a_thread")}
+    await ctx.drain()
+    clock.advance(30)
+    await ctx.drain()
+    states = {name: (await ctx.get_job(job_id)) for name, job_id in ids.items()}
+    assert states["completes"].result == {"sent": 1}
+    assert states["fails"].state is evq.JobState.FAILED
+    assert states["fails"].error["message"] == "mailbox does not exist"
+    assert (states["requeues"].result, states["requeues"].errors) == ("second time", 0)
+    assert states["deletes"] is None
+    assert states["plain_in_a_thread"].result == "still a plain call"
+
+
+async def test_awaiting_stop_waits_until_the_worker_has_stopped(ctx):
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @ctx.job()
+    async def slow(payload):
+        started.set()
+        await gate.wait()
+
+    await slow.enqueue()
+    worker = ctx.worker(grace=30)
+    task = asyncio.create_task(worker.run())
+    await started.wait()
+    stopping = asyncio.ensure_future(worker.stop())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not stopping.done() and not task.done()  # the running job has its grace
+    gate.set()
+    await stopping
+    assert task.done() and task.result() == 1
+
+
+async def test_a_job_may_stop_its_own_worker_plainly_or_awaiting(ctx):
+    @ctx.job()
+    async def stop_async(payload, job):
+        await worker.stop()  # returns at once: the worker waits for this very job
+        return "stopped from async"
+
+    @ctx.job()
+    def stop_sync(payload, job):
+        worker.stop()  # from the handler's thread
+        return "stopped from a thread"
+
+    for name in ("stop_async", "stop_sync"):
+        job_id = await ctx.enqueue(name)
+        worker = ctx.worker()
+        assert await asyncio.wait_for(worker.run(), 10) == 1
+        assert (await ctx.get_job(job_id)).result.startswith("stopped from")
+
+
+async def test_awaiting_an_orchestrator_stop_waits_until_it_handed_over(ctx):
+    orchestrator = ctx.orchestrator(interval=3600)
+    task = asyncio.create_task(orchestrator.run())
+    async with asyncio.timeout(10):
+        while not await ctx._read("SELECT holder FROM evq_leaders"):
+            await asyncio.sleep(0)
+    await orchestrator.stop()
+    assert task.done()
+    assert await ctx._read("SELECT holder FROM evq_leaders") == []
