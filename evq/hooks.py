@@ -18,7 +18,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import LeaseLost
+from . import outages
+from .errors import LeaseLost, LedgerUnavailable
 from .jobs import JobRecord
 from .ledger import ops
 from .outcomes import EXHAUSTED_HOOK, describe_error
@@ -121,10 +122,12 @@ class HookRunner:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        try:
-            await self.ctx.writer.run(functools.partial(
-                ops.finish_hook, job_id=record.id, queue=record.queue, name=record.name,
-                attempt=record.attempt, worker=self.worker, error=error))
+        finish = functools.partial(
+            ops.finish_hook, job_id=record.id, queue=record.queue, name=record.name,
+            attempt=record.attempt, worker=self.worker, error=error)
+        try:  # a full disk only delays the outcome: it is written once the disk takes it
+            await outages.until_written(self.ctx.clock, log, "hook outcome",
+                                        lambda: self.ctx.writer.run(finish))
         except LeaseLost:
             log.warning("evq.hook_lease_lost",
                         note="another worker took the hook over; its outcome is recorded")
@@ -141,3 +144,5 @@ class HookRunner:
                 log.warning("evq.hook_lease_lost",
                             note="the hook ran past its lease and another worker took it")
                 return
+            except LedgerUnavailable as exc:  # try again at the next third of the lease
+                log.warning("evq.storage_error", doing="hook lease", error=str(exc))
