@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from hashlib import sha256
 from typing import Any
 
 from ..codec import dumps
@@ -83,8 +84,8 @@ class Tx:
         assert position is not None
         self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker,
                               body, 1))
-        self.digests.append(seals.digest(seals.line(position, self.now, kind, job_id, queue,
-                                                    job, attempt, worker, stored)))
+        self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
+                                              attempt, worker, stored)).digest())
         return position
 
     def append_many(self, events: Sequence[NewEvent]) -> None:
@@ -108,7 +109,8 @@ class Tx:
         self.appended.extend(
             (first_position + i, now, kind, job_id, queue, job, attempt, worker, data, 1)
             for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
-        self.digests.extend(seals.digest(seals.line(first_position + i, now, *row))
+        line = seals.line
+        self.digests.extend(sha256(line(first_position + i, now, *row)).digest()
                             for i, row in enumerate(rows))
 
     def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
