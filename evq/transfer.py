@@ -1,6 +1,9 @@
 """Export and import of a ledger as JSON lines, losslessly: one object per event with its
 exact stored data text and float timestamp, so that an imported ledger has the same
-events, the same hash chain and (rebuilt through the same transitions) the same state."""
+events, the same hash chain and (rebuilt through the same transitions) the same state.
+An `archive` event's line also carries `archived_hashes`, the [position, hash] pairs the
+ledger kept of the events that archive removed, so that the imported ledger verifies
+exactly as its source does."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput, LedgerError
-from .ledger import connection, seals, sql
+from .ledger import chain, connection, sql
 
 FIELDS = ("position", "at", "kind", "job_id", "queue", "job", "attempt", "worker", "data", "v")
+KEPT = "archived_hashes"
 _CHUNK = 2000
 
 
@@ -23,7 +27,11 @@ def export_lines(conn: sqlite3.Connection) -> Iterator[str]:
     while True:
         rows = conn.execute(sql.EVENTS_AFTER, (after, _CHUNK)).fetchall()
         for row in rows:
-            yield json.dumps(dict(zip(FIELDS, row, strict=True)), ensure_ascii=False)
+            event = dict(zip(FIELDS, row, strict=True))
+            if row[2] == "archive":
+                event[KEPT] = [list(kept) for kept in
+                               conn.execute(sql.KEPT_HASHES_OF_ARCHIVE, (row[0],))]
+            yield json.dumps(event, ensure_ascii=False)
         if len(rows) < _CHUNK:
             return
         after = rows[-1][0]
@@ -45,9 +53,10 @@ def import_lines(target: str | Path, lines: Iterable[str]) -> int:
             for number, text in enumerate(lines, start=1):
                 if not text.strip():
                     continue
-                row = _row(text, number)
+                row, kept = _row(text, number)
                 try:
                     conn.execute(sql.IMPORT_EVENT, row)
+                    conn.executemany(sql.KEEP_HASH, ((p, h, row[0]) for p, h in kept))
                 except sqlite3.IntegrityError as exc:
                     raise LedgerError(
                         f"line {number} (position {row[0]}, kind {row[2]}) is refused by "
@@ -67,20 +76,22 @@ def import_lines(target: str | Path, lines: Iterable[str]) -> int:
     return count
 
 
-def _row(text: str, number: int) -> tuple[Any, ...]:
+def _row(text: str, number: int) -> tuple[tuple[Any, ...], list[tuple[int, str]]]:
+    """An exported line: the event row, and the hashes kept of what it archived."""
     try:
         event = json.loads(text)
         row = tuple(event[field] for field in FIELDS)
-    except (ValueError, KeyError, TypeError) as exc:
+        kept = [(int(position), str(digest)) for position, digest in event.get(KEPT, [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidInput(f"line {number} is not an exported evq event: {exc}") from None
     if not isinstance(row[8], str):
         raise InvalidInput(f"line {number}: data must be the stored JSON text")
-    return row
+    return row, kept
 
 
-def verify_import(path: str | Path) -> seals.ChainCheck:
+def verify_import(path: str | Path) -> chain.ChainCheck:
     conn = connection.connect(path, read_only=True)
     try:
-        return seals.verify(conn)
+        return chain.check(conn)
     finally:
         conn.close()

@@ -138,12 +138,13 @@ def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
     text = job.event_text()
     if text is None:
         text = dumps(job.event_data())
-    sealed = seals.chain(last.hash, [seals.line(first, now, "enqueue", job.id, job.queue,
-                                                job.name, None, None, text)])
+    event = seals.digest(seals.line(first, now, "enqueue", job.id, job.queue, job.name,
+                                    None, None, text))
+    sealed = seals.seal_hash(last.hash, (event,), seals.seal_line(first + 1, now, first))
     try:
         cursor = conn.execute(sql.APPEND_ENQUEUE_SEALED_IF_NEWEST, (
             first, now, job.id, job.queue, job.name, text,
-            first + 1, now, seals.data_text(first, sealed), last.position))
+            first + 1, now, seals.data_text(first, sealed), seals.SCHEME, last.position))
     except sqlite3.IntegrityError as exc:
         raise refusal(exc, "enqueue", job.id, None) from None
     except sqlite3.OperationalError as exc:

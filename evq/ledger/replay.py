@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from . import connection, sql
+from . import chain, connection, seals, sql
 
 
 @attrs.frozen
@@ -66,6 +66,7 @@ def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
             done = upper
             if progress is not None:
                 progress(done, head)
+        conn.execute(sql.COPY_KEPT_HASHES, (last,))
     except sqlite3.IntegrityError:
         conn.execute(sql.ROLLBACK)
         position, reason = _first_refused(conn, last)
@@ -112,12 +113,31 @@ def _replay_merged(conn: sqlite3.Connection, source: str | Path, upto: int | Non
         for position in pending:
             conn.execute(sql.IMPORT_EVENT, archived[position])
             count += 1
+        _keep_restored_hashes(conn, last, archived)
         conn.execute(sql.COMMIT)
     except BaseException:
         conn.execute(sql.ROLLBACK)
         raise
     conn.execute(sql.DETACH_SOURCE)
     return count
+
+
+def _keep_restored_hashes(conn: sqlite3.Connection, last: int,
+                          archived: dict[int, tuple[Any, ...]]) -> None:
+    """Events put back where an `archive` event says it removed them carry their kept
+    hash along (how verify tells them from a false claim); archives written before
+    schema 4 kept none, so theirs is computed from the event put back."""
+    conn.execute(sql.COPY_KEPT_HASHES, (last,))
+    try:
+        claims = chain.read_claims(conn.execute(sql.SOURCE_ARCHIVE_EVENTS, (last,)))
+    except chain.ChainError:
+        return  # a forged archive event: verify names it
+    for claim in claims:
+        for low, high in claim.ranges:
+            for position in range(low, high + 1):
+                if position in archived:
+                    conn.execute(sql.KEEP_HASH_IF_NEW, (
+                        position, seals.event_hash(archived[position]), claim.position))
 
 
 def _first_refused(conn: sqlite3.Connection, last: int) -> tuple[int | None, str]:

@@ -648,9 +648,27 @@ ALTER TABLE evq_workers ADD COLUMN host TEXT;
 ALTER TABLE evq_workers ADD COLUMN pid INTEGER;
 """
 
+# Version 4: archiving keeps each removed event's own hash (seals.event_hash), so the
+# scheme-2 seals that cover it can be recomputed without the archive file. Written in the
+# archive's transaction, one row per event it removed, with the position of its `archive`
+# event; append-only like the events.
+_V4_ARCHIVED_HASHES = f"""
+CREATE TABLE evq_archived (
+    position         INTEGER PRIMARY KEY,
+    hash             TEXT    NOT NULL,
+    archive_position INTEGER NOT NULL
+);
+CREATE INDEX evq_archived_by_archive ON evq_archived (archive_position);
+CREATE TRIGGER evq_archived_no_update BEFORE UPDATE ON evq_archived
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+CREATE TRIGGER evq_archived_no_delete BEFORE DELETE ON evq_archived
+BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
+"""
+
 # Each entry upgrades the schema by one version; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS,
-                               _V3_ENQUEUE_BY_JOB, _V4_DEFER_AND_HOOKS + _V4_HOOKS + _V4_WORKERS)
+                               _V3_ENQUEUE_BY_JOB,
+                               _V4_DEFER_AND_HOOKS + _V4_HOOKS + _V4_WORKERS + _V4_ARCHIVED_HASHES)
 
 LATEST_VERSION = len(MIGRATIONS)
 

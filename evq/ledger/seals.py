@@ -1,25 +1,42 @@
-"""The hash chain over the events. Every commit that appends events ends with a `seal`
-event whose hash covers the previous seal's hash and one canonical line per event since
-it (data {"first": position, "hash": hex}). The chain lives in the append-only log
-itself. Verifying recomputes it from the rows as stored, so an event edited, deleted or
-inserted by hand (even with the append-only triggers dropped) shows up at its position,
-and a seal hash exported earlier shows a truncated or rewritten ledger."""
+"""The hash chain over the events: how a seal's hash is made. Every commit that appends
+events ends with a `seal` event (data {"first": position, "hash": hex}) whose hash covers
+the previous seal's hash and every event since it. Checking the chain is `chain.py`.
+
+Two schemes, told apart by the seal event's `v`:
+- scheme 2 (`v` = 2, written since schema 4): each event contributes its own hash,
+  SHA-256 of its canonical line (`line`), and the seal hashes the previous seal's hash
+  (64 hex characters), those 32-byte digests in position order, then the seal's own
+  line (with `{"first": N}` as its data, so every field of the seal row is covered
+  too). Because an event enters only through its own hash, archiving can keep that hash
+  in the ledger (`evq_archived`) and every seal stays recomputable without the archive.
+- scheme 1 (`v` = 1, older ledgers): SHA-256 of the previous seal's hash and, for each
+  event, a newline and its canonical line. Still verified; a scheme-1 seal over archived
+  events can only be recomputed with their archive file.
+
+The chain lives in the append-only log itself, so an event edited, deleted or inserted by
+hand (even with the append-only triggers dropped) shows up at its position, and a seal
+hash exported earlier shows a truncated or rewritten ledger."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import sql
 
+if TYPE_CHECKING:
+    from .chain import ChainCheck
+
 GENESIS = "0" * 64
 SEAL = "seal"
-_BATCH = 5000
+SCHEME = 2  # the `v` of the seals written now
+LEGACY_SCHEME = 1
+_sha256 = hashlib.sha256
 
 
 def line(position: int, at: float, kind: str, job_id: str | None, queue: str | None,
@@ -33,18 +50,49 @@ def line(position: int, at: float, kind: str, job_id: str | None, queue: str | N
             f"{data}\x1f{v}").encode()
 
 
+def digest(event_line: bytes) -> bytes:
+    """An event's own hash (raw), as a scheme-2 seal takes it."""
+    return _sha256(event_line).digest()
+
+
+def event_hash(row: Sequence[Any]) -> str:
+    """The hash of a stored event row (position, at, kind, job_id, queue, job, attempt,
+    worker, data, v), in hex: what archiving keeps of an event it removes."""
+    return _sha256(line(*row)).hexdigest()
+
+
 def data_text(first: int, sealed: str) -> str:
     """A seal event's data as stored: the text `dumps({"first": ..., "hash": ...})` gives,
     written directly (it is on every commit's path)."""
     return f'{{"first":{int(first)},"hash":"{sealed}"}}'
 
 
-def chain(previous: str, lines: Iterable[bytes]) -> str:
-    digest = hashlib.sha256(previous.encode())
+def seal_line(position: int, at: float, first: int, v: int = SCHEME,
+              extra: Sequence[Any] = (None, None, None, None, None)) -> bytes:
+    """The seal event's own line as its hash covers it: its data without the hash.
+    `extra` is its job_id, queue, job, attempt and worker as stored (all None when
+    evq writes it)."""
+    job_id, queue, job, attempt, worker = extra
+    return line(position, at, SEAL, job_id, queue, job, attempt, worker,
+                f'{{"first":{int(first)}}}', v)
+
+
+def seal_hash(previous: str, digests: Iterable[bytes], own_line: bytes) -> str:
+    """A scheme-2 seal's hash (see the module docstring)."""
+    total = _sha256(previous.encode())
+    for item in digests:
+        total.update(item)
+    total.update(own_line)
+    return total.hexdigest()
+
+
+def legacy_hash(previous: str, lines: Iterable[bytes]) -> str:
+    """A scheme-1 seal's hash (see the module docstring)."""
+    total = _sha256(previous.encode())
     for item in lines:
-        digest.update(b"\n")
-        digest.update(item)
-    return digest.hexdigest()
+        total.update(b"\n")
+        total.update(item)
+    return total.hexdigest()
 
 
 @attrs.define
@@ -65,100 +113,9 @@ def previous_hash(conn: sqlite3.Connection, first: int, last: LastSeal | None) -
     return str(json.loads(row[1])["hash"]) if row else GENESIS
 
 
-@attrs.frozen
-class ChainCheck:
-    """What verifying the chain found. `position` names the first event where something
-    disagrees (None when all is well); `head` is the newest seal's hash; `unchecked`
-    counts archived events whose archive file was not given."""
+def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> ChainCheck:
+    """Check the chain of the ledger on `conn` (see `chain.check`); kept for callers
+    that only need `.ok`."""
+    from . import chain  # chain builds on this module
 
-    events: int
-    seals: int
-    head: str
-    problem: str | None = None
-    position: int | None = None
-    unchecked: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.problem is None
-
-
-def verify(conn: sqlite3.Connection, expect_head: str | None = None,
-           archived: dict[int, str] | None = None,
-           archive_rows: dict[int, tuple[Any, ...]] | None = None,
-           archive_hashes: set[str] | None = None) -> ChainCheck:
-    """Recompute the chain over every event, in order, reading in short chunks.
-
-    `expect_head`: a seal hash exported earlier (the head `evq verify` printed then). It
-    must still be in the chain: whoever rewrote the ledger before it, or cut it short
-    after it, cannot bring it back; events appended since then are fine.
-    `archived`: positions that `archive` events say were moved out (-> their file's
-    sha256); with `archive_rows` from files whose sha256 is in `archive_hashes` they are
-    put back and checked, otherwise the seals covering them are taken as they are."""
-    archived = archived or {}
-    archive_rows = archive_rows or {}
-    archive_hashes = archive_hashes or set()
-    previous, first, events, seals, after, unchecked = GENESIS, 1, 0, 0, 0, 0
-    cursor = 1  # the next position expected
-    blind = False  # this seal covers an archived event we cannot see
-    anchored = expect_head is None
-    lines: list[bytes] = []
-    rows: list[Any] = []
-
-    def fail(problem: str, position: int | None) -> ChainCheck:
-        return ChainCheck(events, seals, previous, problem, position, unchecked)
-
-    while True:
-        chunk = conn.execute(sql.EVENTS_AFTER, (after, _BATCH)).fetchall()
-        if not chunk:
-            break
-        after = chunk[-1][0]
-        for row in chunk:
-            while cursor < row[0]:  # a gap: archived, or missing
-                if cursor not in archived:
-                    return fail(f"event {cursor} is missing (the next one is {row[0]})",
-                                cursor)
-                kept = archive_rows.get(cursor)
-                if kept is not None and archived[cursor] in archive_hashes:
-                    lines.append(line(*kept))
-                    rows.append(kept)
-                else:
-                    blind = True
-                    unchecked += 1
-                cursor += 1
-            cursor += 1
-            if row[2] != SEAL:
-                lines.append(line(*row))
-                rows.append(row)
-                continue
-            try:
-                seal = json.loads(row[8])
-                stored, covers = str(seal["hash"]), int(seal["first"])
-            except (TypeError, ValueError, KeyError):
-                return fail(f"the seal at {row[0]} was edited by hand", row[0])
-            if covers != first or (not blind and chain(previous, lines) != stored):
-                return fail(f"the seal at {row[0]} does not match events {first}..{row[0] - 1}:"
-                            " an event was edited, deleted or inserted by hand",
-                            _first_changed(rows) if rows else row[0])
-            previous, first, blind = stored, row[0] + 1, False
-            anchored = anchored or stored == expect_head
-            events += len(lines)
-            seals += 1
-            lines, rows = [], []
-    if lines or blind:
-        return fail(f"event {first} and after are not sealed: inserted by hand", first)
-    if not anchored:
-        return fail(f"the expected seal {str(expect_head)[:16]}... is not in the chain: "
-                    "events were truncated or the ledger was rewritten", first)
-    return ChainCheck(events, seals, previous, unchecked=unchecked)
-
-
-def _first_changed(rows: list[Any]) -> int:
-    """Within a bad seal, the first event that looks edited: its stored data no longer
-    parses, or failing that the seal's first event."""
-    for row in rows:
-        try:
-            json.loads(row[8])
-        except (TypeError, ValueError):
-            return int(row[0])
-    return int(rows[0][0])
+    return chain.check(conn, expect_head)

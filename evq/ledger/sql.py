@@ -62,17 +62,25 @@ TAKE_WRITE_LOCK = "DELETE FROM evq_meta WHERE 0"
 LAST_SEAL = (
     "SELECT position, data FROM evq_events WHERE kind = 'seal' ORDER BY position DESC LIMIT 1"
 )
+# A commit's seal, at the position right after the commit's events (its hash covers it).
+APPEND_SEAL = "INSERT INTO evq_events (position, at, kind, data, v) VALUES (?, ?, 'seal', ?, ?)"
 # One job's enqueue event and its seal, at given positions, only if the position before
 # them is still the newest (see ops.enqueue_alone).
 APPEND_ENQUEUE_SEALED_IF_NEWEST = (
-    "INSERT INTO evq_events (position, at, kind, job_id, queue, job, attempt, worker, data) "
-    "SELECT * FROM (VALUES (?, ?, 'enqueue', ?, ?, ?, NULL, NULL, ?), "
-    "(?, ?, 'seal', NULL, NULL, NULL, NULL, NULL, ?)) "
+    "INSERT INTO evq_events "
+    "(position, at, kind, job_id, queue, job, attempt, worker, data, v) "
+    "SELECT * FROM (VALUES (?, ?, 'enqueue', ?, ?, ?, NULL, NULL, ?, 1), "
+    "(?, ?, 'seal', NULL, NULL, NULL, NULL, NULL, ?, ?)) "
     "WHERE (SELECT max(position) FROM evq_events) = ?"
 )
+# Whether the file itself is sound: "ok", or what SQLite found damaged.
+INTEGRITY_CHECK = "PRAGMA integrity_check(20)"
+TABLE_QUICK_CHECK = 'PRAGMA quick_check("{table}")'
+TABLE_NAMES = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
 GUARD_TRIGGERS = (
     "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name IN "
-    "('evq_events_no_update', 'evq_events_no_delete')"
+    "('evq_events_no_update', 'evq_events_no_delete', 'evq_archived_no_update', "
+    "'evq_archived_no_delete')"
 )
 
 # --- claiming ------------------------------------------------------------------------
@@ -354,4 +362,24 @@ EVENTS_OF_JOBS = _EVENTS_OF.format(
 FORGET_DELETED_JOBS = "DELETE FROM evq_deleted_jobs WHERE id IN (SELECT value FROM json_each(?))"
 DROP_EVENTS_NO_DELETE = "DROP TRIGGER evq_events_no_delete"
 DELETE_EVENTS_AT = "DELETE FROM evq_events WHERE position IN (SELECT value FROM json_each(?))"
-ARCHIVE_EVENTS = "SELECT data FROM evq_events WHERE kind = 'archive' ORDER BY position"
+ARCHIVE_EVENTS = "SELECT position, data FROM evq_events WHERE kind = 'archive' ORDER BY position"
+SOURCE_ARCHIVE_EVENTS = (
+    "SELECT position, data FROM source.evq_events WHERE kind = 'archive' AND position <= ? "
+    "ORDER BY position")
+# The hash of each event archiving removed (from a JSON array of [position, hash]).
+KEEP_HASHES = """
+INSERT INTO evq_archived (position, hash, archive_position)
+SELECT value ->> 0, value ->> 1, ? FROM json_each(?)
+"""
+KEEP_HASH = "INSERT INTO evq_archived (position, hash, archive_position) VALUES (?, ?, ?)"
+KEEP_HASH_IF_NEW = (
+    "INSERT OR IGNORE INTO evq_archived (position, hash, archive_position) VALUES (?, ?, ?)")
+KEPT_HASHES_AFTER = (
+    "SELECT position, hash, archive_position FROM evq_archived WHERE position > ? "
+    "ORDER BY position LIMIT ?")
+KEPT_HASHES_OF_ARCHIVE = (
+    "SELECT position, hash FROM evq_archived WHERE archive_position = ? ORDER BY position")
+COPY_KEPT_HASHES = (
+    "INSERT OR IGNORE INTO main.evq_archived (position, hash, archive_position) "
+    "SELECT position, hash, archive_position FROM source.evq_archived "
+    "WHERE archive_position <= ?")

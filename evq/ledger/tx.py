@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from hashlib import sha256
 from typing import Any
 
 from ..codec import dumps
 from ..errors import FlowError, JobStateConflict, LeaseLost, LedgerError, UnknownJob
 from . import schema, seals, sql
 
-# (position, at, kind, job_id, queue, job, attempt, worker, data-dict)
+# (position, at, kind, job_id, queue, job, attempt, worker, data-dict, v)
 AppendedRow = tuple[int, float, str, str | None, str | None, str | None, int | None,
-                    str | None, dict[str, Any]]
+                    str | None, dict[str, Any], int]
 
 
 # (kind, job_id, queue, job, attempt, worker, data, data already encoded as JSON or None)
@@ -32,7 +33,7 @@ class Tx:
     """Appends events inside a transaction someone else opened and will commit. Make it
     with `Tx.locked` once that transaction holds the write lock."""
 
-    __slots__ = ("appended", "conn", "last_at", "lines", "now")
+    __slots__ = ("appended", "conn", "digests", "last_at", "now")
 
     def __init__(self, conn: sqlite3.Connection, now: float, last_at: float | None = None
                  ) -> None:
@@ -42,7 +43,7 @@ class Tx:
         # ledger took no commit between then and now.
         self.last_at = last_at
         self.appended: list[AppendedRow] = []
-        self.lines: list[bytes] = []  # what the seal of this transaction will hash
+        self.digests: list[bytes] = []  # each event's own hash, for this commit's seal
 
     @classmethod
     def locked(cls, conn: sqlite3.Connection, clock_now: float) -> Tx:
@@ -59,7 +60,7 @@ class Tx:
     def forget_after(self, mark: int) -> None:
         """Drop what was appended after `mark` (rolled back to a savepoint)."""
         del self.appended[mark:]
-        del self.lines[mark:]
+        del self.digests[mark:]
 
     def seal(self, last: seals.LastSeal | None = None) -> None:
         """Seal what this transaction appended with a `seal` event (call it once, just
@@ -67,10 +68,13 @@ class Tx:
         seal when that writer wrote it; it is updated (commit, or forget it)."""
         if not self.appended:
             return
-        first = self.appended[0][0]
-        sealed = seals.chain(seals.previous_hash(self.conn, first, last), self.lines)
-        data = {"first": first, "hash": sealed}
-        position = self.append(seals.SEAL, data=data, text=seals.data_text(first, sealed))
+        first, position = self.appended[0][0], self.appended[-1][0] + 1
+        sealed = seals.seal_hash(seals.previous_hash(self.conn, first, last), self.digests,
+                                 seals.seal_line(position, self.now, first))
+        self.conn.execute(sql.APPEND_SEAL, (position, self.now,
+                                            seals.data_text(first, sealed), seals.SCHEME))
+        self.appended.append((position, self.now, seals.SEAL, None, None, None, None, None,
+                              {"first": first, "hash": sealed}, seals.SCHEME))
         if last is not None:
             last.position, last.hash, last.at = position, sealed, self.now
 
@@ -98,9 +102,10 @@ class Tx:
             raise refusal(exc, kind, job_id, attempt) from None
         position = cursor.lastrowid
         assert position is not None
-        self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker, body))
-        self.lines.append(seals.line(position, self.now, kind, job_id, queue, job, attempt,
-                                     worker, stored))
+        self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker,
+                              body, 1))
+        self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
+                                              attempt, worker, stored)).digest())
         return position
 
     def append_many(self, events: Sequence[NewEvent]) -> None:
@@ -122,10 +127,11 @@ class Tx:
         last = self.conn.execute(sql.LAST_POSITION).fetchone()[0]
         first_position = last - len(events) + 1
         self.appended.extend(
-            (first_position + i, now, kind, job_id, queue, job, attempt, worker, data)
+            (first_position + i, now, kind, job_id, queue, job, attempt, worker, data, 1)
             for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
-        self.lines.extend(seals.line(first_position + i, now, *row)
-                          for i, row in enumerate(rows))
+        line = seals.line
+        self.digests.extend(sha256(line(first_position + i, now, *row)).digest()
+                            for i, row in enumerate(rows))
 
     def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
         return self.conn.execute(query, tuple(params)).fetchall()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -54,11 +55,17 @@ def test_archive_moves_deleted_jobs_out_and_the_chain_still_verifies(tmp_path: P
     left = {row[0] for row in conn.execute("SELECT DISTINCT job_id FROM evq_events")}
     conn.close()
     assert not set(old) & left and set(young) <= left  # only the old, deleted ones left
+    # Without the file: every seal still recomputed (from the hashes the ledger kept), the
+    # archived events themselves reported by position as not checked, exit 4.
     plain = evq_cli("verify", "--db", str(db), "--expect-head", head_before)
-    assert plain.returncode == 0 and f"{len(moved)} archived events were not checked" in \
+    positions = sorted(e["position"] for e in moved)
+    assert plain.returncode == 4, plain.stdout
+    assert f"not checked: {len(moved)} archived events (positions {positions[0]}," in \
         plain.stdout
     full = evq_cli("verify", "--db", str(db), "--archive", str(archive))
     assert full.returncode == 0 and "not checked" not in full.stdout
+    assert f"archived: {len(moved)} events checked against their archive files" in full.stdout
+    assert archive.stat().st_mode & 0o777 == 0o600  # holds payloads: private
     again = evq_cli("archive", "--db", str(db), "--before", before,
                     "--to", str(tmp_path / "b.jsonl.gz"))
     assert "nothing to archive" in again.stdout and not (tmp_path / "b.jsonl.gz").exists()
@@ -111,3 +118,71 @@ def test_replay_of_archive_plus_ledger_equals_the_state(tmp_path: Path):
     a.close()
     b.close()
     assert evq_cli("verify", "--db", str(merged)).returncode == 0
+
+
+def test_an_archive_file_whose_event_differs_from_the_kept_hash_fails(tmp_path: Path):
+    db = tmp_path / "ledger.db"
+    _, _, cut = build(db)
+    archive = tmp_path / "a.jsonl.gz"
+    before = datetime.fromtimestamp(cut, UTC).isoformat()
+    assert evq_cli("archive", "--db", str(db), "--before", before,
+                   "--to", str(archive)).returncode == 0
+    lines = gzip.decompress(archive.read_bytes()).decode().splitlines()
+    first = json.loads(lines[0])
+    first["worker"] = "mallory"
+    lines[0] = json.dumps(first)
+    forged = tmp_path / "forged.jsonl.gz"
+    forged.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    # Make the ledger's archive event name the forged file, as a forger able to edit both
+    # would: the seals (and the hash kept of that event) still give it away.
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER evq_events_no_update")
+    conn.execute("UPDATE evq_events SET data = json_set(data, '$.sha256', ?) "
+                 "WHERE kind = 'archive'",
+                 (hashlib.sha256(forged.read_bytes()).hexdigest(),))
+    conn.close()
+    result = evq_cli("verify", "--db", str(db), "--archive", str(forged))
+    assert result.returncode == 1
+    assert f"archived event {first['position']} in {forged} does not match the hash the " \
+        "ledger kept of it" in result.stdout
+
+
+def test_archive_never_removes_a_file_it_did_not_make(tmp_path: Path):
+    db = tmp_path / "ledger.db"
+    _, _, cut = build(db)
+    before = datetime.fromtimestamp(cut, UTC).isoformat()
+    events = _count(db)
+    # A name taken by a dangling symbolic link (someone else's): refused, left alone.
+    link = tmp_path / "taken.jsonl.gz"
+    link.symlink_to(tmp_path / "nowhere")
+    result = evq_cli("archive", "--db", str(db), "--before", before, "--to", str(link))
+    assert result.returncode == 2 and "already exists" in result.stderr, result.stderr
+    assert link.is_symlink() and _count(db) == events
+    # A directory that does not exist: a clear error, no traceback.
+    result = evq_cli("archive", "--db", str(db), "--before", before,
+                     "--to", str(tmp_path / "no" / "a.jsonl.gz"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "does not exist" in result.stderr and _count(db) == events
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.db", "ledger.db-shm",
+                                                         "ledger.db-wal", "taken.jsonl.gz"]
+
+
+def test_an_archive_the_ledger_refuses_leaves_no_file_behind(tmp_path: Path):
+    db = tmp_path / "ledger.db"
+    _, _, cut = build(db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER evq_events_no_delete")  # the ledger was tampered with
+    conn.close()
+    events = _count(db)
+    target = tmp_path / "a.jsonl.gz"
+    result = evq_cli("archive", "--db", str(db), "--before",
+                     datetime.fromtimestamp(cut, UTC).isoformat(), "--to", str(target))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "evq_events_no_delete" in result.stderr
+    assert not target.exists() and _count(db) == events
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file
+
+
+def _count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM evq_events").fetchone()[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import evq
-from evq.ledger import ops, replay, seals
+from evq.ledger import chain, ops, replay, seals
 
 
 def _assert_chain_and_replay_hold(db: Path) -> None:
@@ -162,3 +162,29 @@ def test_a_busy_file_sends_the_single_enqueue_down_the_general_path(db, clock):
         assert (last.position, last.hash) == before
         assert producer.enqueue("job", 3)
     assert len(_events(db, "position")) == 4
+
+
+def test_the_one_statement_enqueue_seals_exactly_as_a_transaction_does(db, clock,
+                                                                        monkeypatch):
+    """Both writers of seals (Tx.seal and ops.enqueue_alone) agree byte for byte: the
+    chain holds across commits from either, and every seal is of the current scheme."""
+    wrote_alone: list[bool] = []
+    enqueue_alone = ops.enqueue_alone
+
+    def watched(*args, **kwargs):
+        wrote_alone.append(enqueue_alone(*args, **kwargs))
+        return wrote_alone[-1]
+
+    monkeypatch.setattr(ops, "enqueue_alone", watched)
+    ctx = evq.Context(db, clock=clock)
+    ctx.define("send", None)
+    with ctx.sync() as producer:
+        for i in range(3):
+            producer.enqueue("send", i)
+        producer.enqueue_many([("send", 3), ("send", 4)])
+        producer.enqueue("send", 5)
+    assert False in wrote_alone and True in wrote_alone  # both paths were taken
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert {row[0] for row in conn.execute(
+            "SELECT v FROM evq_events WHERE kind = 'seal'")} == {seals.SCHEME}
+        assert chain.check(conn).complete
