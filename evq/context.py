@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec, enqueueing, flows
+from . import codec, enqueueing, files, flows
 from .clock import Clock, SystemClock
 from .durable import EventFilter, SubscriberState, Subscription
 from .enqueueing import EnqueueRequest
@@ -54,6 +54,9 @@ class Context:
     durability: "process" (default; survives any process crash) or "power" (also power
     loss). poll_interval: how often, in seconds, this process looks for commits made by
     other processes (workers in this process wake at once on its own enqueues).
+    file_mode: the permissions of a ledger file this context creates (0600 by default:
+    it holds payloads; its -wal and -shm take the same mode). An existing file keeps its
+    own.
     """
 
     def __init__(
@@ -66,8 +69,10 @@ class Context:
         poll_interval: float = 0.005,
         busy_timeout: float = 10.0,
         sync_handler_threads: int = 8,
+        file_mode: int = files.FILE_MODE,
     ) -> None:
         self.path = Path(path)
+        self.file_mode = files.check_mode(file_mode)
         self.clock: Clock = clock or SystemClock()
         try:
             self.durability = Durability(durability)
@@ -95,6 +100,7 @@ class Context:
     async def open(self) -> Context:
         if self._writer is not None:
             return self
+        connection.create_file(self.path, self.file_mode)
         writer = Writer(self.path, self.clock, self.durability, self._committed,
                         self._busy_timeout_ms)
         await writer.open()
