@@ -7,6 +7,7 @@ pinning the WAL. The CLI prints what these functions return.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownJob
+from .errors import InvalidInput, UnknownJob
 from .events import Event, event_from_row
 from .flows import FlowTree
 from .jobs import JobRecord
@@ -36,22 +37,71 @@ def short_id(job_id: str) -> str:
     return job_id[-8:]
 
 
+MAX_ID_LENGTH = 1000  # ids evq makes have 32 characters; imported ones may be longer
+CANDIDATES_SHOWN = 10
+
+
 def resolve_job_id(conn: sqlite3.Connection, text: str) -> str:
     """A full job id from an id, the short id shown everywhere (its tail), or a unique
-    prefix of one."""
+    prefix or suffix of one, all matched literally. Raises UnknownJob when no job
+    matches, InvalidInput (naming the candidates) when more than one does."""
     if not text:
         raise UnknownJob("give a job id")
-    if conn.execute(sql.EVENTS_FOR_JOB + " LIMIT 1", (text,)).fetchone():
+    if len(text) > MAX_ID_LENGTH or not _storable(text):
+        raise UnknownJob(f"no such job: no job id in this ledger is {_quoted(text)}")
+    if conn.execute(sql.JOB_ID_KNOWN, (text,)).fetchone():
         return text
-    found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_SUFFIX, ("%" + text,))]
-    if not found:
-        upper = text[:-1] + chr(ord(text[-1]) + 1)
-        found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, upper))]
+    most = CANDIDATES_SHOWN + 1
+    found = sorted({str(row[0]) for row in [
+        *conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, _after_prefix(text), most)),
+        *conn.execute(sql.FIND_JOB_IDS_BY_SUFFIX, ("*" + _glob_literal(text), most))]})
     if len(found) == 1:
-        return str(found[0])
+        return found[0]
     if not found:
-        raise UnknownJob(f"no job with id {text!r} (or ending or starting so) in this ledger")
-    raise UnknownJob(f"{text!r} matches more than one job; give more of the id")
+        raise UnknownJob(f"no such job: no job with id {_quoted(text)} (or ending or "
+                         "starting so) in this ledger")
+    lines = [f"{_quoted(text)} matches more than one job; give more of the id:"]
+    for job_id in found[:CANDIDATES_SHOWN]:
+        label = conn.execute(sql.JOB_ID_LABEL, (job_id,)).fetchone() or ("?", "?")
+        lines.append(f"  {printable(job_id)}  {printable(str(label[0]))}  "
+                     f"{printable(str(label[1]))}")
+    if len(found) > CANDIDATES_SHOWN:
+        lines.append("  ... and more")
+    raise InvalidInput("\n".join(lines))
+
+
+def _storable(text: str) -> bool:
+    """Whether SQLite can take `text` (UTF-8 has no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return "'" + printable(shown) + "'"
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a GLOB pattern that matches only itself."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
+
+
+def _after_prefix(prefix: str) -> str | bytes:
+    """The least text that sorts after every text beginning with `prefix` (SQLite
+    compares text as UTF-8 bytes, which is code point order): the prefix with its last
+    character that can be incremented incremented. An empty blob, which sorts after
+    all text, when there is none."""
+    chars = list(prefix)
+    while chars:
+        point = ord(chars.pop()) + 1
+        if point == 0xD800:
+            point = 0xE000  # surrogates are not text
+        if point <= 0x10FFFF:
+            return "".join(chars) + chr(point)
+    return b""
 
 
 def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[Event]:
@@ -103,6 +153,33 @@ def _event(row: Any) -> Event:
 
 
 # --- formatting ------------------------------------------------------------------------
+# What must not reach a terminal as it is: C0 controls (newline, carriage return, escape,
+# ...), DEL, C1 controls, lone surrogates (which cannot be printed), the line and paragraph
+# separators, and the marks that reorder text on screen (bidi embeddings, overrides,
+# isolates).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e"
+                          "\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def printable(value: object) -> str:
+    """`value` as text that shows as what it is on one line of a terminal: every
+    character that could move the cursor, start a line, change colours or reorder what
+    is shown is written as an escape (a newline as \\n, ESC as \\x1b, U+202E as
+    \\u202e). Everything people read from the ledger goes through here; JSON output
+    does not need to."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def fmt_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 

@@ -2,7 +2,8 @@
 definitions, subscribers, replay, verify, schema, migrate.
 
 Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
-1 a check failed (verify), 2 bad usage or input (unknown job, no ledger at that path).
+1 a check failed (verify), 2 bad usage or input (no ledger at that path, an ambiguous
+job id), 3 no such job.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .errors import EvqError, InvalidInput, UnknownJob
 from .events import EventKind
 from .ledger import connection, replay, schema, seals, sql
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 
 def _out(line: str = "") -> None:
@@ -556,8 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except EvqError as exc:
-        print(f"evq: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        # Messages may quote what the ledger or the caller holds: escaped, line by line.
+        for number, line in enumerate(str(exc).split("\n")):
+            print(("evq: " if number == 0 else "") + audit.printable(line), file=sys.stderr)
+        return EXIT_NOT_FOUND if isinstance(exc, UnknownJob) else EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
 
