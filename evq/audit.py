@@ -206,14 +206,16 @@ def paint(text: str, key: str, colour: bool) -> str:
 
 
 def event_line(event: Event, colour: bool = False) -> str:
-    """One event on one line: position, time, kind, job, attempt, worker, the gist."""
-    who = f"{event.job}#{short_id(event.job_id)}" if event.job_id else "-"
-    parts = [f"{event.position:>7}", fmt_time(event.at),
-             paint(f"{event.kind:<9}", event.kind, colour), who]
+    """One event on one line: position, time, kind, job, attempt, worker, the gist (every
+    value from the ledger escaped, see `printable`)."""
+    who = (printable(f"{event.job}#{short_id(str(event.job_id))}") if event.job_id
+           else "-")
+    parts = [printable(f"{event.position:>7}"), fmt_time(event.at),
+             paint(f"{printable(event.kind):<9}", event.kind, colour), who]
     if event.attempt is not None:
-        parts.append(f"attempt={event.attempt}")
+        parts.append(printable(f"attempt={event.attempt}"))
     if event.worker:
-        parts.append(f"worker={event.worker}")
+        parts.append(printable(f"worker={event.worker}"))
     gist = describe(event)
     if gist:
         parts.append(gist)
@@ -221,7 +223,15 @@ def event_line(event: Event, colour: bool = False) -> str:
 
 
 def describe(event: Event) -> str:
-    """A short human reading of an event's data."""
+    """A short human reading of an event's data, on one line, escaped. Data that does not
+    have its kind's shape (a forged or damaged row) is shown as it is."""
+    try:
+        return printable(_describe(event))
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
+        return "data=" + _short(event.data, 200)
+
+
+def _describe(event: Event) -> str:
     data = event.data
     kind = event.kind
     if kind == "enqueue":
@@ -280,23 +290,30 @@ def history_lines(record: JobRecord | None, events: list[Event], colour: bool = 
     first = events[0]
     state = paint(record.state.value, record.state.value, colour) if record else \
         "deleted (removed from the current state)"
-    lines = [f"job {first.job_id}  {first.job}  queue={first.queue}  state={state}"]
+    lines = [printable(f"job {first.job_id}  {first.job}  queue={first.queue}  state=")
+             + state]
     if record is not None and record.result is not None:
         lines.append(f"result: {_short(record.result, 200)}")
     previous = first.at
     for event in events:
         wait = (event.at - previous).total_seconds()
         previous = event.at
-        attempt = f"#{event.attempt}" if event.attempt is not None else "  "
-        who = f" by {event.worker}" if event.worker else ""
+        attempt = printable(f"#{event.attempt}") if event.attempt is not None else "  "
+        who = printable(f" by {event.worker}") if event.worker else ""
         gist = describe(event)
-        kind = paint(f"{event.kind:<9}", event.kind, colour)
+        kind = paint(f"{printable(event.kind):<9}", event.kind, colour)
         lines.append(f"  {fmt_time(event.at)}  +{wait:8.3f}s  {kind} {attempt:>3}"
                      f"{who}{'  ' + gist if gist else ''}")
-        trace = (event.data.get("error") or {}).get("traceback") if event.kind == "error" else ""
-        if trace:
-            lines.extend("        | " + line for line in trace.rstrip().splitlines())
+        # A traceback keeps its lines, each escaped on its own (a \r or U+2028 in it is
+        # shown, never obeyed).
+        lines.extend("        | " + printable(line) for line in _traceback(event))
     return lines
+
+
+def _traceback(event: Event) -> list[str]:
+    error = event.data.get("error") if event.kind == "error" else None
+    trace = error.get("traceback") if isinstance(error, dict) else None
+    return str(trace).rstrip().split("\n") if trace else []
 
 
 def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
@@ -306,22 +323,25 @@ def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
 
     def visit(node: FlowTree, lead: str, branch: str) -> None:
         job = node.job
-        parts = [f"{node.name}#{short_id(node.id)}", f"queue={node.queue}",
-                 "state=" + paint(node.state, node.state, colour)]
+        parts = [printable(f"{node.name}#{short_id(node.id)}"),
+                 printable(f"queue={node.queue}"),
+                 "state=" + paint(printable(node.state), node.state, colour)]
         if job is not None and job.attempt:
-            parts.append(f"attempt={job.attempt}/{job.max_attempts or '-'}")
+            parts.append(printable(f"attempt={job.attempt}/{job.max_attempts or '-'}"))
         if node.edge is not None:
             if node.edge.on_failure != "wait":
-                parts.append(f"on_failure={node.edge.on_failure}")
+                parts.append(printable(f"on_failure={node.edge.on_failure}"))
             if node.edge.state not in ("open", "succeeded"):
-                parts.append(f"edge={node.edge.state}")
+                parts.append(printable(f"edge={node.edge.state}"))
         if job is not None and job.blocked_by:
-            parts.append(paint(f"blocked_by=#{short_id(job.blocked_by)}", "failed", colour))
+            parts.append(paint(printable(f"blocked_by=#{short_id(job.blocked_by)}"),
+                               "failed", colour))
         if node.result is not None:
             parts.append(f"result={_short(node.result)}")
         elif node.error and node.state != "succeeded":
-            parts.append(f"error={node.error.get('type')}: "
-                         f"{_short(node.error.get('message'), 80)}")
+            error = node.error if isinstance(node.error, dict) else {"message": node.error}
+            parts.append(printable(f"error={error.get('type')}: ")
+                         + _short(error.get("message"), 80))
         lines.append(lead + branch + "  ".join(parts))
         below = lead + ("" if not branch else "    " if branch == "└── " else "│   ")
         for i, child in enumerate(node.children):
@@ -344,5 +364,6 @@ def tree_json(node: FlowTree) -> dict[str, Any]:
 
 
 def _short(value: Any, limit: int = 60) -> str:
+    """A value as JSON on one line, cut at `limit` characters, escaped."""
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return printable(text if len(text) <= limit else text[: limit - 3] + "...")

@@ -170,8 +170,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         jobs = [job for job in jobs if (not args.state or job.state.value == args.state)
                 and (not args.queue or job.queue == args.queue)]
         table = [("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
-        table += [(job.id, job.state.value, job.queue, job.name, str(job.attempt),
-                   str(job.errors), audit.fmt_time(job.enqueued_at)) for job in jobs]
+        table += [tuple(map(audit.printable, (
+            job.id, job.state.value, job.queue, job.name, job.attempt, job.errors,
+            audit.fmt_time(job.enqueued_at)))) for job in jobs]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         colour = _colour()
         for number, row in enumerate(table):
@@ -271,9 +272,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     table = [("queue", "done", "failed", "cancelled", "jobs/s", "errors", "wait ms p50/90/99",
               "run ms p50/90/99")]
-    table += [(r["queue"], str(r["succeeded"]), str(r["failed"]), str(r["cancelled"]),
-               str(r["throughput_per_s"]), f"{r['error_rate']:.1%}", spread(r["wait_ms"]),
-               spread(r["run_ms"])) for r in rows]
+    table += [(audit.printable(r["queue"]), str(r["succeeded"]), str(r["failed"]),
+               str(r["cancelled"]), str(r["throughput_per_s"]), f"{r['error_rate']:.1%}",
+               spread(r["wait_ms"]), spread(r["run_ms"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -339,7 +340,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if problems:
         _out("MISMATCH")
         for problem in problems:
-            _out(problem)
+            _out(audit.printable(problem))
         return EXIT_CHECK_FAILED
     _out(f"ok: {chain.events} events in {chain.seals} seals; the hash chain holds, the "
          "ledger is append-only, and replay equals the stored state")
@@ -360,8 +361,9 @@ def cmd_subscribers(args: argparse.Namespace) -> int:
         _out("no durable event handlers on this ledger")
     for state in found:
         when = audit.fmt_time(datetime.fromtimestamp(state.updated_at, UTC))
-        _out(f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
-             f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}")
+        _out(audit.printable(
+            f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
+            f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}"))
     return EXIT_OK
 
 
@@ -377,14 +379,15 @@ def _job_action(args: argparse.Namespace) -> tuple[Path, str]:
 def cmd_retry(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     new_id = admin.retry(path, job_id, args.reason)
-    _out(f"retrying {job_id} as new job {new_id}")
+    _out(audit.printable(f"retrying {job_id} as new job {new_id}"))
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     (_, was_running), *descendants = admin.cancel(path, job_id, args.reason)
-    _out(f"cancelled {job_id}" + (" (its worker is told to stop)" if was_running else ""))
+    _out(audit.printable(f"cancelled {job_id}")
+         + (" (its worker is told to stop)" if was_running else ""))
     _say_descendants(descendants)
     return EXIT_OK
 
@@ -392,7 +395,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     descendants = admin.delete(path, job_id, args.reason)
-    _out(f"deleted {job_id} from the current state (its events stay in the ledger)")
+    _out(audit.printable(f"deleted {job_id}")
+         + " from the current state (its events stay in the ledger)")
     _say_descendants(descendants)
     return EXIT_OK
 
@@ -403,7 +407,8 @@ def _say_descendants(descendants: list[tuple[str, bool]]) -> None:
         busy = sum(1 for _, running in descendants if running)
         _out(f"also cancelled {len(descendants)} job(s) of its flow"
              + (f" ({busy} running: their workers are told to stop)" if busy else "")
-             + ": " + ", ".join(audit.short_id(child) for child, _ in descendants))
+             + ": " + audit.printable(", ".join(audit.short_id(child)
+                                                for child, _ in descendants)))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -446,7 +451,7 @@ def cmd_definitions(args: argparse.Namespace) -> int:
                 spec, next_at = schedules[name]
                 when = datetime.fromtimestamp(next_at, UTC)
                 line += f"  {spec}, next {audit.fmt_time(when)}"
-            _out(line)
+            _out(audit.printable(line))
     finally:
         conn.close()
     return EXIT_OK
