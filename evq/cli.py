@@ -169,7 +169,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         jobs = [JobRecord.from_row(tuple(row)) for row in conn.execute(sql.LIST_JOBS)]
         jobs = [job for job in jobs if (not args.state or job.state.value == args.state)
                 and (not args.queue or job.queue == args.queue)]
-        table = [("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
+        table: list[tuple[str, ...]] = [
+            ("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
         table += [tuple(map(audit.printable, (
             job.id, job.state.value, job.queue, job.name, job.attempt, job.errors,
             audit.fmt_time(job.enqueued_at)))) for job in jobs]
