@@ -149,7 +149,7 @@ def job_record(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
 
 
 def _event(row: Any) -> Event:
-    return event_from_row(tuple(row), json.loads(row[8]))
+    return event_from_row(tuple(row))
 
 
 # --- formatting ------------------------------------------------------------------------
@@ -233,6 +233,8 @@ def describe(event: Event) -> str:
 
 def _describe(event: Event) -> str:
     data = event.data
+    if set(data) == {"unreadable"}:
+        return "unreadable data: " + _short(data["unreadable"], 200)
     kind = event.kind
     if kind == "enqueue":
         text = f"payload={_short(data.get('payload'))}"

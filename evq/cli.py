@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from . import admin, audit, codec, demo, durable, files, flows, stats, transfer
@@ -361,7 +360,7 @@ def cmd_subscribers(args: argparse.Namespace) -> int:
     if not found:
         _out("no durable event handlers on this ledger")
     for state in found:
-        when = audit.fmt_time(datetime.fromtimestamp(state.updated_at, UTC))
+        when = audit.fmt_time(codec.stored_datetime(state.updated_at) or codec.FIRST_DATETIME)
         _out(audit.printable(
             f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
             f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}"))
@@ -445,12 +444,12 @@ def cmd_definitions(args: argparse.Namespace) -> int:
         if not rows:
             _out("no job definitions deployed (Context.deploy, or an orchestrator, records them)")
         for name, queue, data in rows:
-            settings = json.loads(data)
+            settings = codec.stored_object(data) or {}
             line = (f"{name:<24} queue={queue:<12} max_attempts={settings.get('max_attempts')}"
                     f" lease={settings.get('lease')}s")
             if name in schedules:
                 spec, next_at = schedules[name]
-                when = datetime.fromtimestamp(next_at, UTC)
+                when = codec.stored_datetime(next_at) or codec.FIRST_DATETIME
                 line += f"  {spec}, next {audit.fmt_time(when)}"
             _out(audit.printable(line))
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -484,14 +483,14 @@ class Context:
     async def history(self, job_id: str) -> list[Event]:
         """Every event of one job, in ledger order."""
         rows = await self._read(sql.EVENTS_FOR_JOB, (job_id,))
-        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows]
+        return [event_from_row(tuple(r)) for r in rows]
 
     async def events(self, after: int = 0, limit: int = 1000, *, seals: bool = False
                      ) -> list[Event]:
         """Events after a position, oldest first (the hash chain's `seal` events only
         with seals=True)."""
         rows = await self._read(sql.EVENTS_AFTER, (after, limit))
-        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows
+        return [event_from_row(tuple(r)) for r in rows
                 if seals or r[2] != "seal"]
 
     async def counts(self) -> dict[str, int]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from .codec import clamp_time
 from .retry import Backoff
 
 EXHAUSTED_HOOK = "on_max_attempts_exhausted"
@@ -70,8 +71,8 @@ def after_failure(
     attempts_left = policy.max_attempts is None or errors < policy.max_attempts
     if retryable and attempts_left:
         delay = max(0.0, float(policy.backoff(errors)))
-        data["retry_at"] = now + delay
-        data["retry_in"] = delay
+        data["retry_at"] = clamp_time(now + delay)  # a huge backoff waits until 9999
+        data["retry_in"] = data["retry_at"] - now
         return [Planned(kind, data)]
     data["retry_at"] = None
     if not retryable:

@@ -8,14 +8,20 @@ from collections.abc import Callable
 
 import attrs
 
+from .codec import check_delay
+
 Backoff = Callable[[int], float]
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    check_delay(value, attribute.name)
 
 
 @attrs.frozen
 class Fixed:
     """Always wait the same number of seconds."""
 
-    seconds: float = 10.0
+    seconds: float = attrs.field(default=10.0, validator=_seconds)
 
     def __call__(self, errors: int) -> float:
         return self.seconds
@@ -33,7 +39,10 @@ class Exponential:
     rng: random.Random = attrs.field(factory=random.Random, eq=False, repr=False)
 
     def __call__(self, errors: int) -> float:
-        delay = min(self.maximum, self.base * self.factor ** max(0, errors - 1))
+        try:
+            delay = min(self.maximum, self.base * self.factor ** max(0, errors - 1))
+        except OverflowError:  # thousands of errors: the cap long since
+            delay = self.maximum
         if self.jitter:
             delay = delay / 2 + self.rng.random() * delay / 2
         return delay

@@ -19,7 +19,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -329,7 +328,7 @@ class Worker:
                              attempt=claimed.attempt)
         job = Job(claimed.id, claimed.name, claimed.queue, claimed.attempt, claimed.errors,
                   claimed.max_attempts, claimed.priority,
-                  datetime.fromtimestamp(claimed.enqueued_at, UTC),
+                  codec.stored_datetime(claimed.enqueued_at) or codec.FIRST_DATETIME,
                   claimed.payload, self.name, log, children=claimed.children)
         run.job = job
         run.is_async = definition.is_async
@@ -367,7 +366,7 @@ class Worker:
                 delay = definition.requeue_delay
                 log.info("evq.job_deferred", delay=delay)
                 return lambda now: [Planned("defer", {"reason": "okay_to_run", "delay": delay,
-                                                      "run_at": now + delay})]
+                                                      "run_at": codec.clamp_time(now + delay)})]
             args = (payload, job)[: definition.handler_arity]
             assert definition.handler is not None
             if definition.is_async:
@@ -413,7 +412,8 @@ class Worker:
             return lambda now: [Planned("success", data)]
         if chosen.kind == "requeue":
             delay = data.pop("delay")
-            return lambda now: [Planned("requeue", {**data, "run_at": now + delay})]
+            return lambda now: [Planned("requeue", {**data,
+                                                    "run_at": codec.clamp_time(now + delay)})]
         if chosen.kind == "fail" and failure_delay is not None:
             # Joystick's requeue_on_failure: a failed attempt comes back after the delay.
             retry = RetryPolicy(policy.max_attempts, Fixed(failure_delay), policy.exhausted_hook)
