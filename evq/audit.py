@@ -7,6 +7,7 @@ pinning the WAL. The CLI prints what these functions return.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownJob
+from .errors import InvalidInput, UnknownJob
 from .events import Event, event_from_row
 from .flows import FlowTree
 from .jobs import JobRecord
@@ -36,22 +37,71 @@ def short_id(job_id: str) -> str:
     return job_id[-8:]
 
 
+MAX_ID_LENGTH = 1000  # ids evq makes have 32 characters; imported ones may be longer
+CANDIDATES_SHOWN = 10
+
+
 def resolve_job_id(conn: sqlite3.Connection, text: str) -> str:
     """A full job id from an id, the short id shown everywhere (its tail), or a unique
-    prefix of one."""
+    prefix or suffix of one, all matched literally. Raises UnknownJob when no job
+    matches, InvalidInput (naming the candidates) when more than one does."""
     if not text:
         raise UnknownJob("give a job id")
-    if conn.execute(sql.EVENTS_FOR_JOB + " LIMIT 1", (text,)).fetchone():
+    if len(text) > MAX_ID_LENGTH or not _storable(text):
+        raise UnknownJob(f"no such job: no job id in this ledger is {_quoted(text)}")
+    if conn.execute(sql.JOB_ID_KNOWN, (text,)).fetchone():
         return text
-    found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_SUFFIX, ("%" + text,))]
-    if not found:
-        upper = text[:-1] + chr(ord(text[-1]) + 1)
-        found = [r[0] for r in conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, upper))]
+    most = CANDIDATES_SHOWN + 1
+    found = sorted({str(row[0]) for row in [
+        *conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, _after_prefix(text), most)),
+        *conn.execute(sql.FIND_JOB_IDS_BY_SUFFIX, ("*" + _glob_literal(text), most))]})
     if len(found) == 1:
-        return str(found[0])
+        return found[0]
     if not found:
-        raise UnknownJob(f"no job with id {text!r} (or ending or starting so) in this ledger")
-    raise UnknownJob(f"{text!r} matches more than one job; give more of the id")
+        raise UnknownJob(f"no such job: no job with id {_quoted(text)} (or ending or "
+                         "starting so) in this ledger")
+    lines = [f"{_quoted(text)} matches more than one job; give more of the id:"]
+    for job_id in found[:CANDIDATES_SHOWN]:
+        label = conn.execute(sql.JOB_ID_LABEL, (job_id,)).fetchone() or ("?", "?")
+        lines.append(f"  {printable(job_id)}  {printable(str(label[0]))}  "
+                     f"{printable(str(label[1]))}")
+    if len(found) > CANDIDATES_SHOWN:
+        lines.append("  ... and more")
+    raise InvalidInput("\n".join(lines))
+
+
+def _storable(text: str) -> bool:
+    """Whether SQLite can take `text` (UTF-8 has no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return "'" + printable(shown) + "'"
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a GLOB pattern that matches only itself."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
+
+
+def _after_prefix(prefix: str) -> str | bytes:
+    """The least text that sorts after every text beginning with `prefix` (SQLite
+    compares text as UTF-8 bytes, which is code point order): the prefix with its last
+    character that can be incremented incremented. An empty blob, which sorts after
+    all text, when there is none."""
+    chars = list(prefix)
+    while chars:
+        point = ord(chars.pop()) + 1
+        if point == 0xD800:
+            point = 0xE000  # surrogates are not text
+        if point <= 0x10FFFF:
+            return "".join(chars) + chr(point)
+    return b""
 
 
 def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[Event]:
@@ -99,10 +149,37 @@ def job_record(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
 
 
 def _event(row: Any) -> Event:
-    return event_from_row(tuple(row), json.loads(row[8]))
+    return event_from_row(tuple(row))
 
 
 # --- formatting ------------------------------------------------------------------------
+# What must not reach a terminal as it is: C0 controls (newline, carriage return, escape,
+# ...), DEL, C1 controls, lone surrogates (which cannot be printed), the line and paragraph
+# separators, and the marks that reorder text on screen (bidi embeddings, overrides,
+# isolates).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e"
+                          "\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def printable(value: object) -> str:
+    """`value` as text that shows as what it is on one line of a terminal: every
+    character that could move the cursor, start a line, change colours or reorder what
+    is shown is written as an escape (a newline as \\n, ESC as \\x1b, U+202E as
+    \\u202e). Everything people read from the ledger goes through here; JSON output
+    does not need to."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 def fmt_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
@@ -129,14 +206,16 @@ def paint(text: str, key: str, colour: bool) -> str:
 
 
 def event_line(event: Event, colour: bool = False) -> str:
-    """One event on one line: position, time, kind, job, attempt, worker, the gist."""
-    who = f"{event.job}#{short_id(event.job_id)}" if event.job_id else "-"
-    parts = [f"{event.position:>7}", fmt_time(event.at),
-             paint(f"{event.kind:<9}", event.kind, colour), who]
+    """One event on one line: position, time, kind, job, attempt, worker, the gist (every
+    value from the ledger escaped, see `printable`)."""
+    who = (printable(f"{event.job}#{short_id(str(event.job_id))}") if event.job_id
+           else "-")
+    parts = [printable(f"{event.position:>7}"), fmt_time(event.at),
+             paint(f"{printable(event.kind):<9}", event.kind, colour), who]
     if event.attempt is not None:
-        parts.append(f"attempt={event.attempt}")
+        parts.append(printable(f"attempt={event.attempt}"))
     if event.worker:
-        parts.append(f"worker={event.worker}")
+        parts.append(printable(f"worker={event.worker}"))
     gist = describe(event)
     if gist:
         parts.append(gist)
@@ -144,8 +223,18 @@ def event_line(event: Event, colour: bool = False) -> str:
 
 
 def describe(event: Event) -> str:
-    """A short human reading of an event's data."""
+    """A short human reading of an event's data, on one line, escaped. Data that does not
+    have its kind's shape (a forged or damaged row) is shown as it is."""
+    try:
+        return printable(_describe(event))
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
+        return "data=" + _short(event.data, 200)
+
+
+def _describe(event: Event) -> str:
     data = event.data
+    if set(data) == {"unreadable"}:
+        return "unreadable data: " + _short(data["unreadable"], 200)
     kind = event.kind
     if kind == "enqueue":
         text = f"payload={_short(data.get('payload'))}"
@@ -203,23 +292,30 @@ def history_lines(record: JobRecord | None, events: list[Event], colour: bool = 
     first = events[0]
     state = paint(record.state.value, record.state.value, colour) if record else \
         "deleted (removed from the current state)"
-    lines = [f"job {first.job_id}  {first.job}  queue={first.queue}  state={state}"]
+    lines = [printable(f"job {first.job_id}  {first.job}  queue={first.queue}  state=")
+             + state]
     if record is not None and record.result is not None:
         lines.append(f"result: {_short(record.result, 200)}")
     previous = first.at
     for event in events:
         wait = (event.at - previous).total_seconds()
         previous = event.at
-        attempt = f"#{event.attempt}" if event.attempt is not None else "  "
-        who = f" by {event.worker}" if event.worker else ""
+        attempt = printable(f"#{event.attempt}") if event.attempt is not None else "  "
+        who = printable(f" by {event.worker}") if event.worker else ""
         gist = describe(event)
-        kind = paint(f"{event.kind:<9}", event.kind, colour)
+        kind = paint(f"{printable(event.kind):<9}", event.kind, colour)
         lines.append(f"  {fmt_time(event.at)}  +{wait:8.3f}s  {kind} {attempt:>3}"
                      f"{who}{'  ' + gist if gist else ''}")
-        trace = (event.data.get("error") or {}).get("traceback") if event.kind == "error" else ""
-        if trace:
-            lines.extend("        | " + line for line in trace.rstrip().splitlines())
+        # A traceback keeps its lines, each escaped on its own (a \r or U+2028 in it is
+        # shown, never obeyed).
+        lines.extend("        | " + printable(line) for line in _traceback(event))
     return lines
+
+
+def _traceback(event: Event) -> list[str]:
+    error = event.data.get("error") if event.kind == "error" else None
+    trace = error.get("traceback") if isinstance(error, dict) else None
+    return str(trace).rstrip().split("\n") if trace else []
 
 
 def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
@@ -229,22 +325,25 @@ def tree_lines(tree: FlowTree, colour: bool = False) -> list[str]:
 
     def visit(node: FlowTree, lead: str, branch: str) -> None:
         job = node.job
-        parts = [f"{node.name}#{short_id(node.id)}", f"queue={node.queue}",
-                 "state=" + paint(node.state, node.state, colour)]
+        parts = [printable(f"{node.name}#{short_id(node.id)}"),
+                 printable(f"queue={node.queue}"),
+                 "state=" + paint(printable(node.state), node.state, colour)]
         if job is not None and job.attempt:
-            parts.append(f"attempt={job.attempt}/{job.max_attempts or '-'}")
+            parts.append(printable(f"attempt={job.attempt}/{job.max_attempts or '-'}"))
         if node.edge is not None:
             if node.edge.on_failure != "wait":
-                parts.append(f"on_failure={node.edge.on_failure}")
+                parts.append(printable(f"on_failure={node.edge.on_failure}"))
             if node.edge.state not in ("open", "succeeded"):
-                parts.append(f"edge={node.edge.state}")
+                parts.append(printable(f"edge={node.edge.state}"))
         if job is not None and job.blocked_by:
-            parts.append(paint(f"blocked_by=#{short_id(job.blocked_by)}", "failed", colour))
+            parts.append(paint(printable(f"blocked_by=#{short_id(job.blocked_by)}"),
+                               "failed", colour))
         if node.result is not None:
             parts.append(f"result={_short(node.result)}")
         elif node.error and node.state != "succeeded":
-            parts.append(f"error={node.error.get('type')}: "
-                         f"{_short(node.error.get('message'), 80)}")
+            error = node.error if isinstance(node.error, dict) else {"message": node.error}
+            parts.append(printable(f"error={error.get('type')}: ")
+                         + _short(error.get("message"), 80))
         lines.append(lead + branch + "  ".join(parts))
         below = lead + ("" if not branch else "    " if branch == "└── " else "│   ")
         for i, child in enumerate(node.children):
@@ -267,5 +366,6 @@ def tree_json(node: FlowTree) -> dict[str, Any]:
 
 
 def _short(value: Any, limit: int = 60) -> str:
+    """A value as JSON on one line, cut at `limit` characters, escaped."""
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return printable(text if len(text) <= limit else text[: limit - 3] + "...")

@@ -2,9 +2,9 @@
 definitions, subscribers, replay, verify, schema, migrate.
 
 Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
-1 a check failed (verify), 2 bad usage or input (unknown job, no ledger at that path),
-4 verified, but some archived events could not be checked (their archive files were not
-given).
+1 a check failed (verify), 2 bad usage or input (no ledger at that path, an ambiguous
+job id), 3 no such job, 4 verified, but some archived events could not be checked (their
+archive files were not given).
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
-from . import admin, audit, codec, demo, durable, flows, stats, transfer
+from . import admin, audit, codec, demo, durable, files, flows, stats, transfer
 from . import archive as archiving
 from . import verify as verifying
 from .context import Context
-from .errors import EvqError, UnknownJob
+from .errors import EvqError, InvalidInput, UnknownJob
 from .events import EventKind
 from .ledger import connection, replay, schema, sql
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 EXIT_NOT_CHECKED = 4  # verify: nothing failed, but archived events were not checked
 
 
@@ -72,9 +71,22 @@ def _db(args: argparse.Namespace) -> Path:
     return Path(value)
 
 
+def _file_mode() -> int:
+    """The mode of the files a command creates: EVQ_FILE_MODE (octal, such as 640), or
+    0600."""
+    text = os.environ.get("EVQ_FILE_MODE")
+    if not text:
+        return files.FILE_MODE
+    try:
+        return files.check_mode(int(text, 8))
+    except ValueError:
+        raise InvalidInput(f"EVQ_FILE_MODE must be octal permission bits such as 600 or "
+                           f"640, got {text!r}") from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     path = Path(args.db or os.environ.get("EVQ_DB") or "evq-demo.db")
-    ids = asyncio.run(demo.run_demo(path, _out))
+    ids = asyncio.run(demo.run_demo(path, _out, _file_mode()))
     _out("\ntimelines read back from the ledger:\n")
     for line in demo.timelines(path, ids):
         _out(line)
@@ -159,9 +171,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         jobs = [JobRecord.from_row(tuple(row)) for row in conn.execute(sql.LIST_JOBS)]
         jobs = [job for job in jobs if (not args.state or job.state.value == args.state)
                 and (not args.queue or job.queue == args.queue)]
-        table = [("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
-        table += [(job.id, job.state.value, job.queue, job.name, str(job.attempt),
-                   str(job.errors), audit.fmt_time(job.enqueued_at)) for job in jobs]
+        table: list[tuple[str, ...]] = [
+            ("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
+        table += [tuple(map(audit.printable, (
+            job.id, job.state.value, job.queue, job.name, job.attempt, job.errors,
+            audit.fmt_time(job.enqueued_at)))) for job in jobs]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         colour = _colour()
         for number, row in enumerate(table):
@@ -230,12 +244,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     target = Path(args.to)
-    if target.exists():
-        raise EvqError(f"{target} already exists; replay writes a new file")
+    files.refuse_existing(target, "replay", database=True)
     kept, _ = archiving.load(args.archive or [])
     count = replay.replay_into(source, target, upto,
                                _progress_bar("replaying") if sys.stderr.isatty() else None,
-                               archived=kept)
+                               archived=kept, file_mode=_file_mode())
     _out(f"replayed {count} events from {source} into {target}"
          + (f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK
@@ -262,9 +275,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     table = [("queue", "done", "failed", "cancelled", "jobs/s", "errors", "wait ms p50/90/99",
               "run ms p50/90/99")]
-    table += [(r["queue"], str(r["succeeded"]), str(r["failed"]), str(r["cancelled"]),
-               str(r["throughput_per_s"]), f"{r['error_rate']:.1%}", spread(r["wait_ms"]),
-               spread(r["run_ms"])) for r in rows]
+    table += [(audit.printable(r["queue"]), str(r["succeeded"]), str(r["failed"]),
+               str(r["cancelled"]), str(r["throughput_per_s"]), f"{r['error_rate']:.1%}",
+               spread(r["wait_ms"]), spread(r["run_ms"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -277,14 +290,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
         if args.to:
-            with open(args.to, "x", encoding="utf-8") as out:
-                count = sum(out.write(line + "\n") > 0 for line in transfer.export_lines(conn))
+            count = transfer.export_file(conn, args.to, _file_mode())
             print(f"exported {count} events to {args.to}", file=sys.stderr)
         else:
             for line in transfer.export_lines(conn):
                 _out(line)
-    except FileExistsError:
-        raise EvqError(f"{args.to} already exists; export writes a new file") from None
     finally:
         conn.close()
     return EXIT_OK
@@ -294,20 +304,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     target = _db(args)
     source = sys.stdin if args.source == "-" else open(args.source, encoding="utf-8")  # noqa: SIM115
     try:
-        count = transfer.import_lines(target, source)
+        count = transfer.import_lines(target, source, _file_mode())
     finally:
         if source is not sys.stdin:
             source.close()
-    chain = transfer.verify_import(target)
-    _out(f"imported {count} events into {target}; hash chain "
-         + ("holds" if chain.ok else f"BROKEN at {chain.position}: {chain.problem}"))
-    return EXIT_OK if chain.ok else EXIT_CHECK_FAILED
+    _out(f"imported {count} events into {target}; hash chain holds")
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     report = verifying.verify_ledger(_db(args), args.expect_head, args.archive or [])
     for line in report.lines:
-        _out(line)
+        _out(audit.printable(line))
     return {verifying.Outcome.OK: EXIT_OK, verifying.Outcome.FAILED: EXIT_CHECK_FAILED,
             verifying.Outcome.UNCHECKED: EXIT_NOT_CHECKED}[report.outcome]
 
@@ -321,9 +329,10 @@ def cmd_subscribers(args: argparse.Namespace) -> int:
     if not found:
         _out("no durable event handlers on this ledger")
     for state in found:
-        when = audit.fmt_time(datetime.fromtimestamp(state.updated_at, UTC))
-        _out(f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
-             f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}")
+        when = audit.fmt_time(codec.stored_datetime(state.updated_at) or codec.FIRST_DATETIME)
+        _out(audit.printable(
+            f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
+            f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}"))
     return EXIT_OK
 
 
@@ -339,14 +348,15 @@ def _job_action(args: argparse.Namespace) -> tuple[Path, str]:
 def cmd_retry(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     new_id = admin.retry(path, job_id, args.reason)
-    _out(f"retrying {job_id} as new job {new_id}")
+    _out(audit.printable(f"retrying {job_id} as new job {new_id}"))
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     (_, was_running), *descendants = admin.cancel(path, job_id, args.reason)
-    _out(f"cancelled {job_id}" + (" (its worker is told to stop)" if was_running else ""))
+    _out(audit.printable(f"cancelled {job_id}")
+         + (" (its worker is told to stop)" if was_running else ""))
     _say_descendants(descendants)
     return EXIT_OK
 
@@ -354,7 +364,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
     descendants = admin.delete(path, job_id, args.reason)
-    _out(f"deleted {job_id} from the current state (its events stay in the ledger)")
+    _out(audit.printable(f"deleted {job_id}")
+         + " from the current state (its events stay in the ledger)")
     _say_descendants(descendants)
     return EXIT_OK
 
@@ -365,7 +376,8 @@ def _say_descendants(descendants: list[tuple[str, bool]]) -> None:
         busy = sum(1 for _, running in descendants if running)
         _out(f"also cancelled {len(descendants)} job(s) of its flow"
              + (f" ({busy} running: their workers are told to stop)" if busy else "")
-             + ": " + ", ".join(audit.short_id(child) for child, _ in descendants))
+             + ": " + audit.printable(", ".join(audit.short_id(child)
+                                                for child, _ in descendants)))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -387,7 +399,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     path = _db(args)
-    before, now = connection.migrate_file(path)
+    before, now = connection.migrate_file(path, _file_mode())
     _out(f"{path}: schema version {before} -> {now}")
     return EXIT_OK
 
@@ -401,14 +413,14 @@ def cmd_definitions(args: argparse.Namespace) -> int:
         if not rows:
             _out("no job definitions deployed (Context.deploy, or an orchestrator, records them)")
         for name, queue, data in rows:
-            settings = json.loads(data)
+            settings = codec.stored_object(data) or {}
             line = (f"{name:<24} queue={queue:<12} max_attempts={settings.get('max_attempts')}"
                     f" lease={settings.get('lease')}s")
             if name in schedules:
                 spec, next_at = schedules[name]
-                when = datetime.fromtimestamp(next_at, UTC)
+                when = codec.stored_datetime(next_at) or codec.FIRST_DATETIME
                 line += f"  {spec}, next {audit.fmt_time(when)}"
-            _out(line)
+            _out(audit.printable(line))
     finally:
         conn.close()
     return EXIT_OK
@@ -520,8 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except EvqError as exc:
-        print(f"evq: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        # Messages may quote what the ledger or the caller holds: escaped, line by line.
+        for number, line in enumerate(str(exc).split("\n")):
+            print(("evq: " if number == 0 else "") + audit.printable(line), file=sys.stderr)
+        return EXIT_NOT_FOUND if isinstance(exc, UnknownJob) else EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
 

@@ -224,30 +224,68 @@ def decode_as(cls: type[T] | None, value: Any, *, strict: bool = False) -> Any:
     return cls(**kwargs)
 
 
+# The times the ledger holds: from the epoch (1970-01-01T00:00:00Z) to the end of the
+# year 9999 (UTC), the range a datetime can show. A time outside it is refused when given,
+# and clamped when computed (a retry after a backoff of 10**300 seconds waits forever
+# enough at 9999-12-31T23:59:59Z).
+EARLIEST_TIME = 0.0
+END_OF_TIME = 253402300800.0  # 10000-01-01T00:00:00Z, excluded
+LATEST_TIME = END_OF_TIME - 1.0  # 9999-12-31T23:59:59Z
+
+
+def check_time(value: float, what: str = "run_at", given: object = None) -> float:
+    """`value` (epoch seconds) if it lies in the ledger's range of times, else InvalidTime
+    naming what was given."""
+    if not EARLIEST_TIME <= value < END_OF_TIME:  # NaN fails too
+        shown = value if given is None else given
+        raise InvalidTime(
+            f"{what} {shown!r} is outside the times evq stores: from 1970-01-01T00:00:00Z "
+            "to the end of 9999-12-31 (UTC)")
+    return value
+
+
+def clamp_time(value: float) -> float:
+    """A computed time brought into the ledger's range (NaN counts as never: the end)."""
+    if math.isnan(value) or value > LATEST_TIME:
+        return LATEST_TIME
+    return max(EARLIEST_TIME, value)
+
+
 def parse_time(value: object, what: str = "run_at") -> float:
-    """A timestamp from a datetime, an ISO-8601 string or epoch seconds."""
+    """A timestamp from a datetime, an ISO-8601 string or epoch seconds, within the
+    ledger's range (1970 to the end of 9999, UTC)."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.timestamp()
+        try:
+            stamp = moment.timestamp()
+        except (OverflowError, ValueError):  # an offset that leaves the datetime range
+            stamp = math.nan
+        return check_time(stamp, what, value)
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise InvalidTime(
-                f"{what} {value!r} is not an ISO-8601 time such as 2026-01-31T12:00:00Z"
-            ) from None
-        return parse_time(moment, what)
+                f"{what} {value!r} is not an ISO-8601 time (years 1970 to 9999) such as "
+                "2026-01-31T12:00:00Z") from None
+        try:
+            return parse_time(moment, what)
+        except InvalidTime:
+            raise InvalidTime(
+                f"{what} {value!r} is outside the times evq stores: from "
+                "1970-01-01T00:00:00Z to the end of 9999-12-31 (UTC)") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise InvalidTime(f"{what} {value!r} is not a finite timestamp")
-        return float(value)
+        return check_time(float(value), what, value)
     raise InvalidTime(
         f"{what} {value!r} is not a time: pass a datetime, an ISO-8601 string or epoch seconds"
     )
 
 
 def check_delay(value: object, what: str = "delay") -> float:
-    """Seconds to wait: a finite, non-negative number (or a timedelta)."""
+    """Seconds to wait: a finite, non-negative number (or a timedelta) no longer than the
+    ledger's range of times."""
     seconds = getattr(value, "total_seconds", None)
     if callable(seconds):
         value = seconds()
@@ -255,4 +293,62 @@ def check_delay(value: object, what: str = "delay") -> float:
         raise InvalidTime(f"{what} {value!r} is not a number of seconds")
     if not math.isfinite(value) or value < 0:
         raise InvalidTime(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    if value >= END_OF_TIME:
+        raise InvalidTime(f"{what} {value!r} seconds reaches past the end of 9999, the last "
+                          "time evq stores")
     return float(value)
+
+
+def time_after(now: float, delay: float, what: str = "delay") -> float:
+    """The time `delay` seconds after `now`, refused (InvalidTime) past the end of 9999."""
+    when = now + delay
+    if not EARLIEST_TIME <= when < END_OF_TIME:
+        raise InvalidTime(f"{what} {delay!r} seconds from now reaches past the end of "
+                          "9999-12-31 (UTC), the last time evq stores")
+    return when
+
+
+# --- reading back what is stored -------------------------------------------------------
+# Readers take any value a row holds (a ledger edited by hand, or written before the time
+# range was enforced) without failing: a time beyond what a datetime can show reads as
+# the first or last datetime, and one that is not a number at all as the first.
+FIRST_DATETIME = datetime.min.replace(tzinfo=UTC)
+LAST_DATETIME = datetime.max.replace(tzinfo=UTC)
+
+
+def stored_datetime(value: object) -> datetime | None:
+    """A stored epoch time as a datetime (None stays None; see above for the rest)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return FIRST_DATETIME
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return LAST_DATETIME if value > 0 else FIRST_DATETIME
+
+
+def stored_json(text: object) -> Any:
+    """A stored JSON text as its value; text that is not JSON comes back as the text
+    itself (None stays None)."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return text  # a number where JSON text was expected: that number
+    try:
+        return json.loads(text)
+    except ValueError:  # RecursionError is not one; a stored nesting that deep is not JSON
+        return text
+    except RecursionError:
+        return text
+
+
+def stored_object(text: object, key: str = "message") -> dict[str, Any] | None:
+    """A stored JSON object (an error, an event's data) as a dict; any other value comes
+    back wrapped as {key: value} (None stays None)."""
+    value = stored_json(text)
+    if value is None or isinstance(value, dict):
+        return value
+    return {key: value}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from . import codec, enqueueing, flows
+from . import codec, enqueueing, files, flows
 from .clock import Clock, SystemClock
 from .durable import EventFilter, SubscriberState, Subscription
 from .enqueueing import EnqueueRequest
@@ -82,6 +81,9 @@ class Context:
     durability: "process" (default; survives any process crash) or "power" (also power
     loss). poll_interval: how often, in seconds, this process looks for commits made by
     other processes (workers in this process wake at once on its own enqueues).
+    file_mode: the permissions of a ledger file this context creates (0600 by default:
+    it holds payloads; its -wal and -shm take the same mode). An existing file keeps its
+    own.
     """
 
     def __init__(
@@ -94,12 +96,14 @@ class Context:
         poll_interval: float = 0.005,
         busy_timeout: float = 10.0,
         sync_handler_threads: int = 8,
+        file_mode: int = files.FILE_MODE,
     ) -> None:
         self.path = Path(path)
         if clock is not None and not (callable(getattr(clock, "now", None))
                                       and callable(getattr(clock, "sleep", None))):
             raise InvalidInput(f"clock must have now() and async sleep(seconds), as "
                                f"evq.SystemClock and evq.FakeClock do; got {clock!r:.80}")
+        self.file_mode = files.check_mode(file_mode)
         self.clock: Clock = clock or SystemClock()
         try:
             self.durability = Durability(durability)
@@ -128,6 +132,7 @@ class Context:
     async def open(self) -> Context:
         if self._writer is not None:
             return self
+        connection.create_file(self.path, self.file_mode)
         writer = Writer(self.path, self.clock, self.durability, self._committed,
                         self._busy_timeout_ms)
         await writer.open()
@@ -529,14 +534,14 @@ class Context:
     async def history(self, job_id: str) -> list[Event]:
         """Every event of one job, in ledger order."""
         rows = await self._read(sql.EVENTS_FOR_JOB, (job_id,))
-        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows]
+        return [event_from_row(tuple(r)) for r in rows]
 
     async def events(self, after: int = 0, limit: int = 1000, *, seals: bool = False
                      ) -> list[Event]:
         """Events after a position, oldest first (the hash chain's `seal` events only
         with seals=True)."""
         rows = await self._read(sql.EVENTS_AFTER, (after, limit))
-        return [event_from_row(tuple(r), json.loads(r[8])) for r in rows
+        return [event_from_row(tuple(r)) for r in rows
                 if seals or r[2] != "seal"]
 
     async def counts(self) -> dict[str, int]:

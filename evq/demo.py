@@ -12,15 +12,18 @@ from typing import Any
 from . import audit
 from .context import Context
 from .events import Event
+from .files import FILE_MODE
 from .jobs import Job
 from .retry import Fixed
 
 DEMO_JOBS = 4
 
 
-async def run_demo(path: Path, say: Callable[[str], None]) -> list[str]:
-    """Run the demo on `path`; returns the ids of the jobs it enqueued."""
-    async with Context(path, poll_interval=0.02) as ctx:
+async def run_demo(path: Path, say: Callable[[str], None], file_mode: int = FILE_MODE
+                   ) -> list[str]:
+    """Run the demo on `path` (made with `file_mode` if new); returns the ids of the jobs
+    it enqueued."""
+    async with Context(path, poll_interval=0.02, file_mode=file_mode) as ctx:
         flaky_calls: dict[str, int] = {}
 
         @ctx.job(queue="demo")

@@ -96,7 +96,7 @@ def prepare(
     if run_at is not None:
         when = codec.parse_time(run_at)
     else:
-        when = now + (codec.check_delay(delay) if delay is not None else 0.0)
+        when = codec.time_after(now, codec.check_delay(delay) if delay is not None else 0.0)
     level = definition.priority if priority is None else priority
     if isinstance(level, bool) or not isinstance(level, int) or abs(level) > 2**31:
         raise InvalidInput(f"priority must be an integer between -2**31 and 2**31, got "

@@ -7,10 +7,12 @@ ledgers always replay; the README documents each kind's data.
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import attrs
+
+from .codec import FIRST_DATETIME, stored_datetime, stored_object
 
 
 class EventKind(enum.StrEnum):
@@ -71,11 +73,18 @@ class Event:
         return self.at.timestamp()
 
 
-def event_from_row(row: tuple[Any, ...], data: dict[str, Any]) -> Event:
-    """Build an Event from (position, at, kind, job_id, queue, job, attempt, worker, ..., v)."""
+def event_from_row(row: tuple[Any, ...], data: object = None) -> Event:
+    """Build an Event from (position, at, kind, job_id, queue, job, attempt, worker, data,
+    v). `data`: already decoded, else read from the row's data text. Any stored value is
+    read without failing (see codec.stored_datetime); data that is not a JSON object
+    comes as {"unreadable": what was stored}."""
+    if data is None and len(row) > 8:
+        data = stored_object(row[8], "unreadable")
+    if not isinstance(data, dict):
+        data = {"unreadable": data}
     return Event(
         position=row[0],
-        at=datetime.fromtimestamp(row[1], UTC),
+        at=stored_datetime(row[1]) or FIRST_DATETIME,
         kind=row[2],
         job_id=row[3],
         queue=row[4],

@@ -45,21 +45,30 @@ def create_private(path: str | Path, mode: int = FILE_MODE) -> bool:
     return True
 
 
-def refuse_existing(target: str | Path, what: str) -> None:
-    """Raise if `target` exists: `what` writes a new file and never replaces one."""
+def refuse_existing(target: str | Path, what: str, database: bool = False) -> None:
+    """Raise if `target` exists: `what` writes a new file and never replaces one. For a
+    new `database`, a -wal or -journal file left beside the target is refused too: SQLite
+    would apply it to the new file."""
     if os.path.lexists(target):
         raise LedgerError(f"{target} already exists; {what} writes a new file and never "
                           "replaces one: give another path, or move that file away")
+    for suffix in ("-wal", "-journal") if database else ():
+        if os.path.lexists(f"{target}{suffix}"):
+            raise LedgerError(f"{target}{suffix} exists, left by another database; {what} "
+                              "writes a new ledger and SQLite would apply that file to it: "
+                              "give another path, or move that file away")
 
 
 @contextlib.contextmanager
-def written_whole(target: str | Path, what: str, mode: int = FILE_MODE) -> Iterator[Path]:
+def written_whole(target: str | Path, what: str, mode: int = FILE_MODE,
+                  database: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `target`, created with `mode`. When the block ends
     without error the file is linked into place as `target` (refused if `target` appeared
     meanwhile); if the block raises, the temporary file (and any -wal/-shm of it) is
-    removed and `target` is untouched."""
+    removed and `target` is untouched. A `database` must be closed (its WAL checkpointed
+    into it) before the block ends."""
     final = Path(target)
-    refuse_existing(final, what)
+    refuse_existing(final, what, database)
     if not final.parent.is_dir():
         raise LedgerError(f"cannot write {final}: the directory {final.parent} does not "
                           "exist")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -15,8 +14,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 
 from .awaiting import DONE, Done
-from .codec import check_delay, check_name
-from .errors import InvalidInput, OutcomeAlreadySet
+from .codec import (
+    FIRST_DATETIME,
+    check_delay,
+    check_name,
+    stored_datetime,
+    stored_json,
+    stored_object,
+)
+from .errors import InvalidInput, LedgerCorrupt, OutcomeAlreadySet
 from .outcomes import Planned, RetryPolicy, describe_error
 from .retry import Backoff, Exponential
 from .schedules import Schedule
@@ -273,12 +279,12 @@ class Job:
         return DONE
 
 
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def _time(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
+    return stored_datetime(value)
+
+
+def _required_time(value: float) -> datetime:
+    return stored_datetime(value) or FIRST_DATETIME
 
 
 @attrs.frozen
@@ -298,8 +304,8 @@ class Child:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Child:
         id_, name, queue, on_failure, state, result, error = row
-        return cls(id_, name, queue, on_failure, state, _json_or_none(result),
-                   _json_or_none(error))
+        return cls(id_, name, queue, on_failure, state, stored_json(result),
+                   stored_object(error))
 
 
 @attrs.frozen
@@ -342,11 +348,16 @@ class JobRecord:
          lease_until, worker, enqueued_at, started_at, finished_at, result, error,
          key, group, hook_state, orphaned_at, enqueue_position, updated_position,
          parent_id, children, blocked_by) = row
+        try:
+            known = JobState(state)
+        except ValueError:
+            raise LedgerCorrupt(f"job {id_!r} has state {state!r}, which evq never writes: "
+                                "the ledger was changed by hand (see `evq verify`)") from None
         return cls(
-            id_, queue, name, JobState(state), priority, _time(run_at), attempt, errors,  # type: ignore[arg-type]
-            max_attempts, _time(lease_until), worker, _time(enqueued_at),  # type: ignore[arg-type]
-            _time(started_at), _time(finished_at), _json_or_none(result),
-            _json_or_none(error), key, group, hook_state, _time(orphaned_at),
+            id_, queue, name, known, priority, _required_time(run_at), attempt, errors,
+            max_attempts, _time(lease_until), worker, _required_time(enqueued_at),
+            _time(started_at), _time(finished_at), stored_json(result),
+            stored_object(error), key, group, hook_state, _time(orphaned_at),
             enqueue_position, updated_position, parent_id, children, blocked_by,
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from .codec import clamp_time
 from .errors import CallbackError
 from .retry import Backoff
 
@@ -45,7 +46,8 @@ class Planned:
         """The event's data for a commit at `now`."""
         if self.due_in is None:
             return self.data
-        return {**self.data, _DUE_FIELD[self.kind]: now + self.due_in}
+        # A huge delay waits until the end of the ledger's range (year 9999).
+        return {**self.data, _DUE_FIELD[self.kind]: clamp_time(now + self.due_in)}
 
 
 @attrs.frozen

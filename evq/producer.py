@@ -45,7 +45,7 @@ class SyncProducer:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = connection.connect(
             ctx.path, durability=ctx.durability, busy_timeout_ms=BUSY_TIMEOUT_MS,
-            check_same_thread=False)
+            check_same_thread=False, file_mode=ctx.file_mode)
         connection.migrate(self._conn)
         self._wal = WalWatch(ctx.path)
         self._last_seal = seals.LastSeal()

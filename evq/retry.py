@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .errors import InvalidInput
+from .errors import InvalidInput, InvalidTime
 
 Backoff = Callable[[int], float]
 MAX_SECONDS = 10 * 365 * 86400.0  # no retry waits longer than ten years
@@ -18,7 +18,7 @@ MAX_SECONDS = 10 * 365 * 86400.0  # no retry waits longer than ten years
 def _seconds(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
-        raise InvalidInput(f"{type(instance).__name__}({attribute.name}=...) must be a number "
+        raise InvalidTime(f"{type(instance).__name__}({attribute.name}=...) must be a number "
                            f"of seconds from 0 to {MAX_SECONDS:g}, got {value!r}")
 
 

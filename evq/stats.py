@@ -56,7 +56,8 @@ def compute(conn: sqlite3.Connection, since: float | None, until: float | None
     for event in iter_events(conn):
         at = event.timestamp
         if event.kind == "enqueue" and event.job_id:
-            ready[event.job_id] = max(at, float(event.data.get("run_at") or at))
+            run_at = event.data.get("run_at")
+            ready[event.job_id] = max(at, run_at if isinstance(run_at, (int, float)) else at)
         if (since is not None and at < since) or (until is not None and at > until):
             continue
         if event.queue is None or event.job_id is None:

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, LedgerError
+from . import files
+from .errors import InvalidInput
 from .ledger import chain, connection, sql
 
 FIELDS = ("position", "at", "kind", "job_id", "queue", "job", "attempt", "worker", "data", "v")
@@ -37,43 +38,65 @@ def export_lines(conn: sqlite3.Connection) -> Iterator[str]:
         after = rows[-1][0]
 
 
-def import_lines(target: str | Path, lines: Iterable[str]) -> int:
+def export_file(conn: sqlite3.Connection, target: str | Path,
+                file_mode: int = files.FILE_MODE) -> int:
+    """Write every event to a new file `target` (never replacing one), whole or not at
+    all; returns the count."""
+    with files.written_whole(target, "export", file_mode) as temporary, \
+            open(temporary, "w", encoding="utf-8") as out:
+        return sum(out.write(line + "\n") > 0 for line in export_lines(conn))
+
+
+def import_lines(target: str | Path, lines: Iterable[str],
+                 file_mode: int = files.FILE_MODE) -> int:
     """Load exported events into a new ledger through the same transitions as the write
-    path (so illegal histories are refused), all in one transaction. Returns the count."""
-    path = Path(target)
-    if path.exists() and path.stat().st_size > 0:
-        raise LedgerError(f"{path} already exists; import writes a new ledger")
-    conn = connection.connect(path)
-    done = False
-    try:
-        connection.migrate(conn)
-        conn.execute(sql.BEGIN_IMMEDIATE)
-        count = 0
+    path (so illegal histories are refused), all in one transaction, and check its hash
+    chain. The ledger is built under a temporary name and appears at `target` only if
+    all of it was accepted: a refused import leaves nothing. Returns the count."""
+    with files.written_whole(target, "import", file_mode, database=True) as temporary:
+        conn = connection.connect(temporary, file_mode=file_mode)
         try:
-            for number, text in enumerate(lines, start=1):
-                if not text.strip():
-                    continue
-                row, kept = _row(text, number)
-                try:
-                    conn.execute(sql.IMPORT_EVENT, row)
-                    conn.executemany(sql.KEEP_HASH, ((p, h, row[0]) for p, h in kept))
-                except sqlite3.IntegrityError as exc:
-                    raise LedgerError(
-                        f"line {number} (position {row[0]}, kind {row[2]}) is refused by "
-                        f"the ledger's transitions ({exc}): the history is not valid; "
-                        "nothing was imported") from None
-                count += 1
-            conn.execute(sql.COMMIT)
-            done = True
-        except BaseException:
-            conn.execute(sql.ROLLBACK)
-            raise
-    finally:
-        conn.close()
-        if not done:  # leave nothing behind: no half-made ledger
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            count = _load(conn, lines)
+            found = _check_chain(conn)
+        finally:
+            conn.close()
+        if not found.ok:
+            raise InvalidInput(
+                f"the imported events' hash chain is broken at position {found.position}: "
+                f"{found.problem}; nothing was imported")
     return count
+
+
+def _load(conn: sqlite3.Connection, lines: Iterable[str]) -> int:
+    connection.migrate(conn)
+    conn.execute(sql.BEGIN_IMMEDIATE)
+    count = 0
+    try:
+        for number, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            row, kept = _row(text, number)
+            try:
+                conn.execute(sql.IMPORT_EVENT, row)
+                conn.executemany(sql.KEEP_HASH, ((p, h, row[0]) for p, h in kept))
+            except sqlite3.IntegrityError as exc:
+                raise InvalidInput(
+                    f"line {number} (position {row[0]}, kind {row[2]}) is refused by "
+                    f"the ledger's transitions ({exc}): the history is not valid; "
+                    "nothing was imported") from None
+            except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as exc:
+                raise InvalidInput(f"line {number} cannot be stored ({exc}): nothing was "
+                                   "imported") from None
+            count += 1
+        conn.execute(sql.COMMIT)
+    except BaseException:
+        conn.execute(sql.ROLLBACK)
+        raise
+    return count
+
+
+def _check_chain(conn: sqlite3.Connection) -> chain.ChainCheck:
+    return chain.check(conn)
 
 
 def _row(text: str, number: int) -> tuple[tuple[Any, ...], list[tuple[int, str]]]:
@@ -87,11 +110,3 @@ def _row(text: str, number: int) -> tuple[tuple[Any, ...], list[tuple[int, str]]
     if not isinstance(row[8], str):
         raise InvalidInput(f"line {number}: data must be the stored JSON text")
     return row, kept
-
-
-def verify_import(path: str | Path) -> chain.ChainCheck:
-    conn = connection.connect(path, read_only=True)
-    try:
-        return chain.check(conn)
-    finally:
-        conn.close()

@@ -15,7 +15,6 @@ import inspect
 import json
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -423,7 +422,7 @@ class Worker:
                              attempt=claimed.attempt)
         job = Job(claimed.id, claimed.name, claimed.queue, claimed.attempt, claimed.errors,
                   claimed.max_attempts, claimed.priority,
-                  datetime.fromtimestamp(claimed.enqueued_at, UTC),
+                  codec.stored_datetime(claimed.enqueued_at) or codec.FIRST_DATETIME,
                   claimed.payload, self.name, log, children=claimed.children)
         run.job = job
         run.is_async = definition.is_async
@@ -533,7 +532,7 @@ class Worker:
             log.info("evq.job_deferred", delay=delay)
             before = job.attempt - 1
             return lambda now: [Planned("defer", {
-                "reason": "okay_to_run", "delay": delay, "run_at": now + delay,
+                "reason": "okay_to_run", "delay": delay, "run_at": codec.clamp_time(now + delay),
                 "attempt_before": before})]
         held = ops.Attempt(job.id, job.queue, job.name, job.attempt, self.name)
         try:

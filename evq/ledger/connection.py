@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import aiosqlite
 
+from .. import files
 from ..errors import LedgerError
 from . import schema, sql
 
@@ -34,8 +35,10 @@ def connect(
     busy_timeout_ms: int = 10_000,
     read_only: bool = False,
     check_same_thread: bool = True,
+    file_mode: int = files.FILE_MODE,
 ) -> sqlite3.Connection:
-    """A connection in autocommit mode (evq issues BEGIN itself) with evq's pragmas."""
+    """A connection in autocommit mode (evq issues BEGIN itself) with evq's pragmas. A
+    ledger file that does not exist yet is created with `file_mode` first."""
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise LedgerError(
             f"evq needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer; this Python "
@@ -49,6 +52,7 @@ def connect(
             uri, uri=True, isolation_level=None, check_same_thread=check_same_thread
         )
     else:
+        create_file(path, file_mode)
         conn = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=check_same_thread
         )
@@ -65,6 +69,17 @@ def connect(
     level = "FULL" if Durability(durability) is Durability.POWER else "NORMAL"
     conn.execute(sql.SET_SYNCHRONOUS.format(level=level))
     return conn
+
+
+def create_file(path: str | Path, mode: int) -> None:
+    """Create a new ledger file with `mode` (0600 by default) before SQLite opens it:
+    SQLite would make it, and its -wal and -shm (which take the ledger's mode), readable
+    by everyone under the usual umask. An existing file keeps its mode. If the file
+    cannot be made, SQLite's own attempt reports why."""
+    if str(path) in ("", ":memory:"):
+        return
+    with contextlib.suppress(OSError):
+        files.create_private(path, mode)
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
@@ -101,10 +116,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     return before
 
 
-def migrate_file(path: str | Path) -> tuple[int, int]:
+def migrate_file(path: str | Path, file_mode: int = files.FILE_MODE) -> tuple[int, int]:
     """Create or upgrade the schema of the ledger at `path` (cuckmq's migrations);
-    returns (version before, version now)."""
-    conn = connect(path)
+    returns (version before, version now). A new file is created with `file_mode`."""
+    conn = connect(path, file_mode=files.check_mode(file_mode))
     try:
         return migrate(conn), schema.LATEST_VERSION
     finally:

@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from .. import files
+from ..errors import LedgerCorrupt
 from . import chain, connection, seals, sql
 
 
@@ -35,18 +37,28 @@ _CHUNK = 20_000
 
 def replay_into(source: str | Path, target: str | Path, upto: int | None = None,
                 progress: Progress | None = None,
-                archived: dict[int, tuple[Any, ...]] | None = None) -> int:
+                archived: dict[int, tuple[Any, ...]] | None = None,
+                file_mode: int = files.FILE_MODE) -> int:
     """Create a fresh ledger at `target` holding the events of `source` up to position
     `upto` (all by default), with the projection rebuilt from them. Returns the number
     of events replayed; `progress(done, total)` hears about long replays as they go.
-    `archived` (position -> event row, from archive files) are put back in their places."""
-    conn = connection.connect(target)
-    try:
-        if archived:
-            return _replay_merged(conn, source, upto, archived)
-        return _replay(conn, source, upto, progress=progress).events
-    finally:
-        conn.close()
+    `archived` (position -> event row, from archive files) are put back in their places.
+    The new ledger is built under a temporary name and appears at `target` only when
+    complete; `target` must not exist, and a refused replay leaves nothing."""
+    with files.written_whole(target, "replay", file_mode, database=True) as temporary:
+        conn = connection.connect(temporary, file_mode=file_mode)
+        try:
+            if archived:
+                return _replay_merged(conn, source, upto, archived)
+            done = _replay(conn, source, upto, progress=progress)
+        finally:
+            conn.close()
+        if done.refused_at is not None:
+            raise LedgerCorrupt(
+                f"replaying {source} refused event {done.refused_at} ({done.refusal}): its "
+                "history holds a transition that cannot happen (see `evq verify`); "
+                "nothing was written")
+        return done.events
 
 
 def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
@@ -115,6 +127,12 @@ def _replay_merged(conn: sqlite3.Connection, source: str | Path, upto: int | Non
             count += 1
         _keep_restored_hashes(conn, last, archived)
         conn.execute(sql.COMMIT)
+    except sqlite3.IntegrityError as exc:
+        conn.execute(sql.ROLLBACK)
+        raise LedgerCorrupt(
+            f"replaying {source} with its archived events was refused ({exc}): that "
+            "history holds a transition that cannot happen (see `evq verify`); nothing "
+            "was written") from None
     except BaseException:
         conn.execute(sql.ROLLBACK)
         raise

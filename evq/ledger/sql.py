@@ -179,16 +179,40 @@ JOIN evq_events AS e ON e.position = j.enqueue_position WHERE j.id = ?
 """
 # Job ids are in three places: the jobs, the deleted jobs, and the events of jobs never
 # added (a refused enqueue); evq_events_by_job leaves enqueue events out (schema v3).
-_JOB_IDS_WHERE = """
-SELECT job_id FROM evq_events
-WHERE job_id IS NOT NULL AND kind <> 'enqueue' AND {test}
-UNION SELECT id FROM evq_jobs WHERE {id_test}
-UNION SELECT id FROM evq_deleted_jobs WHERE {id_test}
-LIMIT 2
+# Ids are matched literally (no LIKE: '%' and '_' are characters like any other).
+JOB_ID_KNOWN = """
+SELECT 1 FROM evq_jobs WHERE id = ?1
+UNION ALL SELECT 1 FROM evq_deleted_jobs WHERE id = ?1
+UNION ALL SELECT 1 FROM evq_events
+    WHERE job_id = ?1 AND job_id IS NOT NULL AND kind <> 'enqueue'
+LIMIT 1
 """
-FIND_JOB_IDS_BY_SUFFIX = _JOB_IDS_WHERE.format(test="job_id LIKE ?1", id_test="id LIKE ?1")
-FIND_JOB_IDS_BY_PREFIX = _JOB_IDS_WHERE.format(test="job_id >= ?1 AND job_id < ?2",
-                                               id_test="id >= ?1 AND id < ?2")
+# Ids that begin with ?1: the index range [?1, ?2), ?2 the least text after every such
+# id. At most ?3 of them.
+_ID_IN_RANGE = "{col} >= ?1 AND {col} < ?2 AND substr({col}, 1, length(?1)) = ?1"
+_JOB_IDS_WHERE = """
+SELECT id FROM evq_jobs WHERE {id_test}
+UNION SELECT id FROM evq_deleted_jobs WHERE {id_test}
+UNION SELECT job_id FROM evq_events
+    WHERE job_id IS NOT NULL AND kind <> 'enqueue' AND {test}
+LIMIT ?3
+"""
+FIND_JOB_IDS_BY_PREFIX = _JOB_IDS_WHERE.format(
+    id_test=_ID_IN_RANGE.format(col="id"), test=_ID_IN_RANGE.format(col="job_id"))
+# Ids that end with a text: ?1 is '*' and the text with its GLOB characters bracketed
+# (GLOB is case-sensitive; no index holds ids backwards, so this one scans).
+FIND_JOB_IDS_BY_SUFFIX = _JOB_IDS_WHERE.format(id_test="id GLOB ?1",
+                                               test="job_id GLOB ?1").replace("?3", "?2")
+# What to call a job id people must choose between: its name and where it is.
+JOB_ID_LABEL = """
+SELECT name, state FROM evq_jobs WHERE id = ?1
+UNION ALL SELECT e.job, 'deleted' FROM evq_deleted_jobs AS d
+    JOIN evq_events AS e ON e.position = d.enqueue_position WHERE d.id = ?1
+UNION ALL SELECT * FROM (SELECT job, CASE kind WHEN 'reject' THEN 'rejected' ELSE kind END
+    FROM evq_events WHERE job_id = ?1 AND job_id IS NOT NULL AND kind <> 'enqueue'
+    ORDER BY position DESC LIMIT 1)
+LIMIT 1
+"""
 LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM evq_jobs ORDER BY enqueue_position"
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 

@@ -164,7 +164,7 @@ def test_history_of_an_ambiguous_prefix_is_refused(demo, events):
 
 def test_history_of_an_unknown_job(demo):
     result = evq("history", "ffffffffeeeeeeee", "--db", demo[0])
-    assert result.returncode == 2, result
+    assert result.returncode == 3, result  # not found
     assert "no job with id 'ffffffffeeeeeeee'" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 

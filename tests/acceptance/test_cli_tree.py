@@ -84,7 +84,7 @@ def test_tree_of_an_unknown_job(tmp_path: Path):
     db = tmp_path / "l.db"
     ok(run_evq("migrate", "--db", db))
     result = run_evq("tree", "abcdef12", "--db", db)
-    assert result.returncode == 2 and "no job with id" in result.stderr
+    assert result.returncode == 3 and "no job with id" in result.stderr  # not found
 
 
 async def test_tree_history_is_the_whole_flows_story_in_ledger_order(tmp_path: Path):

@@ -55,5 +55,5 @@ async def test_an_unknown_or_ambiguous_id_is_a_clear_error(ctx, db):
     differ = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
     shared = first[:differ]  # the milliseconds they were made in
     assert len(shared) >= 8
-    with pytest.raises(evq.UnknownJob, match="more than one job"):
+    with pytest.raises(evq.InvalidInput, match="more than one job"):
         _history(db, shared)
