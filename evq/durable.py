@@ -150,6 +150,10 @@ class Subscription:
                     break
                 if count == 0:
                     await self._pause(self.lease / 3)
+        except Exception as exc:
+            self._log.error("evq.durable_handler_stopped", position=self.position,
+                            error=repr(exc))
+            raise
         finally:
             if keeper is not None:
                 keeper.cancel()
@@ -258,8 +262,12 @@ class Subscription:
         """Renew the lease by time, however long the handler takes with an event."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            if self.holder is not None:
+            if self.holder is None:
+                continue
+            try:
                 await self._save(self.holder)
+            except Exception as exc:  # logged; the fence keeps a lapsed lease harmless
+                self._log.error("evq.durable_renewal_failed", error=repr(exc))
 
     async def _save(self, holder: str) -> None:
         """Renew the lease and save the position reached; notice a lost name."""
