@@ -164,11 +164,11 @@ async def test_a_hot_standby_never_copies_a_position_twice(consumers: Consumers)
     await consumers.until(all_copied(consumers.db), "every event is copied")
     with contextlib.closing(sqlite3.connect(consumers.db)) as conn:
         [state] = evq.durable.states(conn)  # what `evq subscribers` shows
-    _host, pid, token = (state.holder or "").split(":")
-    assert int(pid) in consumers.pids.values() and len(token) == 16
     await consumers.stop()
     assert_each_position_once_in_order(consumers.db)
     assert len({who for _, who in sink_rows(consumers.db)}) == 1  # the standby waited
+    _host, pid, token = (state.holder or "").split(":")
+    assert int(pid) in consumers.pids.values() and len(token) == 16
 
 
 async def test_a_slow_handler_that_is_alive_keeps_its_name(consumers: Consumers):
