@@ -24,6 +24,7 @@ from .errors import (
     ContextClosed,
     DuplicateJob,
     InvalidInput,
+    InvalidTime,
     UnknownJob,
 )
 from .events import TERMINAL_KINDS, Event, event_from_row
@@ -558,8 +559,11 @@ class Context:
         With `durable="name"` the handler keeps a cursor in the ledger: it gets every
         event at least once with no gap, resumes after a restart where it stopped, runs
         in its own task (it never slows the workers), and one consumer holds the name at
-        a time (a consumer that dies frees it after `lease` seconds). A new cursor starts
-        at `start`: "beginning", "end", or a position."""
+        a time: it renews its `lease` every lease/3 seconds however slow the handler is,
+        and a consumer that dies or stalls past `lease` seconds loses the name to another.
+        A handler that calls `evq.advance_cursor` in the transaction that writes its own
+        rows gets each event's effects committed exactly once. A new cursor starts at
+        `start`: "beginning", "end", or a position."""
         if isinstance(kinds, str):
             kinds = (kinds,)
         if durable is None:
@@ -569,10 +573,12 @@ class Context:
         after = 0 if start == "beginning" else None if start == "end" else start
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
             raise InvalidInput(f"start must be 'beginning', 'end' or a position, got {start!r}")
+        lease = codec.check_delay(lease, "lease")
+        if lease <= 0:
+            raise InvalidTime(f"lease must be a number of seconds > 0, got {lease!r}")
         subscription = Subscription(self, handler, EventFilter.of(kinds), name=durable,
                                     after=self._dispatcher.delivered_upto
-                                    if after is None else after,
-                                    lease=codec.check_delay(lease, "lease"))
+                                    if after is None else after, lease=lease)
         return self._start_subscription(subscription)
 
     def _start_subscription(self, subscription: Subscription) -> Callable[[], None]:

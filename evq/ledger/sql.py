@@ -311,20 +311,27 @@ PROJECTION_ONLY_IN_SOURCE = (
     "SELECT {columns} FROM source.{table} EXCEPT SELECT {columns} FROM main.{table}")
 
 # --- durable handlers ------------------------------------------------------------------
+# A take mints a fresh holder token: it succeeds on a free name, a lapsed lease, or a name
+# still held under this consumer's previous token. Every later write is fenced by it.
 TAKE_CURSOR = """
 INSERT INTO evq_cursors (name, position, holder, lease_until, updated_at)
 VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until
-WHERE evq_cursors.holder IS NULL OR evq_cursors.holder = excluded.holder
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until,
+       updated_at = excluded.updated_at
+WHERE evq_cursors.holder IS NULL OR evq_cursors.holder = ?
    OR evq_cursors.lease_until <= excluded.updated_at
 """
 GET_CURSOR = "SELECT position, holder FROM evq_cursors WHERE name = ?"
+CURSOR_LEASE = "SELECT holder, lease_until FROM evq_cursors WHERE name = ?"
 MOVE_CURSOR = """
 UPDATE evq_cursors SET position = max(position, ?), lease_until = ?, updated_at = ?
 WHERE name = ? AND holder = ?
 """
+# Run on the caller's own connection, in its transaction: only the holder moves the
+# cursor, and only forward.
 MOVE_CURSOR_IN_CALLERS_TX = """
-UPDATE evq_cursors SET position = max(position, ?), updated_at = ? WHERE name = ?
+UPDATE evq_cursors SET position = ?, updated_at = ?
+WHERE name = ? AND holder = ? AND position < ?
 """
 RELEASE_CURSOR = """
 UPDATE evq_cursors SET position = max(position, ?), updated_at = ?, holder = NULL,

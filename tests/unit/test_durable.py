@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import sqlite3
 
+import pytest
+
 import evq
 
 
@@ -159,3 +161,134 @@ async def test_replay_then_follow_keeps_the_handler_live(ctx):
     with contextlib.suppress(asyncio.CancelledError):
         await live
     assert got == ["old", "new"]
+
+
+def audit_table(db) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE audit (position INTEGER NOT NULL, who TEXT NOT NULL)")
+        conn.commit()
+
+
+def audit_rows(db) -> list[tuple[int, str]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return list(conn.execute("SELECT position, who FROM audit ORDER BY rowid"))
+
+
+async def non_seal_positions(ctx: evq.Context) -> list[int]:
+    return [e.position for e in await ctx.events(limit=10_000)]
+
+
+async def test_advance_cursor_outside_a_durable_delivery_is_refused(db, clock):
+    async with evq.Context(db, clock=clock):
+        pass
+    audit_table(db)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO audit VALUES (1, 'me')")
+    with pytest.raises(evq.InvalidInput, match="outside a delivery of a durable handler"):
+        evq.advance_cursor(conn, "audit-copy", 1, clock.now())
+    assert conn.in_transaction  # the caller's transaction is left for it to decide
+    conn.rollback()
+    conn.close()
+
+
+async def test_advance_cursor_moves_only_its_own_cursor_and_never_ahead(db, clock):
+    refused: list[str] = []
+    done = asyncio.Event()
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("job", None)
+        await ctx.enqueue("job", 1)
+        sink = sqlite3.connect(db, check_same_thread=False)
+
+        def copy(event: evq.Event) -> None:
+            for name, position in (("other", event.position), ("mine", event.position + 5)):
+                try:
+                    evq.advance_cursor(sink, name, position, clock.now())
+                except evq.InvalidInput as exc:
+                    refused.append(str(exc))
+            sink.rollback()
+            done.set()
+
+        ctx.add_event_handler(copy, kinds=["enqueue"], durable="mine")
+        await asyncio.wait_for(done.wait(), 5)
+        sink.close()
+    assert "moves only its own cursor" in refused[0]
+    assert "the event being handled (1" in refused[1]
+
+
+async def test_lease_of_a_durable_handler_must_be_positive(ctx):
+    with pytest.raises(evq.InvalidTime, match="lease"):
+        ctx.add_event_handler(lambda e: None, durable="x", lease=0)
+
+
+async def test_a_consumer_that_lost_its_name_cannot_commit_and_stops_delivering(db, clock):
+    audit_table(db)
+    gate = asyncio.Event()
+    lost: list[str] = []
+    a_calls: list[int] = []
+    sink_a = sqlite3.connect(db, check_same_thread=False)
+    sink_b = sqlite3.connect(db, check_same_thread=False)
+
+    async def copy_a(event: evq.Event) -> None:  # async: runs in the consumer's task
+        a_calls.append(event.position)
+        await gate.wait()  # stalls past its lease
+        try:
+            with sink_a:
+                sink_a.execute("INSERT INTO audit VALUES (?, 'a')", (event.position,))
+                evq.advance_cursor(sink_a, "copy", event.position, clock.now())
+        except evq.CursorLost as exc:
+            lost.append(str(exc))
+            raise
+
+    def copy_b(event: evq.Event) -> None:  # sync: runs in a thread
+        with sink_b:
+            sink_b.execute("INSERT INTO audit VALUES (?, 'b')", (event.position,))
+            evq.advance_cursor(sink_b, "copy", event.position, clock.now())
+
+    async with evq.Context(db, clock=clock) as a, evq.Context(db, clock=clock) as b:
+        a.define("job", None)
+        b.define("job", None)
+        await a.enqueue_many(("job", i) for i in range(3))
+        a.add_event_handler(copy_a, durable="copy", lease=30)
+        await wait_for(lambda: a_calls == [1], a)
+        [held] = await a.subscribers()
+        clock.advance(31)  # its lease ran out while the handler was stalled
+        b.add_event_handler(copy_b, durable="copy", lease=30)
+        expected = await non_seal_positions(b)
+        await wait_for(lambda: [p for p, _ in audit_rows(db)] == expected, b)
+        [taken] = await b.subscribers()
+        assert taken.holder != held.holder
+        gate.set()  # the old holder wakes up and tries to commit its event
+        await wait_for(lambda: bool(lost), a)
+        assert "no longer holds the name" in lost[0]
+        await b.enqueue("job", 3)
+        expected = await non_seal_positions(b)
+        await wait_for(lambda: [p for p, _ in audit_rows(db)] == expected, b)
+        await a.flush_events()
+        assert a_calls == [1]  # it went back to waiting for the name
+    assert {who for _, who in audit_rows(db)} == {"b"}
+    sink_a.close()
+    sink_b.close()
+
+
+async def test_an_event_whose_effects_committed_is_not_written_again_on_retry(db, clock):
+    audit_table(db)
+    calls: list[int] = []
+    sink = sqlite3.connect(db, check_same_thread=False)
+
+    def copy(event: evq.Event) -> None:
+        calls.append(event.position)
+        with sink:
+            sink.execute("INSERT INTO audit VALUES (?, 'me')", (event.position,))
+            evq.advance_cursor(sink, "copy", event.position, clock.now())
+        if calls == [1]:
+            raise RuntimeError("failed after its commit")  # so it is delivered again
+
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("job", None)
+        await ctx.enqueue_many(("job", i) for i in range(3))
+        ctx.add_event_handler(copy, durable="copy")
+        expected = await non_seal_positions(ctx)
+        await wait_for(lambda: calls[-1:] == expected[-1:], ctx)
+    assert calls[:2] == [1, 1]
+    assert [p for p, _ in audit_rows(db)] == expected  # each once
+    sink.close()
