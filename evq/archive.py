@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from . import files
-from .errors import InvalidInput, LedgerError
+from .errors import InvalidInput, LedgerError, LedgerNotFound
 from .ledger import connection, failures, schema, seals, sql
 from .ledger.chain import ArchiveFile
 from .ledger.tx import Tx
@@ -184,6 +184,9 @@ def read_files(names: Iterable[str | Path]) -> list[ArchiveFile]:
     for name in names:
         try:
             data = Path(name).read_bytes()
+        except FileNotFoundError:
+            raise LedgerNotFound(f"the archive file {name} does not exist: give the path "
+                                 "of a file `evq archive` wrote") from None
         except OSError as exc:
             raise InvalidInput(f"cannot read the archive file {name}: "
                                f"{exc.strerror or exc}") from None

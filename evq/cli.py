@@ -1,10 +1,19 @@
-"""The `evq` command: demo, worker, events, history, tree, jobs, retry, cancel, delete,
-definitions, subscribers, replay, verify, schema, migrate.
+"""The `evq` command: look into an evq ledger, run its jobs, and look after it.
 
-Every command takes `--db PATH` (or the EVQ_DB environment variable). Exit codes: 0 done,
-1 a check failed (verify), 2 bad usage or input (no ledger at that path, an ambiguous
-job id), 3 no such job, 4 verified, but some archived events could not be checked (their
-archive files were not given).
+Commands: demo, worker, events, history, tree, jobs, stats, definitions, subscribers,
+retry, cancel, delete, replay, export, import, verify, archive, schema, migrate (the
+reading ones are in evq/cli_read.py). Every command takes `--db PATH` (or the EVQ_DB
+environment variable).
+
+Exit codes, stable for scripts:
+  0  done
+  1  a check failed (verify found a mismatch)
+  2  bad usage or input, or a ledger that cannot be used as asked (locked, read-only,
+     full, damaged, not an evq ledger); the message on stderr says which and what to do
+  3  not found: no such job, no ledger at that path, or no such file or directory
+  4  verified, but some events could not be checked (archived, their file not given)
+  130  interrupted (Ctrl-C)
+No error a user can cause prints a traceback.
 """
 
 from __future__ import annotations
@@ -12,27 +21,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
+import inspect
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import admin, audit, codec, demo, durable, files, flows, stats, transfer
+from . import admin, audit, codec, demo, files, transfer
 from . import archive as archiving
 from . import verify as verifying
+from .cli_read import (
+    EVENT_KINDS,
+    cmd_definitions,
+    cmd_events,
+    cmd_history,
+    cmd_jobs,
+    cmd_stats,
+    cmd_subscribers,
+    cmd_tree,
+)
+from .cli_support import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNCHECKED,
+    EXIT_USAGE,
+    count,
+    duration,
+    exit_code,
+    reading,
+)
+from .cli_support import ledger_path as _db
+from .cli_support import out as _out
 from .context import Context
-from .errors import EvqError, InvalidInput, UnknownJob
-from .events import EventKind
+from .errors import EvqError, InvalidInput
+from .jobs import JobState
 from .ledger import connection, replay, schema, sql
-
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
-EXIT_NOT_CHECKED = 4  # verify: nothing failed, but archived events were not checked
-
-
-def _out(line: str = "") -> None:
-    print(line, flush=True)
+from .ledger.failures import ledger_error
 
 
 def _progress_bar(label: str) -> Callable[[int, int], None]:
@@ -59,18 +87,6 @@ def _log_to_stderr(level: int) -> None:
     logger.propagate = False
 
 
-def _colour() -> bool:
-    """Colour on a terminal, plain text when piped or when NO_COLOR is set."""
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
-
-def _db(args: argparse.Namespace) -> Path:
-    value = args.db or os.environ.get("EVQ_DB")
-    if not value:
-        raise EvqError("no ledger given: pass --db PATH or set EVQ_DB")
-    return Path(value)
-
-
 def _file_mode() -> int:
     """The mode of the files a command creates: EVQ_FILE_MODE (octal, such as 640), or
     0600."""
@@ -95,99 +111,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_events(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        job_id = audit.resolve_job_id(conn, args.job) if args.job else None
-        kinds = args.kind.split(",") if args.kind else None
-        if args.seals and kinds is None:
-            kinds = [str(kind) for kind in EventKind]
-        wanted = durable.EventFilter.of(
-            kinds,
-            args.queue.split(",") if args.queue else None, job_id, args.since, args.until)
-        events = (audit.last_events(conn, args.limit) if args.limit
-                  else audit.iter_events(conn))
-        colour = _colour()
-        last = 0
-        for event in events:
-            last = event.position
-            if wanted.wants(event):
-                _out(audit.event_json(event) if args.json else audit.event_line(event, colour))
-        if args.follow:
-            for event in audit.follow(conn, last, args.poll):
-                if wanted.wants(event):
-                    _out(audit.event_json(event) if args.json
-                         else audit.event_line(event, colour))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        conn.close()
-    return EXIT_OK
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        job_id = audit.resolve_job_id(conn, args.job_id)
-        events = audit.job_events(conn, job_id)
-        if args.json:
-            for event in events:
-                _out(audit.event_json(event))
-        else:
-            for line in audit.history_lines(audit.job_record(conn, job_id), events, _colour()):
-                _out(line)
-    finally:
-        conn.close()
-    return EXIT_OK
-
-
-def cmd_tree(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        job_id = audit.resolve_job_id(conn, args.job_id)
-        tree = flows.read_tree(conn, job_id)
-        events = audit.flow_events(conn, tree) if tree is not None and args.history else []
-    finally:
-        conn.close()
-    if tree is None:
-        raise UnknownJob(f"job {job_id} is not in the current state (deleted); its events "
-                         f"are in `evq history {audit.short_id(job_id)}`")
-    if args.history:
-        for event in events:
-            _out(audit.event_json(event) if args.json else audit.event_line(event, _colour()))
-    elif args.json:
-        _out(json.dumps(audit.tree_json(tree), ensure_ascii=False))
-    else:
-        for line in audit.tree_lines(tree, _colour()):
-            _out(line)
-    return EXIT_OK
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        from .jobs import JobRecord
-
-        jobs = [JobRecord.from_row(tuple(row)) for row in conn.execute(sql.LIST_JOBS)]
-        jobs = [job for job in jobs if (not args.state or job.state.value == args.state)
-                and (not args.queue or job.queue == args.queue)]
-        table: list[tuple[str, ...]] = [
-            ("id", "state", "queue", "job", "attempt", "errors", "enqueued")]
-        table += [tuple(map(audit.printable, (
-            job.id, job.state.value, job.queue, job.name, job.attempt, job.errors,
-            audit.fmt_time(job.enqueued_at)))) for job in jobs]
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        colour = _colour()
-        for number, row in enumerate(table):
-            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-            if number:
-                cells[1] = audit.paint(cells[1], row[1], colour)
-            _out("  ".join(cells).rstrip())
-    finally:
-        conn.close()
-    return EXIT_OK
-
-
 def load_context(spec: str) -> Context:
     """`package.module:attribute`: a Context, or a function that returns one."""
     module_name, _, attribute = spec.partition(":")
@@ -202,11 +125,26 @@ def load_context(spec: str) -> Context:
         found = getattr(module, attribute)
     except AttributeError:
         raise EvqError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if callable(found) and not isinstance(found, Context):
-        found = found()
+    if callable(found) and not isinstance(found, Context) and _takes_no_arguments(found):
+        try:
+            found = found()
+        except Exception as exc:
+            raise InvalidInput(f"APP {spec!r}: calling {attribute}() to get the Context "
+                               f"raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(found, Context):
-        raise EvqError(f"{spec!r} is a {type(found).__name__}, not an evq.Context")
+        raise InvalidInput(f"APP {spec!r} is a {type(found).__name__}, not an evq.Context "
+                           "(nor a function of no arguments returning one)")
     return found
+
+
+def _takes_no_arguments(function: Callable[..., object]) -> bool:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return False
+    return all(parameter.default is not parameter.empty
+               or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+               for parameter in signature.parameters.values())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -254,38 +192,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        since = codec.parse_time(args.since, "--since") if args.since else None
-        until = codec.parse_time(args.until, "--until") if args.until else None
-        found, window = stats.compute(conn, since, until)
-    finally:
-        conn.close()
-    rows = [found[name].as_dict(window) for name in sorted(found)]
-    if args.json:
-        _out(json.dumps({"window_s": round(window, 3), "queues": rows}))
-        return EXIT_OK
-    if not rows:
-        _out("no job events in that window")
-        return EXIT_OK
-
-    def spread(figures: dict[str, float] | None) -> str:
-        return "-" if figures is None else f"{figures['p50']}/{figures['p90']}/{figures['p99']}"
-
-    table = [("queue", "done", "failed", "cancelled", "jobs/s", "errors", "wait ms p50/90/99",
-              "run ms p50/90/99")]
-    table += [(audit.printable(r["queue"]), str(r["succeeded"]), str(r["failed"]),
-               str(r["cancelled"]), str(r["throughput_per_s"]), f"{r['error_rate']:.1%}",
-               spread(r["wait_ms"]), spread(r["run_ms"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             .rstrip())
-    _out(f"window: {window:.3f} s")
-    return EXIT_OK
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     conn = audit.open_ledger(_db(args))
     try:
@@ -317,44 +223,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for line in report.lines:
         _out(audit.printable(line))
     return {verifying.Outcome.OK: EXIT_OK, verifying.Outcome.FAILED: EXIT_CHECK_FAILED,
-            verifying.Outcome.UNCHECKED: EXIT_NOT_CHECKED}[report.outcome]
-
-
-def cmd_subscribers(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        found = durable.states(conn)
-    finally:
-        conn.close()
-    if not found:
-        _out("no durable event handlers on this ledger")
-    for state in found:
-        when = audit.fmt_time(codec.stored_datetime(state.updated_at) or codec.FIRST_DATETIME)
-        _out(audit.printable(
-            f"{state.name:<24} position={state.position:<8} head={state.head:<8} "
-            f"lag={state.lag:<8} held_by={state.holder or '-'}  updated {when}"))
-    return EXIT_OK
+            verifying.Outcome.UNCHECKED: EXIT_UNCHECKED}[report.outcome]
 
 
 def _job_action(args: argparse.Namespace) -> tuple[Path, str]:
     path = _db(args)
-    conn = audit.open_ledger(path)
-    try:
+    with reading(path) as conn:
         return path, audit.resolve_job_id(conn, args.job_id)
-    finally:
-        conn.close()
+
+
+def _busy_ms(args: argparse.Namespace) -> int:
+    return int(args.busy_timeout * 1000)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
-    new_id = admin.retry(path, job_id, args.reason)
+    new_id = admin.retry(path, job_id, args.reason, _busy_ms(args))
     _out(audit.printable(f"retrying {job_id} as new job {new_id}"))
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
-    (_, was_running), *descendants = admin.cancel(path, job_id, args.reason)
+    (_, was_running), *descendants = admin.cancel(path, job_id, args.reason, _busy_ms(args))
     _out(audit.printable(f"cancelled {job_id}")
          + (" (its worker is told to stop)" if was_running else ""))
     _say_descendants(descendants)
@@ -363,7 +254,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     path, job_id = _job_action(args)
-    descendants = admin.delete(path, job_id, args.reason)
+    descendants = admin.delete(path, job_id, args.reason, _busy_ms(args))
     _out(audit.printable(f"deleted {job_id}")
          + " from the current state (its events stay in the ledger)")
     _say_descendants(descendants)
@@ -387,7 +278,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
     if not done.events:
         _out("nothing to archive: no job deleted before that time still has events here")
     else:
-        _out(f"archived {done.events} events of {done.jobs} jobs to {done.file} "
+        _out(f"archived {done.events} events of {done.jobs} "
+             f"job{'s' if done.jobs != 1 else ''} to {done.file} "
              f"(sha256 {done.sha256})")
     return EXIT_OK
 
@@ -404,30 +296,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_definitions(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        schedules = {name: (spec, next_at) for name, spec, next_at in
-                     conn.execute(sql.LIST_SCHEDULES)}
-        rows = conn.execute(sql.LIST_DEFINITIONS).fetchall()
-        if not rows:
-            _out("no job definitions deployed (Context.deploy, or an orchestrator, records them)")
-        for name, queue, data in rows:
-            settings = codec.stored_object(data) or {}
-            line = (f"{name:<24} queue={queue:<12} max_attempts={settings.get('max_attempts')}"
-                    f" lease={settings.get('lease')}s")
-            if name in schedules:
-                spec, next_at = schedules[name]
-                when = codec.stored_datetime(next_at) or codec.FIRST_DATETIME
-                line += f"  {spec}, next {audit.fmt_time(when)}"
-            _out(audit.printable(line))
-    finally:
-        conn.close()
-    return EXIT_OK
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="evq", description="Look into an evq ledger, run its jobs, and look after it.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, run: Callable[[argparse.Namespace], int], text: str
@@ -444,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", help="package.module:attribute naming an evq.Context")
     p.add_argument("--queues", help="comma-separated queues (default: those run_on_startup)")
     p.add_argument("--concurrency", type=int, default=10, help="jobs at once (default 10)")
-    p.add_argument("--name", help="worker name (default host:pid:n)")
+    p.add_argument("--name", help="worker name (default: stable, from the host and the "
+                   "queues, such as web1:mail; see the README's Worker names)")
     p.add_argument("--no-orchestrator", action="store_true",
                    help="do not run an orchestrator (schedules, cleanup, rescue) here")
     p.add_argument("--interval", type=float, default=1.0,
@@ -457,11 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("events", cmd_events, "print the event log, oldest first")
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.add_argument("--job", help="only this job id")
-    p.add_argument("--kind", help="only these kinds, comma-separated")
+    p.add_argument("--kind", help="only these kinds, comma-separated (one of: "
+                   + ", ".join(EVENT_KINDS) + ")")
     p.add_argument("--queue", help="only these queues, comma-separated")
     p.add_argument("--since", help="only events at or after this time (ISO-8601)")
     p.add_argument("--until", help="only events at or before this time (ISO-8601)")
-    p.add_argument("--limit", type=int, default=0, help="only the newest N events")
+    p.add_argument("--limit", type=count, metavar="N",
+                   help="only the newest N events that pass the filters (with --since: "
+                   "the first N after it)")
     p.add_argument("--seals", action="store_true",
                    help="also the hash chain's seal events (hidden otherwise)")
     p.add_argument("--follow", "-f", action="store_true",
@@ -476,12 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object, nested (with --history: JSON lines)")
     p.add_argument("--history", action="store_true",
                    help="instead, every event of every job of the flow, in ledger order")
-    p = command("jobs", cmd_jobs, "current jobs")
-    p.add_argument("--state")
-    p.add_argument("--queue")
+    p = command("jobs", cmd_jobs, "current jobs, oldest first")
+    p.add_argument("--state", choices=[str(state) for state in JobState],
+                   help="only jobs in this state")
+    p.add_argument("--queue", help="only jobs of this queue")
+    p.add_argument("--limit", type=count, metavar="N", help="only the newest N jobs")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines, one job each, with every field of its record")
     p = command("replay", cmd_replay, "rebuild the projection from the events into a new file")
     p.add_argument("--to", required=True, help="the new ledger file")
-    p.add_argument("--upto", type=int, help="replay only up to this position")
+    p.add_argument("--upto", type=count, metavar="POSITION",
+                   help="replay only up to this position")
     p.add_argument("--at", help="replay only what had happened at this time (ISO-8601)")
     p.add_argument("--archive", action="append", metavar="FILE",
                    help="archive files whose events to put back in place (repeatable)")
@@ -514,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, run, text)
         p.add_argument("job_id", help="a job id, its short form, or a unique prefix")
         p.add_argument("--reason", help="recorded in the event")
+        p.add_argument("--busy-timeout", type=duration, default=10.0, metavar="SECONDS",
+                       help="how long to wait for another process's write lock (default 10)")
     command("subscribers", cmd_subscribers,
             "durable event handlers: where each stands and how far behind it is")
     command("schema", cmd_schema, "print the schema SQL")
@@ -532,12 +415,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except EvqError as exc:
-        # Messages may quote what the ledger or the caller holds: escaped, line by line.
-        for number, line in enumerate(str(exc).split("\n")):
-            print(("evq: " if number == 0 else "") + audit.printable(line), file=sys.stderr)
-        return EXIT_NOT_FOUND if isinstance(exc, UnknownJob) else EXIT_USAGE
+        _say_error(exc)
+        return exit_code(exc)
+    except sqlite3.Error as exc:  # a driver error no command mapped: typed all the same
+        error = ledger_error(exc, getattr(args, "db", None) or os.environ.get("EVQ_DB", "?"))
+        _say_error(error)
+        return exit_code(error)
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file named on the command line: missing, unreadable, ...
+        print(f"evq: {audit.printable(_os_error(exc))}", file=sys.stderr)
+        return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _say_error(exc: Exception) -> None:
+    """The message on stderr. It may quote what the ledger or the caller holds: escaped,
+    line by line."""
+    for number, line in enumerate(str(exc).split("\n")):
+        print(("evq: " if number == 0 else "") + audit.printable(line), file=sys.stderr)
+
+
+def _os_error(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+EXIT_CODES = __doc__[__doc__.index("Exit codes"):].rstrip()
 
 
 if __name__ == "__main__":

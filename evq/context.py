@@ -25,12 +25,14 @@ from .errors import (
     DuplicateJob,
     InvalidInput,
     InvalidTime,
+    LedgerReadOnly,
     UnknownJob,
 )
 from .events import TERMINAL_KINDS, Event, event_from_row
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
-from .ledger import connection, failures, maintenance, ops, sql, trees
+from .ledger import connection, maintenance, ops, sql, trees
 from .ledger.connection import Durability
+from .ledger.failures import ledger_error
 from .ledger.tx import AppendedRow, Tx
 from .ledger.writer import Writer
 from .outcomes import RetryPolicy
@@ -131,17 +133,39 @@ class Context:
 
     # --- lifecycle ---------------------------------------------------------------------
     async def open(self) -> Context:
+        """Open the ledger (creating or upgrading its schema). Raises the typed
+        `LedgerError` that says why it cannot be used, having released everything."""
         if self._writer is not None:
             return self
         connection.create_file(self.path, self.file_mode)
         writer = Writer(self.path, self.clock, self.durability, self._committed,
                         self._busy_timeout_ms)
-        await writer.open()
-        self._writer = writer
-        self._reader = await connection.open_reader(self.path)
-        head = await self._head()
-        await self._dispatcher.open(head)
+        try:
+            await writer.open()
+            self._writer = writer
+            self._reader = await connection.open_reader(self.path, self._busy_timeout_ms)
+            head = await self._head()
+            await self._dispatcher.open(head)
+        except BaseException:
+            await self._release(writer)
+            raise
         return self
+
+    async def _release(self, writer: Writer) -> None:
+        """Undo a failed open: close whatever it opened (its threads would otherwise keep
+        the process from exiting)."""
+        self._writer = None
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader.close()
+            self._reader = None
+        with contextlib.suppress(Exception):
+            await writer.close()
+
+    @property
+    def busy_timeout_ms(self) -> int:
+        """How long, in milliseconds, a write waits for another connection's lock."""
+        return self._busy_timeout_ms
 
     async def close(self) -> None:
         """Commit what was handed over, deliver pending events, release the file."""
@@ -258,11 +282,33 @@ class Context:
         return await self.writer.run(functools.partial(maintenance.deploy,
                                                        definitions=found))
 
-    def orchestrator(self, **options: Any) -> Orchestrator:
-        """An Orchestrator on this context; see `evq.Orchestrator` for the options."""
+    def orchestrator(
+        self,
+        *,
+        name: str | None = None,
+        interval: float = 1.0,
+        leader_lease: float = 10.0,
+        orphan_after: float = 60.0,
+        worker_ttl: float = 30.0,
+        batch: int = 500,
+        archive_to: str | Path | None = None,
+        archive_after: float = 7 * 86400,
+        archive_every: float = 3600.0,
+    ) -> Orchestrator:
+        """An Orchestrator on this context (see `evq.Orchestrator`): `name` (default
+        orchestrator-host:pid:n), a round every `interval` seconds, leadership held for
+        `leader_lease` seconds between renewals (so a dead leader is replaced within
+        `leader_lease + interval`), a due job no live worker (seen within `worker_ttl`)
+        can run reported as an orphan after `orphan_after`, at most `batch` cleanup
+        deletes per round, and with `archive_to` a directory: every `archive_every`
+        seconds the events of jobs deleted more than `archive_after` seconds ago are
+        archived there."""
         from .orchestrator import Orchestrator
 
-        return Orchestrator(self, **options)
+        return Orchestrator(
+            self, name=name, interval=interval, leader_lease=leader_lease,
+            orphan_after=orphan_after, worker_ttl=worker_ttl, batch=batch,
+            archive_to=archive_to, archive_after=archive_after, archive_every=archive_every)
 
     @property
     def definitions(self) -> Mapping[str, JobDefinition[Any]]:
@@ -428,8 +474,13 @@ class Context:
     async def flow(self, job_id: str) -> flows.FlowTree | None:
         """The current state of the whole flow that holds this job, from its root."""
         def read() -> flows.FlowTree | None:
-            with contextlib.closing(connection.connect(self.path, read_only=True)) as conn:
-                return flows.read_tree(conn, job_id)
+            with contextlib.closing(connection.connect(
+                    self.path, read_only=True, busy_timeout_ms=self._busy_timeout_ms)) as conn:
+                try:
+                    return flows.read_tree(conn, job_id)
+                except sqlite3.Error as exc:
+                    raise ledger_error(exc, self.path, "reading",
+                                       self._busy_timeout_ms / 1000) from exc
         return await asyncio.to_thread(read)
 
     def enqueue_in(
@@ -443,41 +494,82 @@ class Context:
         priority: int | None = None,
     ) -> str:
         """Enqueue inside the caller's own open transaction on the same file (plain
-        `sqlite3`): the job commits or rolls back with the caller's own rows."""
-        if not conn.in_transaction:
-            raise InvalidInput(
-                "enqueue_in needs a transaction that is open on `conn`: write your own "
-                "rows first (or execute BEGIN), then enqueue, then commit")
-        files = {row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"}
-        if str(self.path.resolve()) not in {str(Path(f).resolve()) for f in files if f}:
-            raise InvalidInput(
-                f"the connection is not on this context's ledger {self.path}; open it on "
-                "the same file")
+        `sqlite3`): the job commits or rolls back with the caller's own rows.
+
+        The file must already be an evq ledger (open a Context on it once, or run `evq
+        migrate`): enqueue_in never creates the schema inside someone else's transaction.
+        A connection that is closed, read-only, of another driver or on another file is
+        refused with a typed error, and the caller's transaction is left as it was."""
+        self._check_connection(conn)
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
         reasons = enqueueing.refusals_now(self, [new], "enqueue_in")
         try:
             # Take the write lock first (the transaction may have only read so far), so
             # that the time is read while no other commit can land before this one.
-            conn.execute(sql.TAKE_WRITE_LOCK)
-        except sqlite3.Error as exc:
-            raise failures.ledger_error(exc, self.path, "enqueueing in") from None
-        tx = Tx.locked(conn, self.clock.now())
-        conn.execute(sql.SAVEPOINT)
-        try:
-            if reasons:
-                ops.reject(tx, (new,), reasons)
-            else:
-                ops.enqueue(tx, (new,))
-            tx.seal()
-        except BaseException:
-            conn.execute(sql.ROLLBACK_TO)
+            # The schema is checked only then: a read before the lock would start a
+            # snapshot that another process's commit can make impossible to write from.
+            try:
+                conn.execute(sql.TAKE_WRITE_LOCK)
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+            connection.require_version(conn, self.path)
+            tx = Tx.locked(conn, self.clock.now())
+            conn.execute(sql.SAVEPOINT)
+            try:
+                if reasons:
+                    ops.reject(tx, (new,), reasons)
+                else:
+                    ops.enqueue(tx, (new,))
+                tx.seal()
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled it all back already
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(sql.ROLLBACK_TO)
+                        conn.execute(sql.RELEASE)
+                raise
             conn.execute(sql.RELEASE)
-            raise
-        conn.execute(sql.RELEASE)
+        except sqlite3.Error as exc:
+            error = ledger_error(exc, self.path, "enqueueing in",
+                                 connection.busy_timeout(conn))
+            if isinstance(error, LedgerReadOnly):
+                error = LedgerReadOnly(f"{error}; or your connection is read-only (opened "
+                                       "with mode=ro, or query_only): enqueue_in writes "
+                                       "through it")
+            raise error from exc
         if reasons:
             raise enqueueing.rejected(
                 [new], reasons, "the `reject` event commits with your transaction")
         return new.id
+
+    def _check_connection(self, conn: sqlite3.Connection) -> None:
+        """enqueue_in's connection: a plain sqlite3 one, open, in a transaction, on this
+        context's ledger, which has this evq's schema."""
+        if not isinstance(conn, sqlite3.Connection):
+            kind = f"{type(conn).__module__}.{type(conn).__qualname__}"
+            raise InvalidInput(
+                f"enqueue_in takes a plain sqlite3.Connection open on {self.path}, got a "
+                f"{kind}" + (": with aiosqlite, use `await ctx.enqueue(...)`, or enqueue_in "
+                             "on a sqlite3 connection of your own" if "aiosqlite" in kind
+                             else ""))
+        try:
+            in_transaction = conn.in_transaction
+        except sqlite3.ProgrammingError:
+            raise InvalidInput(
+                "the connection given to enqueue_in is closed: enqueue on an open "
+                "connection, inside your transaction") from None
+        if not in_transaction:
+            raise InvalidInput(
+                "enqueue_in needs a transaction that is open on `conn`: write your own "
+                "rows first (or execute BEGIN), then enqueue, then commit")
+        try:
+            files = {row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"}
+            if str(self.path.resolve()) not in {str(Path(f).resolve()) for f in files if f}:
+                raise InvalidInput(
+                    f"the connection is not on this context's ledger {self.path}; open it "
+                    "on the same file")
+        except sqlite3.Error as exc:
+            raise ledger_error(exc, self.path, "enqueueing in") from exc
 
     # --- other transitions -------------------------------------------------------------
     async def cancel(self, job_id: str, reason: str | None = None) -> None:
@@ -517,9 +609,13 @@ class Context:
     async def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
         if self._reader is None:
             raise ContextClosed("the evq context is not open")
-        cursor = await self._reader.execute(query, tuple(params))
-        rows = list(await cursor.fetchall())
-        await cursor.close()
+        try:
+            cursor = await self._reader.execute(query, tuple(params))
+            rows = list(await cursor.fetchall())
+            await cursor.close()
+        except sqlite3.Error as exc:
+            raise ledger_error(exc, self.path, "reading",
+                               self._busy_timeout_ms / 1000) from exc
         return rows
 
     async def _head(self) -> int:
@@ -539,11 +635,15 @@ class Context:
 
     async def events(self, after: int = 0, limit: int = 1000, *, seals: bool = False
                      ) -> list[Event]:
-        """Events after a position, oldest first (the hash chain's `seal` events only
-        with seals=True)."""
-        rows = await self._read(sql.EVENTS_AFTER, (after, limit))
-        return [event_from_row(tuple(r)) for r in rows
-                if seals or r[2] != "seal"]
+        """At most `limit` events after the position `after`, oldest first (the hash
+        chain's `seal` events only with seals=True). To read them all, page: call again
+        with `after` set to the last position returned, until the list is empty."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
+        if isinstance(after, bool) or not isinstance(after, int):
+            raise InvalidInput(f"after must be an event position (an integer), got {after!r}")
+        query = sql.EVENTS_AFTER if seals else sql.EVENTS_AFTER_UNSEALED
+        return [event_from_row(tuple(r)) for r in await self._read(query, (after, limit))]
 
     async def counts(self) -> dict[str, int]:
         return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}
@@ -685,12 +785,35 @@ class Context:
 
         return SyncProducer(self)
 
-    def worker(self, **options: Any) -> Worker:
-        """A Worker on this context; see `evq.Worker` for the options."""
+    def worker(
+        self,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 10,
+        name: str | None = None,
+        grace: float = 30.0,
+        batch_size: int = 100,
+        hook_lease: float = 30.0,
+    ) -> Worker:
+        """A Worker on this context (see `evq.Worker`): it serves `queues` (default: the
+        queues with `run_on_startup`), runs at most `concurrency` jobs at once, under
+        `name` (default: stable, from the host and the queues), gives running jobs
+        `grace` seconds when stopped, claims up to `batch_size` due jobs at a time, and
+        holds an exhausted-attempts hook for `hook_lease` seconds between renewals."""
         from .worker import Worker
 
-        return Worker(self, **options)
+        return Worker(self, queues=queues, concurrency=concurrency, name=name, grace=grace,
+                      batch_size=batch_size, hook_lease=hook_lease)
 
-    async def drain(self, **options: Any) -> int:
-        """Run a worker until no job is due, then return how many jobs it ran."""
-        return await self.worker(**options).run(until_idle=True)
+    async def drain(
+        self,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 10,
+        name: str | None = None,
+        batch_size: int = 100,
+    ) -> int:
+        """Run a worker (see `worker`) until no job is due, then return how many jobs it
+        ran."""
+        return await self.worker(queues=queues, concurrency=concurrency, name=name,
+                                 batch_size=batch_size).run(until_idle=True)

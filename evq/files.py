@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import InvalidInput, LedgerError
+from .errors import InvalidInput, LedgerError, LedgerNotFound
 
 FILE_MODE = 0o600
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -70,8 +70,8 @@ def written_whole(target: str | Path, what: str, mode: int = FILE_MODE,
     final = Path(target)
     refuse_existing(final, what, database)
     if not final.parent.is_dir():
-        raise LedgerError(f"cannot write {final}: the directory {final.parent} does not "
-                          "exist")
+        raise LedgerNotFound(f"cannot write {final}: the directory {final.parent} does not "
+                             "exist: create it first, or give another path")
     temporary = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
     create_private(temporary, mode)
     try:

@@ -3,6 +3,10 @@
 `Context.sync()` gives a SyncProducer on the same ledger file. It validates with the
 context's job definitions and writes through the same ledger operations as the async
 path, so the events are exactly the same; workers in any process pick the jobs up.
+
+A call waits at most the context's `busy_timeout` for another connection's lock in
+total, and a storage failure is raised as the typed `evq.LedgerError` that says why
+(nothing of the call was written).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from . import flows
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
 from .ledger import connection, ops, seals, sql, stalls, trees
+from .ledger.failures import ledger_error
 from .ledger.tx import Tx
 from .ledger.wal import WalWatch
 
@@ -28,11 +33,7 @@ if TYPE_CHECKING:
     from .jobs import JobDefinition
 
 T = TypeVar("T")
-
-
-BUSY_TIMEOUT_MS = 10_000
-NO_WAIT = sql.SET_BUSY_TIMEOUT.format(ms=0)
-WAIT = sql.SET_BUSY_TIMEOUT.format(ms=BUSY_TIMEOUT_MS)
+_NO_WAIT = sql.SET_BUSY_TIMEOUT.format(ms=0)
 
 
 class SyncProducer:
@@ -43,10 +44,16 @@ class SyncProducer:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = connection.connect(
-            ctx.path, durability=ctx.durability, busy_timeout_ms=BUSY_TIMEOUT_MS,
-            check_same_thread=False, file_mode=ctx.file_mode)
-        connection.migrate(self._conn)
+        self._busy_ms = ctx.busy_timeout_ms
+        conn = connection.connect(ctx.path, durability=ctx.durability,
+                                  busy_timeout_ms=self._busy_ms, check_same_thread=False,
+                                  file_mode=ctx.file_mode)
+        try:
+            connection.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
         self._wal = WalWatch(ctx.path)
         self._last_seal = seals.LastSeal()
 
@@ -60,7 +67,7 @@ class SyncProducer:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._wal.close(self._conn, BUSY_TIMEOUT_MS)
+                self._wal.close(self._conn, self._busy_ms)
                 self._conn.close()
                 self._conn = None
 
@@ -78,6 +85,7 @@ class SyncProducer:
         """Add a job; returns its id once committed (see `Context.enqueue`)."""
         new = self._ctx.prepare(job, payload, delay=delay, run_at=run_at, priority=priority,
                                 key=key, group=group)
+        started = time.monotonic()
         if self._ctx.definition(new.name).on_before_add is None:
             with self._lock:
                 conn = self._conn
@@ -85,16 +93,19 @@ class SyncProducer:
                     raise ContextClosed("this SyncProducer is closed")
                 # The common case in one statement instead of four (see enqueue_alone),
                 # which must not wait for the lock: its time is read before it.
-                conn.execute(NO_WAIT)
                 try:
-                    written = ops.enqueue_alone(conn, new, self._ctx.clock.now(),
-                                                self._last_seal)
-                finally:
-                    conn.execute(WAIT)
-                if written:
-                    self._wal.after_commit(conn, BUSY_TIMEOUT_MS, small=True)
+                    conn.execute(_NO_WAIT)
+                    try:
+                        alone = ops.enqueue_alone(conn, new, self._ctx.clock.now(),
+                                                  self._last_seal)
+                    finally:
+                        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=self._busy_ms))
+                except sqlite3.Error as exc:
+                    raise self._failed(exc) from exc
+                if alone:
+                    self._wal.after_commit(conn, self._busy_ms, small=True)
                     return new.id
-        return self._write([new], ops.enqueue)[0]
+        return self._write([new], ops.enqueue, started)[0]
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]) -> list[str]:
         """Add many jobs in one transaction: all of them or, on any bad one, none."""
@@ -113,30 +124,54 @@ class SyncProducer:
         return self._write([job for node in planned for job in trees.jobs_of(node)],
                            lambda tx, _: trees.add_children(tx, parent_id, planned))
 
-    def _write(self, jobs: list[ops.NewJob], write: Callable[[Tx, list[ops.NewJob]], T]
-               ) -> T:
+    def _write(self, jobs: list[ops.NewJob], write: Callable[[Tx, list[ops.NewJob]], T],
+               started: float | None = None) -> T:
         refused = refusals_now(self._ctx, jobs, "a SyncProducer")
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise ContextClosed("this SyncProducer is closed")
-            asked = time.monotonic()
-            conn.execute(sql.BEGIN_IMMEDIATE)
             try:
-                tx = Tx.locked(conn, self._ctx.clock.now())
-                if time.monotonic() - asked >= stalls.STALL:
-                    stalls.record(tx, time.monotonic() - asked)
-                if refused:
-                    ops.reject(tx, [j for j in jobs if j.id in refused], refused)
-                else:
-                    written = write(tx, jobs)
-                tx.seal(self._last_seal)
-                conn.execute(sql.COMMIT)
-            except BaseException:
-                self._last_seal = seals.LastSeal()
-                conn.execute(sql.ROLLBACK)
-                raise
-            self._wal.after_commit(conn, BUSY_TIMEOUT_MS)
+                asked = time.monotonic()
+                self._begin(conn, started)
+                try:
+                    tx = Tx.locked(conn, self._ctx.clock.now())
+                    if time.monotonic() - asked >= stalls.STALL:
+                        stalls.record(tx, time.monotonic() - asked)
+                    if refused:
+                        ops.reject(tx, [j for j in jobs if j.id in refused], refused)
+                    else:
+                        written = write(tx, jobs)
+                    tx.seal(self._last_seal)
+                    conn.execute(sql.COMMIT)
+                except BaseException:
+                    self._last_seal = seals.LastSeal()
+                    if conn.in_transaction:
+                        conn.execute(sql.ROLLBACK)
+                    raise
+            except sqlite3.Error as exc:
+                raise self._failed(exc) from exc
+            self._wal.after_commit(conn, self._busy_ms)
         if refused:
             raise rejected(jobs, refused, "nothing was added")
         return written
+
+    def _begin(self, conn: sqlite3.Connection, started: float | None) -> None:
+        """BEGIN IMMEDIATE, waiting for the lock only what is left of busy_timeout since
+        the call `started` (a one-statement enqueue that found the file busy has already
+        waited)."""
+        if started is None:
+            conn.execute(sql.BEGIN_IMMEDIATE)
+            return
+        left = self._busy_ms - int((time.monotonic() - started) * 1000)
+        if left >= self._busy_ms:
+            conn.execute(sql.BEGIN_IMMEDIATE)
+            return
+        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=max(left, 0)))
+        try:
+            conn.execute(sql.BEGIN_IMMEDIATE)
+        finally:
+            conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=self._busy_ms))
+
+    def _failed(self, exc: sqlite3.Error) -> Exception:
+        return ledger_error(exc, self._ctx.path, "writing to", self._busy_ms / 1000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .clock import FakeClock
@@ -16,10 +16,11 @@ from .events import Event
 __all__ = ["FakeClock", "captured_logs", "kinds_of", "run_until_idle", "settle", "timeline"]
 
 
-async def run_until_idle(ctx: Context, **worker_options: Any) -> int:
+async def run_until_idle(ctx: Context, *, queues: Iterable[str] | None = None,
+                         concurrency: int = 10) -> int:
     """Run every job that is due now (and what those jobs make due now), then return
     how many ran. With a FakeClock, advance the clock to make later jobs due."""
-    return await ctx.drain(**worker_options)
+    return await ctx.drain(queues=queues, concurrency=concurrency)
 
 
 async def timeline(ctx: Context, job_id: str) -> list[Event]:

@@ -109,4 +109,10 @@ def _row(text: str, number: int) -> tuple[tuple[Any, ...], list[tuple[int, str]]
         raise InvalidInput(f"line {number} is not an exported evq event: {exc}") from None
     if not isinstance(row[8], str):
         raise InvalidInput(f"line {number}: data must be the stored JSON text")
+    try:
+        json.loads(row[8])
+    except ValueError as exc:
+        raise InvalidInput(f"line {number}: data is not JSON text ({exc}); nothing was "
+                           "imported") from None
     return row, kept
+

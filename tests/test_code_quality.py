@@ -29,7 +29,8 @@ def test_library_never_prints_and_never_pickles():
     offenders = []
     for path in (ROOT / "evq").rglob("*.py"):
         text = path.read_text()
-        if path.name != "cli.py" and re.search(r"^\s*print\(", text, re.M):
+        # The command's modules (evq/cli*.py) are the application: they print.
+        if not path.name.startswith("cli") and re.search(r"^\s*print\(", text, re.M):
             offenders.append(f"{path.name}: print")
         if re.search(r"^\s*(import pickle|from pickle)", text, re.M):
             offenders.append(f"{path.name}: pickle")

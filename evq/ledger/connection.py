@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     import aiosqlite
 
 from .. import files
-from ..errors import LedgerError
+from ..errors import LedgerError, LedgerNotFound, LedgerSchemaError
 from . import schema, sql
+from .failures import cannot_open, ledger_error
 
 MIN_SQLITE = (3, 38, 0)
 
@@ -38,24 +39,24 @@ def connect(
     file_mode: int = files.FILE_MODE,
 ) -> sqlite3.Connection:
     """A connection in autocommit mode (evq issues BEGIN itself) with evq's pragmas. A
-    ledger file that does not exist yet is created with `file_mode` first."""
+    ledger file that does not exist yet is created with `file_mode` first. Raises the
+    typed `LedgerError` that says why if the file cannot be opened."""
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise LedgerError(
             f"evq needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer; this Python "
             f"has {sqlite3.sqlite_version}"
         )
-    if read_only:
-        if not Path(path).exists():
-            raise LedgerError(f"no ledger at {path}: check the path or EVQ_DB")
-        uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-        conn = sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=check_same_thread
-        )
-    else:
-        create_file(path, file_mode)
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=check_same_thread
-        )
+    _check_path(Path(path), read_only)
+    try:
+        if read_only:
+            conn = _open_read_only(Path(path), check_same_thread)
+        else:
+            create_file(path, file_mode)
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=check_same_thread
+            )
+    except sqlite3.Error as exc:
+        raise ledger_error(exc, path, "opening", busy_timeout_ms / 1000) from exc
     try:
         conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
         for pragma in sql.CONNECTION_PRAGMAS:
@@ -63,11 +64,42 @@ def connect(
                     ("PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA journal_size")):
                 continue
             conn.execute(pragma)
-    except sqlite3.DatabaseError as exc:
+        level = "FULL" if Durability(durability) is Durability.POWER else "NORMAL"
+        conn.execute(sql.SET_SYNCHRONOUS.format(level=level))
+    except sqlite3.Error as exc:
         conn.close()
-        raise _not_a_database(path, exc) from exc
-    level = "FULL" if Durability(durability) is Durability.POWER else "NORMAL"
-    conn.execute(sql.SET_SYNCHRONOUS.format(level=level))
+        raise ledger_error(exc, path, "opening", busy_timeout_ms / 1000) from exc
+    return conn
+
+
+def _check_path(file: Path, read_only: bool) -> None:
+    """Refuse at once a path that cannot hold a ledger (SQLite's own errors are vaguer)."""
+    if read_only and not file.is_file():
+        why = (f"its directory {file.parent} does not exist" if not file.parent.is_dir()
+               else "it is a directory, not a ledger file" if file.is_dir()
+               else "no such file")
+        raise LedgerNotFound(f"no ledger at {file} ({why}): check the path (--db or EVQ_DB)")
+    if file.is_dir() or not file.parent.is_dir():
+        raise cannot_open(file, f"opening the ledger {file}")
+
+
+def _open_read_only(file: Path, check_same_thread: bool) -> sqlite3.Connection:
+    """A read-only connection. In a read-only directory SQLite cannot create the -shm
+    file a reader needs; if there is no -wal file either, every commit is in the file
+    itself and no writer can add one (it would have to create the -wal file), so the
+    file is read as immutable, which is then exact."""
+    uri = f"{file.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                           check_same_thread=check_same_thread)
+    try:
+        conn.execute(sql.META_TABLE_EXISTS).fetchall()
+    except sqlite3.Error as exc:
+        conn.close()
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code != sqlite3.SQLITE_CANTOPEN or Path(f"{file}-wal").exists():
+            raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None,
+                               check_same_thread=check_same_thread)
     return conn
 
 
@@ -96,23 +128,27 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the latest version; returns the version it was at before."""
-    conn.execute(sql.BEGIN_IMMEDIATE)
+    """Bring the schema to the latest version; returns the version it was at before.
+    Raises LedgerSchemaError for a schema newer than this evq's or missing a table, and
+    the typed error of any other failure (locked, read-only, damaged, ...)."""
     try:
-        before = schema_version(conn)
-        if before > schema.LATEST_VERSION:
-            raise LedgerError(
-                f"this ledger has schema version {before}, newer than this evq knows "
-                f"({schema.LATEST_VERSION}); upgrade evq"
-            )
-        for version in range(before, schema.LATEST_VERSION):
-            for statement in _statements(schema.MIGRATIONS[version]):
-                conn.execute(statement)
-            conn.execute(sql.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
-        conn.execute(sql.COMMIT)
-    except BaseException:
-        conn.execute(sql.ROLLBACK)
-        raise
+        conn.execute(sql.BEGIN_IMMEDIATE)
+        try:
+            before = schema_version(conn)
+            if before > schema.LATEST_VERSION:
+                raise _newer(file_of(conn), before)
+            for version in range(before, schema.LATEST_VERSION):
+                for statement in _statements(schema.MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute(sql.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
+            require_tables(conn, file_of(conn))
+            conn.execute(sql.COMMIT)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(sql.ROLLBACK)
+            raise
+    except sqlite3.Error as exc:
+        raise ledger_error(exc, file_of(conn), "opening", busy_timeout(conn)) from exc
     return before
 
 
@@ -127,42 +163,99 @@ def migrate_file(path: str | Path, file_mode: int = files.FILE_MODE) -> tuple[in
 
 
 @contextlib.contextmanager
-def write_transaction(path: str | Path) -> Iterator[sqlite3.Connection]:
+def write_transaction(path: str | Path, busy_timeout_ms: int = 10_000
+                      ) -> Iterator[sqlite3.Connection]:
     """One write transaction (`BEGIN IMMEDIATE`) on an existing ledger: committed when
-    the block ends, rolled back if it raises."""
+    the block ends, rolled back if it raises. A driver error, in the block or out of it,
+    is raised as the typed error that says why."""
     if not Path(path).exists():
-        raise LedgerError(f"no ledger at {path}: check the path or EVQ_DB")
-    conn = connect(path)
+        raise LedgerNotFound(f"no ledger at {path}: check the path (--db or EVQ_DB)")
+    conn = connect(path, busy_timeout_ms=busy_timeout_ms)
     try:
         require_schema(conn, path)
-        conn.execute(sql.BEGIN_IMMEDIATE)
         try:
-            yield conn
-            conn.execute(sql.COMMIT)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute(sql.ROLLBACK)
-            raise
+            conn.execute(sql.BEGIN_IMMEDIATE)
+            try:
+                yield conn
+                conn.execute(sql.COMMIT)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute(sql.ROLLBACK)
+                raise
+        except sqlite3.Error as exc:
+            raise ledger_error(exc, path, "writing to", busy_timeout_ms / 1000) from exc
     finally:
         conn.close()
 
 
-def _not_a_database(path: str | Path, exc: sqlite3.DatabaseError) -> LedgerError:
-    return LedgerError(f"{path} is not a SQLite database ({exc}): check the path or EVQ_DB")
+def file_of(conn: sqlite3.Connection) -> str:
+    """The file a connection is open on (for messages)."""
+    try:
+        for row in conn.execute(sql.DATABASE_LIST):
+            if row[1] == "main":
+                return str(row[2]) or "(in memory)"
+    except sqlite3.Error:
+        pass
+    return "(unknown file)"
+
+
+def busy_timeout(conn: sqlite3.Connection) -> float | None:
+    """The connection's busy timeout in seconds (for messages)."""
+    try:
+        return float(conn.execute(sql.GET_BUSY_TIMEOUT).fetchone()[0]) / 1000
+    except sqlite3.Error:
+        return None
+
+
+def _newer(path: str | Path, version: int) -> LedgerSchemaError:
+    return LedgerSchemaError(
+        f"the ledger {path} has schema version {version}, newer than this evq knows "
+        f"({schema.LATEST_VERSION}): a newer evq wrote it; upgrade evq to read or write it "
+        "(this one changed nothing)")
 
 
 def require_schema(conn: sqlite3.Connection, path: str | Path) -> None:
+    """Refuse, with a typed error saying what to do, a file that is not a complete evq
+    ledger of this evq's schema version."""
     try:
         version = schema_version(conn)
-    except sqlite3.DatabaseError as exc:
-        raise _not_a_database(path, exc) from exc
-    if version == 0:
-        raise LedgerError(f"{path} is not an evq ledger (no evq schema): run `evq migrate`")
-    if version != schema.LATEST_VERSION:
-        raise LedgerError(
-            f"{path} has schema version {version}, this evq expects "
-            f"{schema.LATEST_VERSION}: run `evq migrate --db {path}`"
-        )
+        if version == 0:
+            raise LedgerSchemaError(
+                f"{path} is not an evq ledger (no evq schema): check the path, or run "
+                f"`evq migrate --db {path}` to make it one")
+        if version > schema.LATEST_VERSION:
+            raise _newer(path, version)
+        if version != schema.LATEST_VERSION:
+            raise LedgerSchemaError(
+                f"{path} has schema version {version}, this evq expects "
+                f"{schema.LATEST_VERSION}: run `evq migrate --db {path}`")
+        require_tables(conn, path)
+    except sqlite3.Error as exc:
+        raise ledger_error(exc, path, "opening", busy_timeout(conn)) from exc
+
+
+def require_version(conn: sqlite3.Connection, path: str | Path) -> None:
+    """`require_schema` cheap enough for every call (one indexed read): the version
+    only. A table dropped since shows when it is used, as a LedgerSchemaError too."""
+    try:
+        row = conn.execute(sql.GET_META, (schema.SCHEMA_VERSION_KEY,)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        row = None
+    if row is None or row[0] != str(schema.LATEST_VERSION):
+        require_schema(conn, path)  # says what is wrong
+
+
+def require_tables(conn: sqlite3.Connection, path: str | Path) -> None:
+    """Refuse a ledger that has lost a table (dropped by hand, say)."""
+    present = {row[0] for row in conn.execute(sql.EVQ_TABLES)}
+    missing = sorted(schema.TABLES - present)
+    if missing:
+        raise LedgerSchemaError(
+            f"the ledger {path} has lost its table(s) {', '.join(missing)}: it is not a "
+            "complete evq ledger (a table was dropped by hand?). Restore it from a backup; "
+            "nothing was changed")
 
 
 def _statements(script: str) -> list[str]:
@@ -181,13 +274,20 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-async def open_reader(path: str | Path) -> aiosqlite.Connection:
+async def open_reader(path: str | Path, busy_timeout_ms: int = 10_000
+                      ) -> aiosqlite.Connection:
     """An async read connection beside the writer (WAL lets it read while jobs commit)."""
     import aiosqlite
 
     conn = await aiosqlite.connect(str(path), isolation_level=None)
-    await conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=10_000))
-    for pragma in sql.CONNECTION_PRAGMAS:
-        if pragma.startswith("PRAGMA wal_autocheckpoint"):
-            await conn.execute(pragma)
+    try:
+        await conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
+        for pragma in sql.CONNECTION_PRAGMAS:
+            if pragma.startswith("PRAGMA wal_autocheckpoint"):
+                await conn.execute(pragma)
+    except BaseException as exc:
+        await conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise ledger_error(exc, path, "opening", busy_timeout_ms / 1000) from exc
+        raise
     return conn

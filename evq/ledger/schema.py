@@ -12,6 +12,8 @@ recorded in the event's data, which keeps the fold a pure function of the events
 
 from __future__ import annotations
 
+import re
+
 SCHEMA_VERSION_KEY = "schema_version"
 
 # Error texts raised by the triggers; the ledger maps them to typed errors.
@@ -671,6 +673,9 @@ MIGRATIONS: tuple[str, ...] = (_V1_TABLES + _V1_GUARDS + _V1_FOLD, _V2_FLOWS,
                                _V4_DEFER_AND_HOOKS + _V4_HOOKS + _V4_WORKERS + _V4_ARCHIVED_HASHES)
 
 LATEST_VERSION = len(MIGRATIONS)
+
+# Every table the migrations create (none drops one): a ledger missing any is damaged.
+TABLES = frozenset(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", "".join(MIGRATIONS)))
 
 
 def schema_sql() -> str:

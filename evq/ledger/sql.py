@@ -26,6 +26,7 @@ CONNECTION_PRAGMAS = (
     "PRAGMA temp_store = MEMORY",
 )
 SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
+GET_BUSY_TIMEOUT = "PRAGMA busy_timeout"
 SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
 DATA_VERSION = "PRAGMA data_version"
 DATABASE_LIST = "PRAGMA database_list"
@@ -42,6 +43,7 @@ ROLLBACK_TO = "ROLLBACK TO evq_op"
 
 # --- schema bookkeeping --------------------------------------------------------------
 META_TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evq_meta'"
+EVQ_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'evq_*'"
 GET_META = "SELECT value FROM evq_meta WHERE key = ?"
 SET_META = "INSERT OR REPLACE INTO evq_meta (key, value) VALUES (?, ?)"
 
@@ -214,11 +216,21 @@ UNION ALL SELECT * FROM (SELECT job, CASE kind WHEN 'reject' THEN 'rejected' ELS
 LIMIT 1
 """
 LIST_JOBS = f"SELECT {JOB_COLUMNS} FROM evq_jobs ORDER BY enqueue_position"
+# The newest `limit` jobs (-1: all) of a state and a queue (NULL: any), oldest first.
+LIST_JOBS_WHERE = (
+    f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM evq_jobs WHERE (?1 IS NULL OR state = ?1) "
+    "AND (?2 IS NULL OR queue = ?2) ORDER BY enqueue_position DESC LIMIT ?3) "
+    "ORDER BY enqueue_position"
+)
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
 EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? ORDER BY position LIMIT ?"
+)
+EVENTS_AFTER_UNSEALED = (
+    f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? AND kind != 'seal' "
+    "ORDER BY position LIMIT ?"
 )
 EVENTS_BETWEEN = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? AND position < ? "
@@ -237,6 +249,10 @@ ORDER BY position
 """
 EVENTS_FOR_JOB = _EVENTS_OF.format(ids="?1", also="")
 EVENTS_FOR_JOBS = _EVENTS_OF.format(ids="SELECT value FROM json_each(?1)", also="")
+EVENTS_BEFORE = (
+    f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position < ? ORDER BY position DESC "
+    "LIMIT ?"
+)
 LAST_EVENTS = (
     f"SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM evq_events "
     "ORDER BY position DESC LIMIT ?) ORDER BY position"

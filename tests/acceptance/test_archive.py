@@ -158,10 +158,10 @@ def test_archive_never_removes_a_file_it_did_not_make(tmp_path: Path):
     result = evq_cli("archive", "--db", str(db), "--before", before, "--to", str(link))
     assert result.returncode == 2 and "already exists" in result.stderr, result.stderr
     assert link.is_symlink() and _count(db) == events
-    # A directory that does not exist: a clear error, no traceback.
+    # A directory that does not exist: exit 3 (not found), a clear error, no traceback.
     result = evq_cli("archive", "--db", str(db), "--before", before,
                      "--to", str(tmp_path / "no" / "a.jsonl.gz"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
     assert "does not exist" in result.stderr and _count(db) == events
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.db", "ledger.db-shm",
                                                          "ledger.db-wal", "taken.jsonl.gz"]

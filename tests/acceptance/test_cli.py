@@ -171,10 +171,10 @@ def test_history_of_an_unknown_job(demo):
 
 # --- no ledger there --------------------------------------------------------------------
 @pytest.mark.parametrize("command", [["events"], ["history", "abc"], ["jobs"], ["verify"]])
-def test_a_missing_ledger_is_a_usage_error_and_is_not_created(tmp_path, command):
+def test_a_missing_ledger_is_not_found_and_is_not_created(tmp_path, command):
     missing = tmp_path / "missing.db"
     result = evq(*command, "--db", missing)
-    assert result.returncode == 2, result
+    assert result.returncode == 3, result
     assert f"no ledger at {missing}" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # no file, no -wal, no -shm
@@ -183,7 +183,7 @@ def test_a_missing_ledger_is_a_usage_error_and_is_not_created(tmp_path, command)
 def test_a_path_in_a_missing_directory(tmp_path):
     path = "/nonexistent/path.db"
     result = evq("events", "--db", path)
-    assert result.returncode == 2, result
+    assert result.returncode == 3, result
     assert f"no ledger at {path}" in result.stderr and "Traceback" not in result.stderr
     assert not Path(path).exists() and not Path(path).parent.exists()
 

@@ -33,7 +33,7 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_missing_ledger_is_a_clear_error_and_creates_nothing(tmp_path: Path):
     missing = tmp_path / "nope" / "ledger.db"
     result = evq_cli("events", "--db", str(missing))
-    assert result.returncode == 2 and "no ledger at" in result.stderr
+    assert result.returncode == 3 and "no ledger at" in result.stderr
     assert not missing.exists()
     no_db = evq_cli("events", cwd=tmp_path)
     assert no_db.returncode == 2 and "--db" in no_db.stderr

@@ -19,7 +19,7 @@ def evq_cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_definitions_lists_deployed_jobs_and_next_runs(tmp_path: Path):
     db = tmp_path / "l.db"
     empty = evq_cli("definitions", "--db", str(db))
-    assert empty.returncode == 2 and "no ledger" in empty.stderr
+    assert empty.returncode == 3 and "no ledger" in empty.stderr
     migrated = evq_cli("migrate", "--db", str(db))
     assert migrated.returncode == 0
     assert f"schema version 0 -> {schema.LATEST_VERSION}" in migrated.stdout
@@ -31,8 +31,9 @@ async def test_definitions_lists_deployed_jobs_and_next_runs(tmp_path: Path):
         await ctx.deploy()
         await ctx.orchestrator().tick()
     out = evq_cli("definitions", "--db", str(db)).stdout.splitlines()
-    assert out[0].startswith("nightly") and "cron 30 2 * * *, next" in out[0]
-    assert out[1].startswith("send") and "max_attempts=7" in out[1]
+    assert out[0].split()[:4] == ["job", "queue", "max_attempts", "lease"]
+    assert out[1].startswith("nightly") and "cron 30 2 * * *  20" in out[1]
+    assert out[2].split()[:5] == ["send", "mail", "7", "60s", "0"]
 
 
 async def test_subscribers_shows_where_durable_handlers_stand(tmp_path: Path):
@@ -49,9 +50,9 @@ async def test_subscribers_shows_where_durable_handlers_stand(tmp_path: Path):
         await asyncio.wait_for(first.wait(), 5)
         await ctx.enqueue("job", 2)
         await asyncio.wait_for(second.wait(), 5)
-    lines = evq_cli("subscribers", "--db", str(db)).stdout.splitlines()
+    header, *lines = evq_cli("subscribers", "--db", str(db)).stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["audit-sink", "slow-sink"]
     for line in lines:
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        fields = dict(zip(header.split(), line.split(), strict=False))
         assert int(fields["head"]) - int(fields["position"]) == int(fields["lag"]) >= 0
         assert fields["held_by"] == "-"  # released when the context closed

@@ -75,7 +75,7 @@ async def test_writers_that_waited_through_a_stall_stamp_the_time_they_wrote(tmp
     db = tmp_path / "ledger.db"
     async with evq.Context(db) as ctx:
         ctx.define("job", None)
-        victim = await ctx.enqueue("job", "to cancel")
+        victim = await ctx.enqueue("job", "to cancel", delay=3600)  # not drained
         pending = await ctx.enqueue("job", "to claim")
     ways = ["async", "many", "in", "claim", "alone", "cancel"]
     async with contextlib.AsyncExitStack() as stack:

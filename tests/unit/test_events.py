@@ -143,3 +143,25 @@ async def test_worker_logs_carry_job_context(ctx):
     assert entry["job_id"] == job_id
     assert (entry["queue"], entry["job"], entry["attempt"], entry["worker"]) == (
         "default", "job", 1, "w-1")
+
+
+async def test_ctx_events_returns_limit_events_and_pages_through_them_all(ctx):
+    """`limit` counts the events returned (seals hidden), so paging by the last
+    position reads every event once, and a page of 3 holds 3."""
+    ctx.define("job", None)
+    for n in range(5):
+        await ctx.enqueue("job", n)  # a commit each: an enqueue and its seal
+    everything = await ctx.events(limit=100)
+    assert [e.kind for e in everything] == ["enqueue"] * 5
+    assert len(await ctx.events(limit=3)) == 3
+    pages, after = [], 0
+    while page := await ctx.events(after=after, limit=2):
+        pages.append(page)
+        after = page[-1].position
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [e.position for p in pages for e in p] == [e.position for e in everything]
+    with_seals = await ctx.events(limit=4, seals=True)
+    assert [e.kind for e in with_seals] == ["enqueue", "seal", "enqueue", "seal"]
+    for bad in (-1, 1.5, "3", True):
+        with pytest.raises(evq.InvalidInput, match="limit"):
+            await ctx.events(limit=bad)

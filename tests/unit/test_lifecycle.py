@@ -632,3 +632,25 @@ async def test_awaiting_an_orchestrator_stop_waits_until_it_handed_over(ctx):
     await orchestrator.stop()
     assert task.done()
     assert await ctx._read("SELECT holder FROM evq_leaders") == []
+
+
+def test_worker_and_orchestrator_options_are_named_on_the_context():
+    """`ctx.worker(...)` and `ctx.orchestrator(...)` take the same keyword options, with
+    the same defaults, as the classes they build (visible in help() and to type
+    checkers), and an unknown one is refused by name."""
+    import inspect
+
+    from evq.orchestrator import Orchestrator
+
+    def options(function: object, skip: int) -> list[tuple[str, object]]:
+        parameters = list(inspect.signature(function).parameters.values())[skip:]
+        assert all(p.kind is p.KEYWORD_ONLY for p in parameters)
+        return [(p.name, p.default) for p in parameters]
+
+    assert options(evq.Context.worker, 1) == options(Worker.__init__, 2)
+    assert options(evq.Context.orchestrator, 1) == options(Orchestrator.__init__, 2)
+    ctx = evq.Context("unused.db")
+    assert ctx.worker(concurrency=3, grace=1).concurrency == 3
+    assert ctx.orchestrator(leader_lease=4).leader_lease == 4
+    with pytest.raises(TypeError, match="concurency"):
+        ctx.worker(concurency=3)  # type: ignore[call-arg]
