@@ -21,13 +21,20 @@ import attrs
 
 from . import codec, identity, outages, rescuing
 from .awaiting import Later, call_in_loop
-from .errors import InvalidInput, InvalidPayload, LeaseLost, LedgerUnavailable, UnrecoverableError
+from .errors import (
+    CallbackError,
+    InvalidInput,
+    InvalidPayload,
+    LeaseLost,
+    LedgerUnavailable,
+    UnrecoverableError,
+)
 from .hooks import HookRunner
 from .jobs import Job, JobDefinition
 from .ledger import maintenance, ops, rescues
 from .ledger.tx import Tx
 from .logs import get_logger
-from .outcomes import Planned, RetryPolicy, after_failure, describe_error
+from .outcomes import Planned, RetryPolicy, after_failure, callable_name, describe_error
 from .retry import Fixed
 from .signals import stop_on_signals
 
@@ -526,8 +533,18 @@ class Worker:
                            log: Any) -> Plan | None:
         """Ask okay_to_run. Not now: a `defer` that gives the attempt back (a defer is not
         a run). Yes: the attempt's `run` event, then None (the handler may start)."""
-        assert definition.okay_to_run is not None
-        if not await self._maybe_await(definition.okay_to_run, payload, job):
+        check = definition.okay_to_run
+        assert check is not None
+        where = f"okay_to_run {callable_name(check)} of job {job.id} ({job.name})"
+        try:
+            answer = await self._maybe_await(check, payload, job)
+        except Exception as exc:
+            raise CallbackError(f"{where} raised {type(exc).__name__}: {exc}; the attempt "
+                                "counts as failed. Fix the function") from exc
+        if answer is not None and not isinstance(answer, bool):
+            raise CallbackError(f"{where} returned {answer!r:.200}; it returns True (or "
+                                "None) to run, False to defer. The attempt counts as failed")
+        if answer is False:
             delay = definition.requeue_delay
             log.info("evq.job_deferred", delay=delay)
             before = job.attempt - 1

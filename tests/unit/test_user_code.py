@@ -183,3 +183,34 @@ async def test_a_schedule_whose_group_function_raises_does_not_stop_the_others(c
     assert any(e["event"] == "evq.schedule_failed" for e in logs)
     assert await ctx.drain() == 2  # tick's two jobs
     assert replay.check(ctx.path).ok
+
+
+@pytest.mark.parametrize(("answer", "shown"), [
+    pytest.param(lambda payload, job: 1 / 0, "ZeroDivisionError", id="raises"),
+    pytest.param(lambda payload, job: "maybe", "'maybe'", id="text"),
+    pytest.param(lambda payload, job: 0, "0", id="zero"),
+])
+async def test_a_bad_okay_to_run_fails_that_attempt_and_the_queue_goes_on(ctx, answer, shown):
+    ran: list[str] = []
+    ctx.define("checked", ran.append, okay_to_run=answer, max_attempts=2,
+               backoff=evq.Fixed(0))
+    ctx.define("fine", lambda payload: "ok")
+    bad = await ctx.enqueue("checked", "checked")
+    good = await ctx.enqueue("fine")
+    await ctx.drain()
+    assert ran == []  # its handler never ran
+    assert await kinds_of(ctx, bad) == ["enqueue", "dequeue", "error", "dequeue", "error",
+                                        "expire"]
+    error = (await ctx.history(bad))[2].data["error"]
+    assert error["type"] == "CallbackError"
+    assert "okay_to_run" in error["message"] and bad in error["message"]
+    assert shown in error["message"]
+    assert (await ctx.get_job(good)).state is evq.JobState.SUCCEEDED
+    assert replay.check(ctx.path).ok
+
+
+async def test_okay_to_run_answering_none_runs_the_job(ctx):
+    ctx.define("checked", lambda payload: "ran", okay_to_run=lambda payload, job: None)
+    job_id = await ctx.enqueue("checked")
+    await ctx.drain()
+    assert (await ctx.get_job(job_id)).result == "ran"
