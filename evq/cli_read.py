@@ -86,7 +86,7 @@ def selected_events(conn: sqlite3.Connection, wanted: durable.EventFilter, head:
     while len(newest) < limit:
         rows = conn.execute(sql.EVENTS_BEFORE, (before, _CHUNK)).fetchall()
         for row in rows:
-            event = event_from_row(tuple(row), json.loads(row[8]))
+            event = event_from_row(tuple(row))
             if wanted.wants(event):
                 newest.append(event)
                 if len(newest) == limit:

@@ -20,7 +20,6 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -173,7 +172,7 @@ class Subscription:
         rows = list(await cursor.fetchall())
         await cursor.close()
         for row in rows:
-            event = event_from_row(tuple(row), json.loads(row[8]))
+            event = event_from_row(tuple(row))
             if self.filter.until is not None and event.timestamp > self.filter.until \
                     and not self.follow:
                 self._stopping = True

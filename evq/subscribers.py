@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -151,7 +150,7 @@ class Dispatcher:
             await cursor.close()
             if not rows:
                 return
-            await self._deliver(event_from_row(tuple(r), json.loads(r[8])) for r in rows)
+            await self._deliver(event_from_row(tuple(r)) for r in rows)
             if before is not None or len(rows) < _BATCH:
                 return
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -128,3 +129,26 @@ def test_a_state_evq_never_writes_is_a_clear_error(tmp_path: Path):
     result = evq_cli("jobs", "--db", db)
     assert result.returncode == 2 and "never writes" in result.stderr
     assert "Traceback" not in result.stderr and job_id in result.stderr
+
+
+async def test_event_handlers_read_every_forged_row(forged: tuple[Path, list[str]],
+                                                   tmp_path: Path):
+    """A durable handler, a replay and the live dispatcher catching up from the file all
+    read an event whose data is not JSON: they deliver it, as unreadable, and go on."""
+    db, ids = forged
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    async with evq.Context(copy) as ctx:
+        replayed: list[evq.Event] = []
+        await ctx.replay_to(replayed.append)
+        durable: list[evq.Event] = []
+        stop = ctx.add_event_handler(durable.append, durable="forged-reader",
+                                     start="beginning")
+        while not (states := await ctx.subscribers()) or states[0].lag:
+            await ctx.flush_events()
+        stop()
+    for seen in (replayed, durable):
+        assert {"unreadable": "not json at all"} in [event.data for event in seen]
+        assert len({event.job_id for event in seen if event.job_id}) == len(ids)
+    cli = evq_cli("events", "--db", db, "--limit", "5")
+    assert cli.returncode == 0 and "Traceback" not in cli.stderr, cli.stderr
