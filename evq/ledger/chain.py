@@ -207,18 +207,17 @@ class _Walk:
                 "truncated or rewritten, or the hash is from another ledger", None)
 
     def _event_rows(self) -> Iterator[tuple[Any, ...]]:
-        after = 0
-        while True:
-            chunk = self.conn.execute(sql.EVENTS_AFTER, (after, _BATCH)).fetchall()
-            yield from chunk
-            if len(chunk) < _BATCH:
-                return
-            after = chunk[-1][0]
+        return self._paged(sql.EVENTS_AFTER)
 
     def _kept_rows(self) -> Iterator[tuple[int, str, int]]:
+        return self._paged(sql.KEPT_HASHES_AFTER)
+
+    def _paged(self, query: str) -> Iterator[Any]:
+        """The rows of `query` (position > ? ... LIMIT ?, position first), in batches, so
+        memory stays bounded whatever the ledger's size."""
         after = 0
         while True:
-            chunk = self.conn.execute(sql.KEPT_HASHES_AFTER, (after, _BATCH)).fetchall()
+            chunk = self.conn.execute(query, (after, _BATCH)).fetchall()
             yield from chunk
             if len(chunk) < _BATCH:
                 return

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+from helpers.ledger_reads import ledger, poll
 
 import evq
 
@@ -42,18 +43,6 @@ APP = textwrap.dedent('''
         asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
 ''')
 HOOK_LEASE = 1.0
-
-
-def ledger(db: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-async def poll(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def start(tmp_path: Path, name: str, queue: str, **env: str

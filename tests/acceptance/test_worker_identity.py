@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
 import textwrap
-import time
 from pathlib import Path
+
+from helpers.ledger_reads import ledger, poll
 
 import evq
 
@@ -29,18 +29,6 @@ APP = textwrap.dedent('''
             await asyncio.Event().wait()  # hangs until the process is killed
         return f"sent on attempt {job.attempt}"
 ''')
-
-
-def ledger(db: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-async def poll(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 class Servers:
