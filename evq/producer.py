@@ -50,6 +50,9 @@ class SyncProducer:
                                   file_mode=ctx.file_mode)
         try:
             connection.migrate(conn)
+            # The connection never waits for the lock unless asked (see _begin): a
+            # one-statement enqueue must take it at once, at the time it read.
+            conn.execute(_NO_WAIT)
         except BaseException:
             conn.close()
             raise
@@ -92,18 +95,15 @@ class SyncProducer:
                 if conn is None:
                     raise ContextClosed("this SyncProducer is closed")
                 # The common case in one statement instead of four (see enqueue_alone),
-                # which must not wait for the lock: its time is read before it.
+                # which must not wait for the lock (the connection's standing setting):
+                # its time is read before it.
                 try:
-                    conn.execute(_NO_WAIT)
-                    try:
-                        alone = ops.enqueue_alone(conn, new, self._ctx.clock.now(),
-                                                  self._last_seal)
-                    finally:
-                        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=self._busy_ms))
+                    alone = ops.enqueue_alone(conn, new, self._ctx.clock.now(),
+                                              self._last_seal)
                 except sqlite3.Error as exc:
                     raise self._failed(exc) from exc
                 if alone:
-                    self._wal.after_commit(conn, self._busy_ms, small=True)
+                    self._wal.after_commit(conn, 0, small=True)
                     return new.id
         return self._write([new], ops.enqueue, started)[0]
 
@@ -151,27 +151,23 @@ class SyncProducer:
                     raise
             except sqlite3.Error as exc:
                 raise self._failed(exc) from exc
-            self._wal.after_commit(conn, self._busy_ms)
+            self._wal.after_commit(conn, 0)
         if refused:
             raise rejected(jobs, refused, "nothing was added")
         return written
 
     def _begin(self, conn: sqlite3.Connection, started: float | None) -> None:
-        """BEGIN IMMEDIATE, waiting for the lock only what is left of busy_timeout since
-        the call `started` (a one-statement enqueue that found the file busy has already
-        waited)."""
-        if started is None:
-            conn.execute(sql.BEGIN_IMMEDIATE)
-            return
-        left = self._busy_ms - int((time.monotonic() - started) * 1000)
-        if left >= self._busy_ms:
-            conn.execute(sql.BEGIN_IMMEDIATE)
-            return
-        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=max(left, 0)))
+        """BEGIN IMMEDIATE, waiting for the lock at most what is left of busy_timeout
+        since the call `started` (a one-statement enqueue that found the file busy has
+        already been counted), then back to not waiting."""
+        left = self._busy_ms
+        if started is not None:
+            left = max(0, left - int((time.monotonic() - started) * 1000))
+        conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=left))
         try:
             conn.execute(sql.BEGIN_IMMEDIATE)
         finally:
-            conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=self._busy_ms))
+            conn.execute(_NO_WAIT)
 
     def _failed(self, exc: sqlite3.Error) -> Exception:
         return ledger_error(exc, self._ctx.path, "writing to", self._busy_ms / 1000)
