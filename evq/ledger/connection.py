@@ -131,25 +131,34 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the latest version; returns the version it was at before.
     Raises LedgerSchemaError for a schema newer than this evq's or missing a table, and
     the typed error of any other failure (locked, read-only, damaged, ...)."""
+    with immediate(conn, file_of(conn), "opening"):
+        before = schema_version(conn)
+        if before > schema.LATEST_VERSION:
+            raise _newer(file_of(conn), before)
+        for version in range(before, schema.LATEST_VERSION):
+            for statement in _statements(schema.MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(sql.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
+        require_tables(conn, file_of(conn))
+    return before
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection, path: str | Path, doing: str) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` on `conn`, committed when the block ends, rolled back if it
+    raises; a driver error, in the block or out of it, is raised as the typed error that
+    says why (`doing` something to `path`)."""
     try:
         conn.execute(sql.BEGIN_IMMEDIATE)
         try:
-            before = schema_version(conn)
-            if before > schema.LATEST_VERSION:
-                raise _newer(file_of(conn), before)
-            for version in range(before, schema.LATEST_VERSION):
-                for statement in _statements(schema.MIGRATIONS[version]):
-                    conn.execute(statement)
-                conn.execute(sql.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
-            require_tables(conn, file_of(conn))
+            yield
             conn.execute(sql.COMMIT)
         except BaseException:
             if conn.in_transaction:
                 conn.execute(sql.ROLLBACK)
             raise
     except sqlite3.Error as exc:
-        raise ledger_error(exc, file_of(conn), "opening", busy_timeout(conn)) from exc
-    return before
+        raise ledger_error(exc, path, doing, busy_timeout(conn)) from exc
 
 
 def migrate_file(path: str | Path, file_mode: int = files.FILE_MODE) -> tuple[int, int]:
@@ -173,17 +182,8 @@ def write_transaction(path: str | Path, busy_timeout_ms: int = 10_000
     conn = connect(path, busy_timeout_ms=busy_timeout_ms)
     try:
         require_schema(conn, path)
-        try:
-            conn.execute(sql.BEGIN_IMMEDIATE)
-            try:
-                yield conn
-                conn.execute(sql.COMMIT)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute(sql.ROLLBACK)
-                raise
-        except sqlite3.Error as exc:
-            raise ledger_error(exc, path, "writing to", busy_timeout_ms / 1000) from exc
+        with immediate(conn, path, "writing to"):
+            yield conn
     finally:
         conn.close()
 

@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.faults import damage_table, event_count, make_ledger, read_only, write_lock_held
+from helpers.faults import (
+    damage_table,
+    event_count,
+    make_ledger,
+    make_newer,
+    read_only,
+    write_lock_held,
+)
 
 EXIT_OK, EXIT_USAGE, EXIT_NOT_FOUND = 0, 2, 3
 
@@ -124,10 +131,7 @@ def test_a_ledger_with_damaged_pages(ledger: Path):
 
 
 def test_a_ledger_of_a_newer_evq(ledger: Path):
-    conn = sqlite3.connect(ledger)
-    conn.execute("UPDATE evq_meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    make_newer(ledger)
     for command in (["jobs"], ["migrate"], ["cancel", "abc"]):
         refused(evq(*command, "--db", ledger), EXIT_USAGE, "99", "upgrade evq")
 

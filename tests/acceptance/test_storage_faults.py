@@ -16,7 +16,14 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from helpers.faults import damage_table, event_count, make_ledger, read_only, write_lock_held
+from helpers.faults import (
+    damage_table,
+    event_count,
+    make_ledger,
+    make_newer,
+    read_only,
+    write_lock_held,
+)
 
 import evq
 
@@ -147,10 +154,7 @@ async def test_a_dropped_table_is_refused_at_open(tmp_path: Path, table: str):
 async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path):
     db = tmp_path / "l.db"
     make_ledger(db)
-    conn = sqlite3.connect(db)
-    conn.execute("UPDATE evq_meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    make_newer(db)
     with pytest.raises(evq.LedgerSchemaError, match="newer") as caught:
         await open_context(db)
     assert str(db) in str(caught.value) and "upgrade evq" in str(caught.value)
@@ -273,9 +277,8 @@ async def test_enqueue_in_refuses_a_closed_a_read_only_or_an_async_connection(
 async def test_enqueue_in_on_a_newer_schema_is_refused(tmp_path: Path):
     db = tmp_path / "l.db"
     make_ledger(db)
+    make_newer(db)
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE evq_meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
     ctx = evq.Context(db)
     ctx.define("job", None)
     conn.execute("BEGIN")

@@ -99,3 +99,9 @@ def damage_table(path: Path, table: str) -> None:
     with open(path, "r+b") as file:
         file.seek((root - 1) * page_size)
         file.write(b"\xde\xad\xbe\xef" * (page_size // 4))
+
+
+def make_newer(path: Path) -> None:
+    """Stamp the ledger with a schema version no evq knows yet (a newer evq wrote it)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE evq_meta SET value = '99' WHERE key = 'schema_version'")
