@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from .enqueueing import new_job_id
-from .ledger import connection, ops, stalls
-from .ledger.tx import Tx
+from .ledger.sqlite import connection, ops, stalls
+from .ledger.sqlite.tx import Tx
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000

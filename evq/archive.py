@@ -31,9 +31,9 @@ import attrs
 
 from . import files
 from .errors import InvalidInput, LedgerError, LedgerNotFound
-from .ledger import connection, failures, schema, seals, sql
-from .ledger.chain import ArchiveFile
-from .ledger.tx import Tx
+from .ledger.sqlite import connection, failures, schema, seals, sql
+from .ledger.sqlite.chain import ArchiveFile
+from .ledger.sqlite.tx import Tx
 from .transfer import FIELDS
 
 # Events that also shape another table than evq_jobs stay in the ledger.

@@ -19,7 +19,7 @@ from .errors import InvalidInput, UnknownJob
 from .events import Event, event_from_row
 from .flows import FlowTree
 from .jobs import JobRecord
-from .ledger import connection, sql
+from .ledger.sqlite import connection, sql
 
 _CHUNK = 2000
 

@@ -59,8 +59,8 @@ from .cli_support import out as _out
 from .context import Context
 from .errors import EvqError, InvalidInput
 from .jobs import JobState
-from .ledger import connection, replay, schema, sql
-from .ledger.failures import ledger_error
+from .ledger.sqlite import connection, replay, schema, sql
+from .ledger.sqlite.failures import ledger_error
 
 
 def _progress_bar(label: str) -> Callable[[int, int], None]:

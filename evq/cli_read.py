@@ -28,7 +28,7 @@ from .cli_support import (
 from .errors import UnknownJob
 from .events import Event, EventKind, event_from_row
 from .jobs import JobRecord
-from .ledger import sql
+from .ledger.sqlite import sql
 
 EVENT_KINDS = tuple(str(kind) for kind in EventKind)
 _CHUNK = 2000

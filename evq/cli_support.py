@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import audit
 from .errors import EvqError, InvalidInput, LedgerNotFound, UnknownJob
-from .ledger.failures import ledger_error
+from .ledger.sqlite.failures import ledger_error
 
 # Exit codes: stable, scripts rely on them (see evq/cli.py and the README).
 EXIT_OK = 0

@@ -30,11 +30,11 @@ from .errors import (
 )
 from .events import TERMINAL_KINDS, Event, event_from_row
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
-from .ledger import connection, maintenance, ops, sql, trees
-from .ledger.connection import Durability
-from .ledger.failures import ledger_error
-from .ledger.tx import AppendedRow, Tx
-from .ledger.writer import Writer
+from .ledger.sqlite import connection, maintenance, ops, sql, trees
+from .ledger.sqlite.connection import Durability
+from .ledger.sqlite.failures import ledger_error
+from .ledger.sqlite.tx import AppendedRow, Tx
+from .ledger.sqlite.writer import Writer
 from .outcomes import RetryPolicy
 from .queues import Queue
 from .retry import Backoff, no_delay
@@ -600,7 +600,7 @@ class Context:
 
     async def rescue_expired(self, rescuer: str = "evq") -> int:
         """Put back (or expire) jobs whose lease ran out; workers also do this. Takes a
-        quarter of a second more than the writes (see `evq.ledger.stalls`)."""
+        quarter of a second more than the writes (see `evq.ledger.sqlite.stalls`)."""
         from .rescuing import rescue_expired
 
         return await rescue_expired(self, rescuer)

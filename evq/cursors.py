@@ -25,9 +25,9 @@ from contextvars import ContextVar
 import attrs
 
 from .errors import CursorLost, InvalidInput
-from .ledger import sql
-from .ledger.failures import ledger_error
-from .ledger.tx import Tx
+from .ledger.sqlite import sql
+from .ledger.sqlite.failures import ledger_error
+from .ledger.sqlite.tx import Tx
 
 
 @attrs.define(eq=False)

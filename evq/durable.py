@@ -30,9 +30,9 @@ from . import codec, cursors
 from .cursors import advance_cursor
 from .errors import CursorLost, LedgerUnavailable
 from .events import Event, event_from_row
-from .ledger import connection, sql
-from .ledger.failures import ledger_error
-from .ledger.tx import Tx
+from .ledger.sqlite import connection, sql
+from .ledger.sqlite.failures import ledger_error
+from .ledger.sqlite.tx import Tx
 from .logs import get_logger
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import outages
 from .errors import LeaseLost, LedgerUnavailable
 from .jobs import JobRecord
-from .ledger import ops
+from .ledger.sqlite import ops
 from .outcomes import EXHAUSTED_HOOK, describe_error
 
 if TYPE_CHECKING:

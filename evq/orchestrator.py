@@ -21,7 +21,7 @@ from . import archive as archiving
 from . import codec, rescuing
 from .awaiting import Later, call_in_loop
 from .errors import InvalidInput
-from .ledger import maintenance, ops
+from .ledger.sqlite import maintenance, ops
 from .logs import get_logger
 from .outcomes import describe_error
 from .schedules import Schedule

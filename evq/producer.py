@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import flows
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
-from .ledger import connection, ops, seals, sql, stalls, trees
-from .ledger.failures import ledger_error
-from .ledger.tx import Tx
-from .ledger.wal import WalWatch
+from .ledger.sqlite import connection, ops, seals, sql, stalls, trees
+from .ledger.sqlite.failures import ledger_error
+from .ledger.sqlite.tx import Tx
+from .ledger.sqlite.wal import WalWatch
 
 if TYPE_CHECKING:
     from .context import Context

@@ -1,6 +1,6 @@
 """Taking back the jobs whose lease ran out, from workers and the orchestrator: each one's
 fate is decided outside any write transaction (it runs the job's backoff), then written
-`stalls.SETTLE` seconds later, fenced on the lease that ran out (ledger/rescues.py)."""
+`stalls.SETTLE` seconds later, fenced on the lease that ran out (ledger/sqlite/rescues.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .ledger import rescues, stalls
+from .ledger.sqlite import rescues, stalls
 from .logs import get_logger
 
 if TYPE_CHECKING:

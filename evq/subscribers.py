@@ -21,8 +21,8 @@ import aiosqlite
 import attrs
 
 from .events import Event, event_from_row
-from .ledger import connection, sql
-from .ledger.tx import AppendedRow
+from .ledger.sqlite import connection, sql
+from .ledger.sqlite.tx import AppendedRow
 from .logs import get_logger
 
 EventHandler = Callable[[Event], None] | Callable[[Event], Awaitable[None]]

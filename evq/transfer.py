@@ -15,7 +15,7 @@ from typing import Any
 
 from . import files
 from .errors import InvalidInput
-from .ledger import chain, connection, sql
+from .ledger.sqlite import chain, connection, sql
 
 FIELDS = ("position", "at", "kind", "job_id", "queue", "job", "attempt", "worker", "data", "v")
 KEPT = "archived_hashes"

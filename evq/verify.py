@@ -1,6 +1,6 @@
 """What `evq verify` checks of a ledger file, and the report it prints: the file is sound
 (SQLite's integrity check), the append-only triggers are in place, the hash chain holds
-(ledger/chain.py, with the archive files given), and replaying every event gives the
+(ledger/sqlite/chain.py, with the archive files given), and replaying every event gives the
 stored state.
 
 Three outcomes: `FAILED` (something does not hold: the report names it, by position
@@ -20,7 +20,7 @@ import attrs
 from . import archive as archiving
 from . import audit
 from .errors import LedgerCorrupt, LedgerError
-from .ledger import chain, failures, replay, sql
+from .ledger.sqlite import chain, failures, replay, sql
 
 _GUARDS = ("evq_archived_no_delete", "evq_archived_no_update", "evq_events_no_delete",
            "evq_events_no_update")

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from .ledger import connection, sql
+from .ledger.sqlite import connection, sql
 from .logs import get_logger
 
 _log = get_logger("evq.watch")

@@ -31,8 +31,8 @@ from .errors import (
 )
 from .hooks import HookRunner
 from .jobs import Job, JobDefinition
-from .ledger import maintenance, ops, rescues
-from .ledger.tx import Tx
+from .ledger.sqlite import maintenance, ops, rescues
+from .ledger.sqlite.tx import Tx
 from .logs import get_logger
 from .outcomes import Planned, RetryPolicy, after_failure, callable_name, describe_error
 from .retry import Fixed

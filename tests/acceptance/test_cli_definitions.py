@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import evq
-from evq.ledger import schema
+from evq.ledger.sqlite import schema
 
 
 def evq_cli(*args: str) -> subprocess.CompletedProcess[str]:

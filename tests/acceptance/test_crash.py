@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import evq
-from evq.ledger import replay
+from evq.ledger.sqlite import replay
 from evq.testing import kinds_of, settle
 
 HELPER = Path(__file__).parent / "helpers" / "crash_worker.py"

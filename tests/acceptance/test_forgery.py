@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import evq
-from evq.ledger.tx import Tx
+from evq.ledger.sqlite.tx import Tx
 
 NOT_CHECKED = 4
 T0 = 1_800_000_000.0
@@ -150,7 +150,7 @@ def test_the_same_forgery_with_the_erased_events_true_hashes_kept_fails(
                             ).fetchall()
     erased = edit_a_and_erase_b(db, built)
     archive_at = append_sealed(db, "archive", claim(erased, True))
-    from evq.ledger import seals
+    from evq.ledger.sqlite import seals
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO evq_archived VALUES (?, ?, ?)",
                          [(row[0], seals.event_hash(row), archive_at) for row in rows])
@@ -173,7 +173,7 @@ def test_erasing_a_job_with_its_true_hashes_kept_is_reported_not_verified(built,
     done_tampering(conn)
     erased = [row[0] for row in rows]
     archive_at = append_sealed(db, "archive", claim(erased, True))
-    from evq.ledger import seals
+    from evq.ledger.sqlite import seals
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO evq_archived VALUES (?, ?, ?)",
                          [(row[0], seals.event_hash(row), archive_at) for row in rows])

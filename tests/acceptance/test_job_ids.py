@@ -15,7 +15,7 @@ import pytest
 
 import evq
 from evq import audit
-from evq.ledger import sql
+from evq.ledger.sqlite import sql
 
 NOT_FOUND, USAGE = 3, 2
 

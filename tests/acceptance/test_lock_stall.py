@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import evq
-from evq.ledger import replay
+from evq.ledger.sqlite import replay
 
 HELPERS = Path(__file__).parent / "helpers"
 DEADLINE = 30.0

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import evq
-from evq.ledger import connection, ops
-from evq.ledger.tx import Tx
+from evq.ledger.sqlite import connection, ops
+from evq.ledger.sqlite.tx import Tx
 
 T0 = 1_750_000_000.0
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from evq.errors import EvqError, LeaseLost
-from evq.ledger import connection, ops, replay, rescues, seals, trees
-from evq.ledger.tx import Tx
+from evq.ledger.sqlite import connection, ops, replay, rescues, seals, trees
+from evq.ledger.sqlite.tx import Tx
 from evq.outcomes import Planned, RetryPolicy, after_failure
 from evq.retry import Fixed
 

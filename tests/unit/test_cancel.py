@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import evq
-from evq.ledger import replay
+from evq.ledger.sqlite import replay
 from evq.testing import kinds_of
 
 

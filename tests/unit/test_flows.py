@@ -11,7 +11,7 @@ import pytest
 import evq
 from evq import FlowJob
 from evq.archive import archive
-from evq.ledger import maintenance, replay
+from evq.ledger.sqlite import maintenance, replay
 from evq.testing import kinds_of, settle
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import evq
 from evq import audit
-from evq.ledger import replay
+from evq.ledger.sqlite import replay
 
 
 def _history(db, text: str) -> tuple[str, list[str]]:

@@ -9,7 +9,7 @@ from datetime import UTC
 import pytest
 
 import evq
-from evq.ledger import ops, replay
+from evq.ledger.sqlite import ops, replay
 from evq.testing import kinds_of, settle
 from evq.worker import Worker
 

@@ -7,7 +7,7 @@ import functools
 import pytest
 
 import evq
-from evq.ledger import ops, replay
+from evq.ledger.sqlite import ops, replay
 from evq.testing import kinds_of
 
 
@@ -194,7 +194,7 @@ async def test_orchestrator_rescues_expired_leases(ctx, clock):
 
 async def test_orchestrator_archives_old_deleted_jobs_on_a_schedule(ctx, clock, tmp_path):
     from evq import archive as archiving
-    from evq.ledger import chain, connection
+    from evq.ledger.sqlite import chain, connection
 
     ctx.queue("default", cleanup=evq.Cleanup(completed_after=60))
     ctx.define("job", lambda p: None)

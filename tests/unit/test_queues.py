@@ -8,7 +8,7 @@ import functools
 import pytest
 
 import evq
-from evq.ledger import ops, replay
+from evq.ledger.sqlite import ops, replay
 from evq.testing import kinds_of, settle
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import evq
 from evq import audit
-from evq.ledger import connection, replay, schema
+from evq.ledger.sqlite import connection, replay, schema
 
 
 def schema_of(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:

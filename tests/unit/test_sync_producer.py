@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import evq
-from evq.ledger import chain, ops, replay, seals
+from evq.ledger.sqlite import chain, ops, replay, seals
 
 
 def _assert_chain_and_replay_hold(db: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import evq
 from evq import admin
-from evq.ledger import ops, replay, stalls
+from evq.ledger.sqlite import ops, replay, stalls
 from evq.testing import captured_logs
 
 
@@ -113,7 +113,7 @@ async def test_a_lease_that_ran_out_during_a_stall_is_kept_for_the_grace(clock, 
 async def test_a_lease_renewed_meanwhile_is_not_rescued(ctx, clock):
     """The rescue is decided, then written later, only if the lease is still the one
     that ran out: a holder that renewed in between keeps its job."""
-    from evq.ledger import rescues
+    from evq.ledger.sqlite import rescues
 
     ctx.define("job", lambda payload: None, lease=5)
     job_id = await ctx.enqueue("job")

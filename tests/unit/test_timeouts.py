@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import evq
-from evq.ledger import replay
+from evq.ledger.sqlite import replay
 
 COOPERATION_LIMIT = 5.0  # seconds a handler below waits for cancel_requested, at most
 

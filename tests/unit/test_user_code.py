@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 import evq
-from evq.ledger import ops, replay
+from evq.ledger.sqlite import ops, replay
 from evq.testing import kinds_of
 
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import evq
-from evq.ledger import connection, replay, wal
+from evq.ledger.sqlite import connection, replay, wal
 from evq.testing import captured_logs
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import aiosqlite
 
-from .. import files
-from ..errors import LedgerError, LedgerNotFound, LedgerSchemaError
+from ... import files
+from ...errors import LedgerError, LedgerNotFound, LedgerSchemaError
 from . import schema, sql
 from .failures import cannot_open, ledger_error
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import FlowError, JobStateConflict, UnknownJob
+from ...errors import FlowError, JobStateConflict, UnknownJob
 from . import flows, ops, sql
 from .tx import Tx
 

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from ..outcomes import Planned
+from ...outcomes import Planned
 from . import sql
 from .tx import Tx
 

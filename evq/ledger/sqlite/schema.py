@@ -317,7 +317,7 @@ _V1_FOLD = "\n".join(
 # row of evq_dependencies, opened by the parent's `wait` event and settled by `child`
 # events; `ready` makes the parent pending once nothing is left to wait for, and a `fail`
 # without an attempt fails a waiting parent because of a child. The writer decides each
-# of these (see ledger/flows.py) and the events record the decision.
+# of these (see ledger/sqlite/flows.py) and the events record the decision.
 _V2_FLOWS = f"""
 ALTER TABLE evq_jobs ADD COLUMN parent_id TEXT;
 ALTER TABLE evq_jobs ADD COLUMN children INTEGER NOT NULL DEFAULT 0;

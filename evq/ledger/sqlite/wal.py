@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from queue import SimpleQueue
 
-from ..logs import get_logger
+from ...logs import get_logger
 from . import connection, sql
 
 _log = get_logger("evq.wal")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from ..outcomes import Planned, RetryPolicy, after_failure
+from ...outcomes import Planned, RetryPolicy, after_failure
 from . import flows, sql, stalls
 from .tx import Tx
 

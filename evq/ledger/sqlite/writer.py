@@ -9,7 +9,7 @@ many jobs the batch carries: that is where evq's speed comes from.
 A commit reads the clock only once it holds the write lock (see `Tx.locked`), and waits
 for that lock at most `busy_timeout` in all, then fails with LedgerLocked. A wait long
 enough to be a stall is recorded in the ledger (see stalls.py). Every driver error
-reaches the callers as the typed error that says what happened (ledger/failures.py).
+reaches the callers as the typed error that says what happened (failures.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..clock import Clock
-from ..errors import ContextClosed
-from ..logs import get_logger
+from ...clock import Clock
+from ...errors import ContextClosed
+from ...logs import get_logger
 from . import connection, failures, seals, sql, stalls
 from .tx import AppendedRow, Tx
 from .wal import WalWatch

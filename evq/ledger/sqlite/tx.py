@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from hashlib import sha256
 from typing import Any
 
-from ..codec import dumps
-from ..errors import FlowError, JobStateConflict, LeaseLost, LedgerError, UnknownJob
+from ...codec import dumps
+from ...errors import FlowError, JobStateConflict, LeaseLost, LedgerError, UnknownJob
 from . import schema, seals, sql
 
 # (position, at, kind, job_id, queue, job, attempt, worker, data-dict, v)

@@ -16,7 +16,7 @@ import resource
 import sqlite3
 from pathlib import Path
 
-from ..errors import (
+from ...errors import (
     LedgerCorrupt,
     LedgerError,
     LedgerFull,

@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from .. import files
-from ..errors import LedgerCorrupt
+from ... import files
+from ...errors import LedgerCorrupt
 from . import chain, connection, seals, sql
 
 

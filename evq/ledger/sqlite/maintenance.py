@@ -12,8 +12,8 @@ from typing import Any
 
 import attrs
 
-from ..codec import dumps
-from ..schedules import Cron, Every, Schedule
+from ...codec import dumps
+from ...schedules import Cron, Every, Schedule
 from . import sql
 from .ops import NewJob, enqueue
 from .tx import Tx

@@ -13,10 +13,10 @@ from typing import Any
 
 import attrs
 
-from ..codec import dumps
-from ..errors import JobStateConflict, UnknownJob
-from ..jobs import Child
-from ..outcomes import EXHAUSTED_HOOK, Planned
+from ...codec import dumps
+from ...errors import JobStateConflict, UnknownJob
+from ...jobs import Child
+from ...outcomes import EXHAUSTED_HOOK, Planned
 from . import connection, flows, seals, sql
 from .tx import NewEvent, Tx, refusal
 

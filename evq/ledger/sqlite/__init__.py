@@ -1,0 +1,1 @@
+"""The SQLite engine: the only code that imports sqlite3 or aiosqlite or holds SQL text."""
