@@ -39,10 +39,9 @@ from .errors import (
 from .events import Event, EventKind
 from .flows import FlowJob, FlowTree
 from .jobs import Child, Job, JobDefinition, JobRecord, JobState
-from .ledger.sqlite.connection import Durability
+from .ledger.records import Durability, FlowNode
 from .ledger.sqlite.connection import migrate_file as migrate
 from .ledger.sqlite.schema import schema_sql
-from .ledger.sqlite.trees import FlowNode
 from .orchestrator import Orchestrator
 from .queues import Cleanup, Queue
 from .retry import Exponential, Fixed

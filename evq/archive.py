@@ -31,8 +31,8 @@ import attrs
 
 from . import files
 from .errors import InvalidInput, LedgerError, LedgerNotFound
+from .ledger.records import ArchiveFile
 from .ledger.sqlite import connection, failures, schema, seals, sql
-from .ledger.sqlite.chain import ArchiveFile
 from .ledger.sqlite.tx import Tx
 from .transfer import FIELDS
 

@@ -30,8 +30,9 @@ from .errors import (
 )
 from .events import TERMINAL_KINDS, Event, event_from_row
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
+from .ledger import records
+from .ledger.records import Durability
 from .ledger.sqlite import connection, maintenance, ops, sql, trees
-from .ledger.sqlite.connection import Durability
 from .ledger.sqlite.failures import ledger_error
 from .ledger.sqlite.tx import AppendedRow, Tx
 from .ledger.sqlite.writer import Writer
@@ -353,7 +354,7 @@ class Context:
         key: str | None = None,
         group: str | None = None,
         now: float | None = None,
-    ) -> ops.NewJob:
+    ) -> records.NewJob:
         """Validate one job to enqueue. Raises a typed error; writes nothing."""
         return enqueueing.prepare(
             self._definition_of(job), payload,
@@ -383,7 +384,7 @@ class Context:
         ids = await self.writer.run(functools.partial(ops.enqueue, jobs=(new,)))
         return ids[0]
 
-    async def _preflight(self, jobs: Sequence[ops.NewJob]) -> None:
+    async def _preflight(self, jobs: Sequence[records.NewJob]) -> None:
         """Ask each definition's on_before_add; if any refuses, record `reject` events
         for the refused ones, add nothing, and raise JobRejected."""
         reasons = await enqueueing.refusals(self, jobs)
@@ -427,7 +428,7 @@ class Context:
         return await done
 
     # --- flows -------------------------------------------------------------------------
-    async def enqueue_flow(self, flow: flows.FlowJob) -> trees.FlowNode:
+    async def enqueue_flow(self, flow: flows.FlowJob) -> records.FlowNode:
         """Add a tree of jobs in one transaction, all of it or none: each parent waits
         (state `waiting`) until its children have succeeded, then runs and reads their
         results as `job.children`. Returns where each node went (its job id)."""
@@ -436,7 +437,7 @@ class Context:
         return await self.writer.run(functools.partial(trees.enqueue_tree, root=root))
 
     async def add_children(self, parent_id: str, children: Sequence[flows.FlowJob]
-                           ) -> list[trees.FlowNode]:
+                           ) -> list[records.FlowNode]:
         """Add children (trees too) to a job that has not started: pending, or already
         waiting for others. It then waits for these as well."""
         planned = flows.plan_children(self, children)

@@ -17,7 +17,7 @@ import attrs
 from . import codec
 from .errors import CallbackError, EvqError, InvalidInput, InvalidPayload, JobRejected
 from .jobs import JobDefinition
-from .ledger.sqlite.ops import NewJob
+from .ledger.records import NewJob
 from .outcomes import callable_name
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import attrs
 
 from .errors import EvqError, FlowError, InvalidInput
 from .jobs import Child, JobDefinition, JobRecord
+from .ledger.records import PlannedNode
 from .ledger.sqlite import flows as edges
 from .ledger.sqlite import sql
-from .ledger.sqlite.trees import PlannedNode
 
 if TYPE_CHECKING:
     from .context import Context

@@ -19,7 +19,8 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 
-from .ledger.sqlite.maintenance import HOST, Holder
+from .ledger.records import Holder
+from .ledger.sqlite.maintenance import HOST
 
 STALE_AFTER = 60.0  # seconds unseen after which a worker of another host counts as gone
 MOST_NAMES = 1000  # live workers with one host and one set of queues, at most

@@ -21,7 +21,8 @@ from . import archive as archiving
 from . import codec, rescuing
 from .awaiting import Later, call_in_loop
 from .errors import InvalidInput
-from .ledger.sqlite import maintenance, ops
+from .ledger import records
+from .ledger.sqlite import maintenance
 from .logs import get_logger
 from .outcomes import describe_error
 from .schedules import Schedule
@@ -40,7 +41,7 @@ class Round:
     """What one round did (all zero/empty when this orchestrator did not lead)."""
 
     leader: bool
-    fired: list[maintenance.Fired] = attrs.field(factory=list)
+    fired: list[records.Fired] = attrs.field(factory=list)
     rescued: int = 0
     cleaned: int = 0
     orphans: list[str] = attrs.field(factory=list)
@@ -183,7 +184,7 @@ class Orchestrator:
         return {name: (d.queue, d.schedule) for name, d in self.ctx.definitions.items()
                 if d.schedule is not None}
 
-    def _make_job(self, name: str) -> ops.NewJob | dict[str, Any]:
+    def _make_job(self, name: str) -> records.NewJob | dict[str, Any]:
         """The job a schedule enqueues if it fires this round, prepared here, outside the
         transaction; or, if preparing it fails (a group function that raises, say), the
         error its `schedule` event records."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import flows
 from .enqueueing import prepared_chunks, refusals_now, rejected
 from .errors import ContextClosed
+from .ledger import records
 from .ledger.sqlite import connection, ops, seals, sql, stalls, trees
 from .ledger.sqlite.failures import ledger_error
 from .ledger.sqlite.tx import Tx
@@ -112,19 +113,19 @@ class SyncProducer:
         jobs = [job for chunk in prepared_chunks(self._ctx, requests) for job in chunk]
         return self._write(jobs, ops.enqueue) if jobs else []
 
-    def enqueue_flow(self, flow: flows.FlowJob) -> trees.FlowNode:
+    def enqueue_flow(self, flow: flows.FlowJob) -> records.FlowNode:
         """Add a tree of jobs in one transaction (see `Context.enqueue_flow`)."""
         root = flows.plan(self._ctx, flow)
         return self._write(trees.jobs_of(root), lambda tx, _: trees.enqueue_tree(tx, root))
 
     def add_children(self, parent_id: str, children: Sequence[flows.FlowJob]
-                     ) -> list[trees.FlowNode]:
+                     ) -> list[records.FlowNode]:
         """Add children to a job that has not started (see `Context.add_children`)."""
         planned = flows.plan_children(self._ctx, children)
         return self._write([job for node in planned for job in trees.jobs_of(node)],
                            lambda tx, _: trees.add_children(tx, parent_id, planned))
 
-    def _write(self, jobs: list[ops.NewJob], write: Callable[[Tx, list[ops.NewJob]], T],
+    def _write(self, jobs: list[records.NewJob], write: Callable[[Tx, list[records.NewJob]], T],
                started: float | None = None) -> T:
         refused = refusals_now(self._ctx, jobs, "a SyncProducer")
         with self._lock:

@@ -9,6 +9,7 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .ledger import records
 from .ledger.sqlite import rescues, stalls
 from .logs import get_logger
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 _log = get_logger("evq.rescue")
 
 
-async def rescue(ctx: Context, found: Sequence[rescues.Expired], rescuer: str) -> int:
+async def rescue(ctx: Context, found: Sequence[records.Expired], rescuer: str) -> int:
     """Rescue these expired leases (found by `rescues.expired_leases`); returns how many
     were rescued (a holder that renewed meanwhile keeps its job)."""
     decided = []

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import files
 from .errors import InvalidInput
+from .ledger import records
 from .ledger.sqlite import chain, connection, sql
 
 FIELDS = ("position", "at", "kind", "job_id", "queue", "job", "attempt", "worker", "data", "v")
@@ -95,7 +96,7 @@ def _load(conn: sqlite3.Connection, lines: Iterable[str]) -> int:
     return count
 
 
-def _check_chain(conn: sqlite3.Connection) -> chain.ChainCheck:
+def _check_chain(conn: sqlite3.Connection) -> records.ChainCheck:
     return chain.check(conn)
 
 

@@ -20,6 +20,7 @@ import attrs
 from . import archive as archiving
 from . import audit
 from .errors import LedgerCorrupt, LedgerError
+from .ledger import records
 from .ledger.sqlite import chain, failures, replay, sql
 
 _GUARDS = ("evq_archived_no_delete", "evq_archived_no_update", "evq_events_no_delete",
@@ -36,7 +37,7 @@ class Outcome(enum.Enum):
 class Report:
     outcome: Outcome
     lines: list[str]
-    chain: chain.ChainCheck | None = None
+    chain: records.ChainCheck | None = None
 
 
 def verify_ledger(path: str | Path, expect_head: str | None = None,
@@ -85,7 +86,7 @@ def verify_ledger(path: str | Path, expect_head: str | None = None,
     return _passed(found)
 
 
-def _passed(found: chain.ChainCheck) -> Report:
+def _passed(found: records.ChainCheck) -> Report:
     holds = "holds wherever it could be recomputed (see below)" if found.blind else "holds"
     lines = [f"ok: {found.events} events ({found.seals} of them seals); the hash chain "
              f"{holds}, the ledger is append-only, and replay equals the stored state"]

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .hooks import HookRunner
 from .jobs import Job, JobDefinition
+from .ledger import records
 from .ledger.sqlite import maintenance, ops, rescues
 from .ledger.sqlite.tx import Tx
 from .logs import get_logger
@@ -58,8 +59,8 @@ def _ran_past(timeout: float | None) -> str:
 
 @attrs.define(eq=False)
 class _Running:
-    claimed: ops.Claimed
-    held: ops.Attempt
+    claimed: records.Claimed
+    held: records.Attempt
     lease: float
     lease_until: float
     task: asyncio.Task[None] | None = None
@@ -215,7 +216,7 @@ class Worker:
                         and time.monotonic() >= self._next_cancel_check):
                     await self._check_cancelled()
                 free = self.concurrency - len(self._running) - len(self._superseded)
-                claimed: list[ops.Claimed] = []
+                claimed: list[records.Claimed] = []
                 next_at: float | None = None
                 if free > 0 and (self._new_work or free >= self._refill or not self._running):
                     self._new_work = False
@@ -372,7 +373,7 @@ class Worker:
     def _claim_op(self, tx: Tx, *, queues: list[str], queue_limits: dict[str, int],
                   queues_json: str, names_json: str, limit: int,
                   lease_for: Callable[[str], float], run_later: frozenset[str]
-                  ) -> tuple[list[ops.Claimed], float | None, list[rescues.Expired]]:
+                  ) -> tuple[list[records.Claimed], float | None, list[records.Expired]]:
         """Claim due jobs; also find the leases that ran out (rescued after this commit,
         see rescuing.py). Returns the jobs, when to look again, and those leases."""
         expired, kept_until = rescues.expired_leases(tx)
@@ -392,7 +393,7 @@ class Worker:
         return claimed, min(candidates) if candidates else None, expired
 
     @staticmethod
-    def _report_op(tx: Tx, *, held: ops.Attempt, plan: Plan) -> list[Planned]:
+    def _report_op(tx: Tx, *, held: records.Attempt, plan: Plan) -> list[Planned]:
         return ops.report(tx, held, plan(tx.now))
 
     @staticmethod
@@ -409,8 +410,8 @@ class Worker:
         return lost
 
     # --- running one job ---------------------------------------------------------------
-    def _start(self, claimed: ops.Claimed, definition: JobDefinition[Any]) -> None:
-        held = ops.Attempt(claimed.id, claimed.queue, claimed.name, claimed.attempt, self.name)
+    def _start(self, claimed: records.Claimed, definition: JobDefinition[Any]) -> None:
+        held = records.Attempt(claimed.id, claimed.queue, claimed.name, claimed.attempt, self.name)
         run = _Running(claimed, held, definition.lease, claimed.lease_until)
         previous = self._running.get(claimed.id)
         if previous is not None:
@@ -551,7 +552,7 @@ class Worker:
             return lambda now: [Planned("defer", {
                 "reason": "okay_to_run", "delay": delay, "run_at": codec.clamp_time(now + delay),
                 "attempt_before": before})]
-        held = ops.Attempt(job.id, job.queue, job.name, job.attempt, self.name)
+        held = records.Attempt(job.id, job.queue, job.name, job.attempt, self.name)
         try:
             await self.ctx.writer.run(functools.partial(ops.start_run, held=held))
         except LeaseLost as exc:  # cancelled or rescued while okay_to_run was asked

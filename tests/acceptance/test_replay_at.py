@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import evq
+from evq.ledger import records
 from evq.ledger.sqlite import connection, ops
 from evq.ledger.sqlite.tx import Tx
 
@@ -60,7 +61,7 @@ async def test_replay_at_of_a_ledger_with_times_out_of_order_takes_nothing_later
     for moment in (T0, T0 + 200, T0 + 100):  # stamped as the old writers did
         conn.execute("BEGIN IMMEDIATE")
         tx = Tx(conn, moment)
-        ops.enqueue(tx, [ops.NewJob(f"{int(moment):032x}", "default", "job", None, moment,
+        ops.enqueue(tx, [records.NewJob(f"{int(moment):032x}", "default", "job", None, moment,
                                     0, 3)])
         tx.seal()
         conn.execute("COMMIT")

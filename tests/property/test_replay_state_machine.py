@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from evq.errors import EvqError, LeaseLost
+from evq.ledger import records
 from evq.ledger.sqlite import connection, ops, replay, rescues, seals, trees
 from evq.ledger.sqlite.tx import Tx
 from evq.outcomes import Planned, RetryPolicy, after_failure
@@ -51,8 +52,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.count = 0
         # the model: job id -> dict(state, errors, max_attempts, group, queue, name)
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.held: dict[str, ops.Attempt] = {}  # job id -> the attempt a worker holds
-        self.stale: list[ops.Attempt] = []  # attempts whose holder lost them
+        self.held: dict[str, records.Attempt] = {}  # job id -> the attempt a worker holds
+        self.stale: list[records.Attempt] = []  # attempts whose holder lost them
         self.paused: set[str] = set()
         # flows: parent -> child -> {"on": on_failure, "state": edge state}
         self.edges: dict[str, dict[str, dict[str, str]]] = {}
@@ -101,7 +102,7 @@ class LedgerMachine(RuleBasedStateMachine):
         new = []
         for _ in range(count):
             self.count += 1
-            new.append(ops.NewJob(f"{self.count:06d}", queue, name, payload, self.now + delay,
+            new.append(records.NewJob(f"{self.count:06d}", queue, name, payload, self.now + delay,
                                   priority, attempts, key=key, group=group))
         ids = self.write(lambda tx: ops.enqueue(tx, new))
         for job, job_id in zip(new, ids, strict=True):
@@ -130,7 +131,7 @@ class LedgerMachine(RuleBasedStateMachine):
             model["attempt"] += 1
             assert job.attempt == model["attempt"]
             model["lease_until"] = self.now + lease
-            self.held[job.id] = ops.Attempt(job.id, job.queue, job.name, job.attempt, worker)
+            self.held[job.id] = records.Attempt(job.id, job.queue, job.name, job.attempt, worker)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), outcome=st.sampled_from(
@@ -330,16 +331,16 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- flows -------------------------------------------------------------------------
     def new_node(self, queue: str, name: str, on_failure: str,
-                 children: tuple[trees.PlannedNode, ...] = (), key: str | None = None,
-                 keep_children: bool = False) -> trees.PlannedNode:
+                 children: tuple[records.PlannedNode, ...] = (), key: str | None = None,
+                 keep_children: bool = False) -> records.PlannedNode:
         self.count += 1
-        job = ops.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key,
+        job = records.NewJob(f"{self.count:06d}", queue, name, None, self.now, 0, 2, key=key,
                          keep_children=keep_children)
-        return trees.PlannedNode(job, on_failure, children)
+        return records.PlannedNode(job, on_failure, children)
 
     @rule(data=st.data(), key=st.sampled_from([None, None, "k1"]))
     def enqueue_tree(self, data: st.DataObject, key: str | None) -> None:
-        def grow(depth: int, on_failure: str, key: str | None = None) -> trees.PlannedNode:
+        def grow(depth: int, on_failure: str, key: str | None = None) -> records.PlannedNode:
             fanout = data.draw(st.integers(0, 2 if depth < 2 else 0))
             children = tuple(grow(depth + 1, data.draw(st.sampled_from(ON_FAILURE)))
                              for _ in range(fanout))
@@ -369,7 +370,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.add_to_model(child, parent)
         self.jobs[parent]["state"] = "waiting"
 
-    def add_to_model(self, node: trees.PlannedNode, parent: str | None) -> None:
+    def add_to_model(self, node: records.PlannedNode, parent: str | None) -> None:
         job = node.job
         self.jobs[job.id] = {"state": "waiting" if node.children else "pending", "errors": 0,
                              "attempt": 0, "max": job.max_attempts, "group": None,

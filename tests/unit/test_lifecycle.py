@@ -9,6 +9,7 @@ from datetime import UTC
 import pytest
 
 import evq
+from evq.ledger import records
 from evq.ledger.sqlite import ops, replay
 from evq.testing import kinds_of, settle
 from evq.worker import Worker
@@ -314,7 +315,7 @@ async def test_lost_lease_is_rescued_and_the_old_holder_is_fenced(ctx, clock):
     assert await ctx.rescue_expired() == 1
     record = await ctx.get_job(job_id)
     assert record.state is evq.JobState.PENDING and record.errors == 1
-    attempt = ops.Attempt(job_id, "default", "job", held.attempt, "stale")
+    attempt = records.Attempt(job_id, "default", "job", held.attempt, "stale")
     with pytest.raises(evq.LeaseLost):
         await ctx.writer.run(functools.partial(
             ops.report, held=attempt, planned=[evq.outcomes.Planned("success", {"result": 1})]))

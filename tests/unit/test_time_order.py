@@ -15,6 +15,7 @@ import pytest
 
 import evq
 from evq import admin
+from evq.ledger import records
 from evq.ledger.sqlite import ops, replay, stalls
 from evq.testing import captured_logs
 
@@ -123,7 +124,7 @@ async def test_a_lease_renewed_meanwhile_is_not_rescued(ctx, clock):
     clock.advance(6)
     found, _ = await ctx.writer.run(rescues.expired_leases)
     assert [lease.job_id for lease in found] == [job_id]
-    attempt = ops.Attempt(job_id, "default", "job", held.attempt, "holder")
+    attempt = records.Attempt(job_id, "default", "job", held.attempt, "holder")
     await ctx.writer.run(functools.partial(ops.report, held=attempt, planned=[
         evq.outcomes.Planned("heartbeat", {"lease_until": clock.now() + 5})]))
     decided = [rescues.rescue_of(lease, ctx.retry_policy("job", 3)) for lease in found]

@@ -22,11 +22,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import attrs
-
+from ..records import ArchiveFile, ChainCheck, Claim, Positions
 from . import seals, sql
 
-Span = tuple[int, int]  # first and last position, inclusive
+Span = Positions
 _BATCH = 5000
 
 
@@ -37,61 +36,6 @@ class ChainError(Exception):
         super().__init__(problem)
         self.problem = problem
         self.position = position
-
-
-@attrs.frozen
-class Claim:
-    """What one `archive` event says it moved out of the ledger."""
-
-    position: int  # the archive event's own
-    ranges: tuple[Span, ...]
-    sha256: str  # of its archive file
-    keeps_hashes: bool  # written since schema 4: the hash of each event is kept
-
-
-@attrs.frozen
-class ArchiveFile:
-    """An archive file as given to verify: its name, SHA-256 and events by position."""
-
-    name: str
-    sha256: str
-    rows: dict[int, tuple[Any, ...]]
-
-
-@attrs.frozen
-class ChainCheck:
-    """What checking the chain found. `problem` and `position` name the first thing that
-    does not hold (None when all holds); `events` counts the rows in the ledger, seals
-    included (what `evq export` writes), `seals` the seals among them and `head` is the
-    newest seal's hash. `checked` archived events were checked against their files;
-    `unchecked` are the positions of archived events that were not (no file); `blind`
-    the scheme-1 commits (first event, seal) that could not be recomputed for want of
-    an archive file; `after_head` the archive events after the trusted head with the
-    positions at or before it that they claim."""
-
-    events: int
-    seals: int
-    head: str
-    problem: str | None = None
-    position: int | None = None
-    checked: int = 0
-    unchecked: tuple[Span, ...] = ()
-    blind: tuple[Span, ...] = ()
-    after_head: tuple[tuple[int, tuple[Span, ...]], ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """Nothing failed (some events may still not have been checked)."""
-        return self.problem is None
-
-    @property
-    def complete(self) -> bool:
-        """Nothing failed and every event was checked."""
-        return self.ok and not self.unchecked and not self.blind
-
-    @property
-    def unchecked_events(self) -> int:
-        return sum(high - low + 1 for low, high in self.unchecked)
 
 
 def read_claims(rows: Iterable[tuple[int, str]]) -> list[Claim]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,19 +13,11 @@ if TYPE_CHECKING:
 
 from ... import files
 from ...errors import LedgerError, LedgerNotFound, LedgerSchemaError
+from ..records import Durability
 from . import schema, sql
 from .failures import cannot_open, ledger_error
 
 MIN_SQLITE = (3, 38, 0)
-
-
-class Durability(enum.StrEnum):
-    """How much a commit survives. PROCESS (the default) survives any crash of any
-    process; POWER also survives power loss or an OS crash, at the cost of an fsync per
-    commit."""
-
-    PROCESS = "process"
-    POWER = "power"
 
 
 def connect(

@@ -10,12 +10,11 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from ...codec import dumps
 from ...schedules import Cron, Every, Schedule
+from ..records import Fired, Holder, NewJob
 from . import sql
-from .ops import NewJob, enqueue
+from .ops import enqueue
 from .tx import Tx
 
 
@@ -50,15 +49,6 @@ def forget_worker(tx: Tx, name: str) -> None:
     tx.conn.execute(sql.FORGET_WORKER, (name, HOST, os.getpid()))
 
 
-@attrs.frozen
-class Holder:
-    """Who last announced a worker name: where it ran, and when it was last seen."""
-
-    host: str | None
-    pid: int | None
-    last_seen: float
-
-
 def worker_holder(tx: Tx, name: str) -> Holder | None:
     row = tx.one(sql.GET_WORKER, (name,))
     return None if row is None else Holder(row[0], row[1], float(row[2]))
@@ -86,16 +76,6 @@ def deploy(tx: Tx, definitions: Mapping[str, tuple[str, dict[str, Any]]]) -> lis
         tx.append("deploy", queue=queue, job=name, data=settings)
         deployed.append(name)
     return deployed
-
-
-@attrs.frozen
-class Fired:
-    name: str
-    kind: str  # schedule, schedule_orphan, registered, or schedule_failed
-    due_at: float | None
-    next_at: float
-    job_id: str | None = None
-    missed: int = 0
 
 
 def fire_schedules(

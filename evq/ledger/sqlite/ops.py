@@ -11,83 +11,13 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
-import attrs
-
 from ...codec import dumps
 from ...errors import JobStateConflict, UnknownJob
 from ...jobs import Child
 from ...outcomes import EXHAUSTED_HOOK, Planned
+from ..records import Attempt, Claimed, NewJob
 from . import connection, flows, seals, sql
 from .tx import NewEvent, Tx, refusal
-
-
-@attrs.define
-class NewJob:
-    """A job to enqueue, already validated: ids, names, times and JSON are final. (Not
-    frozen: a frozen attrs class sets each field through object.__setattr__, which costs
-    a bulk enqueue half a microsecond per job. Nothing changes one.)"""
-
-    id: str
-    queue: str
-    name: str
-    payload: Any
-    run_at: float
-    priority: int
-    max_attempts: int | None
-    key: str | None = None
-    group: str | None = None
-    payload_json: str | None = None
-    retry_of: str | None = None
-    parent: str | None = None
-    keep_children: bool = False  # a flow's parent: its children run on if it fails
-
-    def event_text(self) -> str | None:
-        """The enqueue event's data as JSON text, reusing the payload's text encoded at
-        validation (the payload is the bulk of it; encoding it twice costs)."""
-        if (self.payload_json is None or self.key is not None or self.group is not None
-                or self.retry_of is not None or self.parent is not None
-                or self.keep_children):
-            return None
-        attempts = "null" if self.max_attempts is None else int(self.max_attempts)
-        return (f'{{"payload":{self.payload_json},"run_at":{float(self.run_at)!r},'
-                f'"priority":{int(self.priority)},"max_attempts":{attempts}}}')
-
-    def event_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "payload": self.payload,
-            "run_at": self.run_at,
-            "priority": self.priority,
-            "max_attempts": self.max_attempts,
-        }
-        if self.key is not None:
-            data["key"] = self.key
-        if self.group is not None:
-            data["group"] = self.group
-        if self.retry_of is not None:
-            data["retry_of"] = self.retry_of
-        if self.parent is not None:
-            data["parent"] = self.parent
-        if self.keep_children:
-            data["keep_children"] = True
-        return data
-
-
-@attrs.frozen
-class Claimed:
-    """A job this worker now holds, with what its handler needs."""
-
-    id: str
-    queue: str
-    name: str
-    attempt: int
-    errors: int
-    max_attempts: int | None
-    priority: int
-    run_at: float
-    enqueued_at: float
-    payload: Any
-    lease_until: float
-    children: tuple[Child, ...] = ()
 
 
 def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
@@ -324,17 +254,6 @@ def children_of(tx: Tx, job_id: str) -> tuple[Child, ...]:
     return tuple(Child.from_row(tuple(row)) for row in tx.rows(sql.CHILDREN_OF, (job_id,)))
 
 
-@attrs.frozen
-class Attempt:
-    """Who holds which attempt of which job: the fencing token of every report."""
-
-    job_id: str
-    queue: str
-    name: str
-    attempt: int
-    worker: str
-
-
 def start_run(tx: Tx, held: Attempt) -> None:
     """The handler of a job claimed with its dequeue alone starts now: its `run` event
     (refused, LeaseLost, if the attempt is no longer held)."""
@@ -383,7 +302,6 @@ def cancel(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
     if row and row[_PARENT] is not None:
         flows.settle(tx, job_id, False, error=flows.ended_by("cancel", reason))
     return cancelled
-
 
 
 RETRYABLE = ("failed", "expired", "cancelled")

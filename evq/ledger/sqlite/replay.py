@@ -8,28 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from ... import files
 from ...errors import LedgerCorrupt
+from ..records import ReplayCheck
 from . import chain, connection, seals, sql
-
-
-@attrs.frozen
-class ReplayCheck:
-    """What replay found: rows only in the rebuilt projection and rows only in the stored
-    one (both empty when the ledger is consistent)."""
-
-    events: int
-    only_rebuilt: list[tuple[Any, ...]]
-    only_stored: list[tuple[Any, ...]]
-    refused_at: int | None = None  # an event the transitions refuse: illegal history
-    refusal: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.only_rebuilt and not self.only_stored and self.refused_at is None
-
 
 Progress = Callable[[int, int], None]
 _CHUNK = 20_000

@@ -14,34 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
-
 from ...outcomes import Planned, RetryPolicy, after_failure
+from ..records import Expired, Rescue
 from . import flows, sql, stalls
 from .tx import Tx
-
-
-@attrs.frozen
-class Expired:
-    """A running job whose lease ran out, as a claim found it."""
-
-    job_id: str
-    queue: str
-    name: str
-    attempt: int
-    errors: int
-    max_attempts: int | None
-    holder: str
-    lease_until: float
-
-
-@attrs.frozen
-class Rescue:
-    """What to write for an expired lease (decided outside the transaction: it runs the
-    job's backoff), applied by `rescue` only if that lease is still the one that ran out."""
-
-    lease: Expired
-    steps: tuple[Planned, ...]
 
 
 def expired_leases(tx: Tx, limit: int = 500) -> tuple[list[Expired], float | None]:

@@ -30,7 +30,7 @@ import attrs
 from . import sql
 
 if TYPE_CHECKING:
-    from .chain import ChainCheck
+    from ..records import ChainCheck
 
 GENESIS = "0" * 64
 SEAL = "seal"

@@ -11,32 +11,12 @@ from typing import Any
 import attrs
 
 from ...errors import FlowError, JobStateConflict, UnknownJob
+from ..records import FlowNode, NewJob, PlannedNode
 from . import flows, ops, sql
 from .tx import Tx
 
 
-@attrs.frozen
-class PlannedNode:
-    """One validated job of a tree, with how its parent treats its failure."""
-
-    job: ops.NewJob
-    on_failure: str
-    children: tuple[PlannedNode, ...] = ()
-
-
-@attrs.frozen
-class FlowNode:
-    """Where a node of the tree went: its job id, and whether it was added now (False:
-    its key named a live job, which stands in for it)."""
-
-    id: str
-    name: str
-    queue: str
-    added: bool
-    children: tuple[FlowNode, ...] = ()
-
-
-def jobs_of(node: PlannedNode) -> list[ops.NewJob]:
+def jobs_of(node: PlannedNode) -> list[NewJob]:
     """Every job of a planned tree, parents first."""
     return [node.job, *(job for child in node.children for job in jobs_of(child))]
 
@@ -73,7 +53,7 @@ class _Plan:
     def __init__(self, tx: Tx, ancestors: set[str]) -> None:
         self.tx = tx
         self.ancestors = ancestors
-        self.new: list[ops.NewJob] = []
+        self.new: list[NewJob] = []
         self.keys: dict[str, str] = {}
         self.waits: list[tuple[str, str, str, list[dict[str, Any]]]] = []
 

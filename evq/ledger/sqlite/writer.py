@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ...clock import Clock
 from ...errors import ContextClosed
 from ...logs import get_logger
+from ..records import Durability
 from . import connection, failures, seals, sql, stalls
 from .tx import AppendedRow, Tx
 from .wal import WalWatch
@@ -57,7 +58,7 @@ class Writer:
         self,
         path: str | Path,
         clock: Clock,
-        durability: connection.Durability,
+        durability: Durability,
         on_commit: OnCommit,
         busy_timeout_ms: int = 10_000,
     ) -> None:
@@ -85,7 +86,7 @@ class Writer:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._executor, self._connect)
-        if self._durability is connection.Durability.PROCESS:
+        if self._durability is Durability.PROCESS:
             # busy_timeout 0: if another process holds the lock, fall back to the thread
             # (which may wait) instead of blocking the event loop.
             self._inline = connection.connect(self._path, busy_timeout_ms=0)
