@@ -1,44 +1,49 @@
-"""Operator actions from the command line (retry, cancel, delete a job), written through
-the same ledger operations as the library, in one transaction each. Each waits at most
-`busy_timeout_ms` for another connection's lock, and raises a typed error if the ledger
-cannot be written (locked, read-only, full, ...)."""
+"""Operator actions from the command line (migrate a ledger; retry, cancel, delete a job),
+written through the same ledger operations as the library, in one transaction each. Each
+waits at most the ledger's busy timeout for another connection's lock, and raises a typed
+error if the ledger cannot be written (locked, read-only, full, ...)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from .enqueueing import new_job_id
-from .ledger.sqlite import connection, ops, stalls
-from .ledger.sqlite.tx import Tx
+from .files import FILE_MODE
+from .ledger import Ledger, open_ledger
+from .ledger.records import Stopped
 
-T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 
 
-def _write(path: str | Path, op: Callable[[Tx], T], busy_timeout_ms: int) -> T:
-    asked = time.monotonic()
-    with connection.write_transaction(path, busy_timeout_ms) as conn:
-        tx = Tx.locked(conn, time.time())  # read under the lock (see Tx.locked)
-        if time.monotonic() - asked >= stalls.STALL:
-            stalls.record(tx, time.monotonic() - asked)
-        result = op(tx)
-        tx.seal()
-    return result
+def _ledger(ledger: Ledger | str | Path, busy_timeout_ms: int) -> Ledger:
+    """A Ledger as given, or the ledger file at a path, waiting `busy_timeout_ms`."""
+    if isinstance(ledger, str | Path):
+        return open_ledger(ledger, busy_timeout=busy_timeout_ms / 1000)
+    return ledger
 
 
-def retry(path: str | Path, job_id: str, reason: str | None,
+def migrate(url_or_path: str | Path, file_mode: int = FILE_MODE) -> tuple[int, int]:
+    """Create or upgrade a ledger's schema; returns (version before, version now). A
+    ledger file created here gets `file_mode`."""
+    return open_ledger(url_or_path, file_mode=file_mode).migrate()
+
+
+def retry(ledger: Ledger | str | Path, job_id: str, reason: str | None,
           busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> str:
-    return _write(path, lambda tx: ops.retry(tx, job_id, new_job_id(), reason), busy_timeout_ms)
+    """Enqueue a job that ended badly again, as a new job; returns its id. (A Ledger
+    given keeps its own busy timeout; `busy_timeout_ms` is for a path.)"""
+    return _ledger(ledger, busy_timeout_ms).retry_job(job_id, new_job_id(), reason)
 
 
-def cancel(path: str | Path, job_id: str, reason: str | None,
-           busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> list[tuple[str, bool]]:
-    return _write(path, lambda tx: ops.cancel(tx, job_id, reason), busy_timeout_ms)
+def cancel(ledger: Ledger | str | Path, job_id: str, reason: str | None,
+           busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> list[Stopped]:
+    """Cancel a job that has not ended (first in the list), and its flow's descendants
+    that had not."""
+    return _ledger(ledger, busy_timeout_ms).cancel_job(job_id, reason)
 
 
-def delete(path: str | Path, job_id: str, reason: str | None,
-           busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> list[tuple[str, bool]]:
-    return _write(path, lambda tx: ops.delete(tx, job_id, reason), busy_timeout_ms)
+def delete(ledger: Ledger | str | Path, job_id: str, reason: str | None,
+           busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> list[Stopped]:
+    """Remove a job that is not running from the current state (its events stay); the
+    list names the flow descendants cancelled along with it."""
+    return _ledger(ledger, busy_timeout_ms).delete_job(job_id, reason)

@@ -20,10 +20,8 @@ import gzip
 import hashlib
 import json
 import os
-import sqlite3
-import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +29,9 @@ import attrs
 
 from . import files
 from .errors import InvalidInput, LedgerError, LedgerNotFound
-from .ledger.records import ArchiveFile
-from .ledger.sqlite import connection, failures, schema, seals, sql
-from .ledger.sqlite.tx import Tx
+from .ledger import Ledger, open_ledger
+from .ledger.records import ArchiveFile, ArchiveRequest, StoredEvent
 from .transfer import FIELDS
-
-# Events that also shape another table than evq_jobs stay in the ledger.
-_KEEP = ("schedule", "schedule_orphan")
 
 
 @attrs.frozen
@@ -48,7 +42,7 @@ class Archived:
     sha256: str
 
 
-def _whole_flows(deleted: set[str], edges: list[tuple[str, str]]) -> list[str]:
+def whole_flows(deleted: set[str], edges: Sequence[tuple[str, str]]) -> list[str]:
     """Of the deleted jobs, those whose events can leave the ledger: a flow's child only
     with its parent (or after it), since the parent's `wait` event needs the child's
     enqueue to replay."""
@@ -66,83 +60,63 @@ def _whole_flows(deleted: set[str], edges: list[tuple[str, str]]) -> list[str]:
     return sorted(kept)
 
 
-def archive(path: str | Path, before: float, to: str | Path, now: float | None = None
-            ) -> Archived:
+def archive(ledger: Ledger | str | Path, before: float, to: str | Path,
+            now: float | None = None) -> Archived:
     """Move out the events of jobs deleted at or before `before`; write them to `to`
-    (a new file, mode 0600). Nothing to move: no file, no event."""
+    (a new file, mode 0600). Nothing to move: no file, no event. `ledger`: a Ledger, or
+    the path of a SQLite ledger file."""
     target = Path(to)
     files.refuse_existing(target, "archive")
-    if not Path(path).exists():
-        raise LedgerError(f"no ledger at {path}: check the path or EVQ_DB")
-    made: os.stat_result | None = None  # the file this call linked into place
+    if isinstance(ledger, str | Path):
+        ledger = open_ledger(ledger)
+    file = _ArchiveFile(target)
     committed = False
     try:
-        conn = connection.connect(path)
-        try:
-            connection.require_schema(conn, path)
-            conn.execute(sql.BEGIN_IMMEDIATE)
-            try:
-                ids = _whole_flows(
-                    {row[0] for row in conn.execute(sql.ARCHIVABLE_JOBS, (before,))},
-                    conn.execute(sql.FLOW_EDGES_IN_LEDGER).fetchall())
-                rows = conn.execute(sql.EVENTS_OF_JOBS, (json.dumps(ids), json.dumps(_KEEP))
-                                    ).fetchall() if ids else []
-                if not rows:
-                    conn.execute(sql.ROLLBACK)
-                    return Archived(0, 0, target, "")
-                with files.written_whole(target, "archive") as temporary:
-                    digest = _write(temporary, rows)
-                made = os.stat(target)
-                _sync_directory(target.parent)
-                _move_out(Tx.locked(conn, time.time() if now is None else now), rows, ids, before,
-                          target.name, digest)
-                conn.execute(sql.COMMIT)
-                committed = True
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute(sql.ROLLBACK)
-                raise
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise failures.ledger_error(exc, path, "archiving events of") from exc
+        moved = ledger.archive(ArchiveRequest(before, target.name, file.write, whole_flows,
+                                              now))
+        committed = True
     except OSError as exc:
         raise LedgerError(f"cannot write the archive {target}: {exc.strerror or exc}; the "
                           "ledger is unchanged") from exc
     finally:
-        if made is not None and not committed:
-            _remove_if_made(target, made)
-    return Archived(len(rows), len(ids), target, digest)
+        if not committed:
+            file.remove_if_made()
+    return Archived(moved.events, moved.jobs, target, moved.sha256)
 
 
-def _move_out(tx: Tx, rows: list[Any], ids: list[str], before: float, name: str,
-              digest: str) -> None:
-    """Delete the archived events, keep their hashes, record the archive and seal."""
-    positions = [row[0] for row in rows]
-    conn = tx.conn
-    try:
-        conn.execute(sql.DROP_EVENTS_NO_DELETE)
-    except sqlite3.OperationalError:
-        raise LedgerError("the ledger's append-only trigger evq_events_no_delete is missing: "
-                          "someone changed the file by hand; run `evq verify` on it. "
-                          "Nothing was archived") from None
-    conn.execute(sql.DELETE_EVENTS_AT, (json.dumps(positions),))
-    conn.execute(schema.EVENTS_NO_DELETE)
-    conn.execute(sql.FORGET_DELETED_JOBS, (json.dumps(ids),))
-    position = tx.append("archive", data={
-        "file": name, "sha256": digest, "events": len(rows), "jobs": len(ids),
-        "before": before, "positions": _ranges(positions), "kept": len(rows)})
-    conn.execute(sql.KEEP_HASHES, (position, json.dumps(
-        [[row[0], seals.event_hash(row)] for row in rows])))
-    tx.seal()
+class _ArchiveFile:
+    """The archive file one call writes (inside the ledger's transaction, before any
+    event leaves it), and removes again if that transaction fails."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.made: os.stat_result | None = None
+
+    def write(self, events: Sequence[StoredEvent]) -> str:
+        """Write the file whole and durably (its name too); returns its SHA-256."""
+        with files.written_whole(self.target, "archive") as temporary:
+            digest = _write(temporary, events)
+        self.made = os.stat(self.target)
+        _sync_directory(self.target.parent)
+        return digest
+
+    def remove_if_made(self) -> None:
+        """Remove the file this call made, and only that one (not one put there since)."""
+        if self.made is None:
+            return
+        try:
+            now = os.lstat(self.target)
+            if (now.st_dev, now.st_ino) == (self.made.st_dev, self.made.st_ino):
+                os.unlink(self.target)
+        except OSError:
+            pass
 
 
-def _write(target: Path, rows: list[Any]) -> str:
+def _write(target: Path, rows: Sequence[StoredEvent]) -> str:
     with open(target, "r+b") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
             for row in rows:
-                out.write(json.dumps(dict(zip(FIELDS, row, strict=True)),
-                                     ensure_ascii=False).encode() + b"\n")
+                out.write(json.dumps(row._asdict(), ensure_ascii=False).encode() + b"\n")
         raw.flush()
         os.fsync(raw.fileno())
         raw.seek(0)
@@ -156,26 +130,6 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _remove_if_made(target: Path, made: os.stat_result) -> None:
-    """Remove the archive this call made, and only that file (not one put there since)."""
-    try:
-        now = os.lstat(target)
-        if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
-            os.unlink(target)
-    except OSError:
-        pass
-
-
-def _ranges(positions: list[int]) -> list[list[int]]:
-    ranges: list[list[int]] = []
-    for position in positions:
-        if ranges and ranges[-1][1] == position - 1:
-            ranges[-1][1] = position
-        else:
-            ranges.append([position, position])
-    return ranges
 
 
 def read_files(names: Iterable[str | Path]) -> list[ArchiveFile]:

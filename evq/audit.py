@@ -1,34 +1,20 @@
-"""Reading the ledger for people: event lines, job timelines and flow trees.
-
-Read-only, short transactions, so it runs beside workers without holding them up or
-pinning the WAL. The CLI prints what these functions return.
+"""Reading the ledger for people: job ids from what they type, event lines, job
+timelines and flow trees. The reads are the ledger's (read-only, short transactions, so
+they run beside workers); the CLI prints what these functions make of them.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput, UnknownJob
-from .events import Event, event_from_row
-from .flows import FlowTree
+from .events import Event
 from .jobs import JobRecord
-from .ledger.sqlite import connection, sql
-
-_CHUNK = 2000
-
-
-def open_ledger(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection to an existing ledger (typed error if it is not one)."""
-    conn = connection.connect(path, read_only=True)
-    connection.require_schema(conn, path)
-    return conn
+from .ledger import Ledger
+from .ledger.records import FlowTree
 
 
 def short_id(job_id: str) -> str:
@@ -41,7 +27,7 @@ MAX_ID_LENGTH = 1000  # ids evq makes have 32 characters; imported ones may be l
 CANDIDATES_SHOWN = 10
 
 
-def resolve_job_id(conn: sqlite3.Connection, text: str) -> str:
+def resolve_job_id(ledger: Ledger, text: str) -> str:
     """A full job id from an id, the short id shown everywhere (its tail), or a unique
     prefix or suffix of one, all matched literally. Raises UnknownJob when no job
     matches, InvalidInput (naming the candidates) when more than one does."""
@@ -49,29 +35,24 @@ def resolve_job_id(conn: sqlite3.Connection, text: str) -> str:
         raise UnknownJob("give a job id")
     if len(text) > MAX_ID_LENGTH or not _storable(text):
         raise UnknownJob(f"no such job: no job id in this ledger is {_quoted(text)}")
-    if conn.execute(sql.JOB_ID_KNOWN, (text,)).fetchone():
-        return text
-    most = CANDIDATES_SHOWN + 1
-    found = sorted({str(row[0]) for row in [
-        *conn.execute(sql.FIND_JOB_IDS_BY_PREFIX, (text, _after_prefix(text), most)),
-        *conn.execute(sql.FIND_JOB_IDS_BY_SUFFIX, ("*" + _glob_literal(text), most))]})
+    found = ledger.find_job_ids(text, CANDIDATES_SHOWN + 1)
     if len(found) == 1:
         return found[0]
     if not found:
         raise UnknownJob(f"no such job: no job with id {_quoted(text)} (or ending or "
                          "starting so) in this ledger")
     lines = [f"{_quoted(text)} matches more than one job; give more of the id:"]
+    labels = ledger.job_labels(found[:CANDIDATES_SHOWN])
     for job_id in found[:CANDIDATES_SHOWN]:
-        label = conn.execute(sql.JOB_ID_LABEL, (job_id,)).fetchone() or ("?", "?")
-        lines.append(f"  {printable(job_id)}  {printable(str(label[0]))}  "
-                     f"{printable(str(label[1]))}")
+        name, state = labels.get(job_id) or ("?", "?")
+        lines.append(f"  {printable(job_id)}  {printable(name)}  {printable(state)}")
     if len(found) > CANDIDATES_SHOWN:
         lines.append("  ... and more")
     raise InvalidInput("\n".join(lines))
 
 
 def _storable(text: str) -> bool:
-    """Whether SQLite can take `text` (UTF-8 has no lone surrogates)."""
+    """Whether a ledger can hold `text` (UTF-8 has no lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -84,72 +65,9 @@ def _quoted(text: str, limit: int = 80) -> str:
     return "'" + printable(shown) + "'"
 
 
-def _glob_literal(text: str) -> str:
-    """`text` as a GLOB pattern that matches only itself."""
-    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
-
-
-def _after_prefix(prefix: str) -> str | bytes:
-    """The least text that sorts after every text beginning with `prefix` (SQLite
-    compares text as UTF-8 bytes, which is code point order): the prefix with its last
-    character that can be incremented incremented. An empty blob, which sorts after
-    all text, when there is none."""
-    chars = list(prefix)
-    while chars:
-        point = ord(chars.pop()) + 1
-        if point == 0xD800:
-            point = 0xE000  # surrogates are not text
-        if point <= 0x10FFFF:
-            return "".join(chars) + chr(point)
-    return b""
-
-
-def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[Event]:
-    """Every event after `after`, oldest first, read in short chunks."""
-    while True:
-        rows = conn.execute(sql.EVENTS_AFTER, (after, _CHUNK)).fetchall()
-        for row in rows:
-            yield _event(row)
-        if len(rows) < _CHUNK:
-            return
-        after = rows[-1][0]
-
-
-def follow(conn: sqlite3.Connection, after: int, poll: float) -> Iterator[Event]:
-    """Events committed after `after`, as they come, from any process: the file is
-    checked every `poll` seconds (`PRAGMA data_version`, which costs microseconds)."""
-    seen = None
-    while True:
-        version = conn.execute(sql.DATA_VERSION).fetchone()[0]
-        if version != seen:
-            seen = version
-            for event in iter_events(conn, after):
-                after = event.position
-                yield event
-        time.sleep(poll)
-
-
-def last_events(conn: sqlite3.Connection, limit: int) -> list[Event]:
-    return [_event(r) for r in conn.execute(sql.LAST_EVENTS, (limit,))]
-
-
-def job_events(conn: sqlite3.Connection, job_id: str) -> list[Event]:
-    return [_event(r) for r in conn.execute(sql.EVENTS_FOR_JOB, (job_id,))]
-
-
-def flow_events(conn: sqlite3.Connection, tree: FlowTree) -> list[Event]:
+def flow_events(ledger: Ledger, tree: FlowTree) -> list[Event]:
     """Every event of every job of a flow, in ledger order: the whole tree's story."""
-    ids = json.dumps([node.id for node in tree.walk()])
-    return [_event(r) for r in conn.execute(sql.EVENTS_FOR_JOBS, (ids,))]
-
-
-def job_record(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    row = conn.execute(sql.GET_JOB, (job_id,)).fetchone()
-    return JobRecord.from_row(tuple(row)) if row else None
-
-
-def _event(row: Any) -> Event:
-    return event_from_row(tuple(row))
+    return ledger.events_of_jobs([node.id for node in tree.walk()])
 
 
 # --- formatting ------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Commands: demo, worker, events, history, tree, jobs, stats, definitions, subscribers,
 retry, cancel, delete, replay, export, import, verify, archive, schema, migrate (the
-reading ones are in evq/cli_read.py). Every command takes `--db PATH` (or the EVQ_DB
-environment variable).
+reading ones are in evq/cli_read.py). Every command takes `--db PATH` (a ledger file, or
+sqlite:///PATH; or the EVQ_DB environment variable).
 
 Exit codes, stable for scripts:
   0  done
@@ -24,7 +24,6 @@ import importlib
 import inspect
 import logging
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,15 +51,15 @@ from .cli_support import (
     count,
     duration,
     exit_code,
-    reading,
+    ledger_of,
+    ledger_spec,
 )
-from .cli_support import ledger_path as _db
 from .cli_support import out as _out
 from .context import Context
 from .errors import EvqError, InvalidInput
 from .jobs import JobState
-from .ledger.sqlite import connection, replay, schema, sql
-from .ledger.sqlite.failures import ledger_error
+from .ledger import Ledger, open_ledger
+from .ledger.records import Stopped
 
 
 def _progress_bar(label: str) -> Callable[[int, int], None]:
@@ -172,109 +171,99 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    source = _db(args)
-    conn = audit.open_ledger(source)
-    try:
-        upto = args.upto
-        if args.at is not None:
-            moment = codec.parse_time(args.at, "--at")
-            upto = conn.execute(sql.LAST_POSITION_AT, (moment,)).fetchone()[0]
-    finally:
-        conn.close()
-    target = Path(args.to)
-    files.refuse_existing(target, "replay", database=True)
+    source = ledger_of(args)
+    source.check_schema()
+    upto = args.upto
+    if args.at is not None:
+        upto = source.last_position(at=codec.parse_time(args.at, "--at"))
+    files.refuse_existing(Path(args.to), "replay", database=True)
     kept, _ = archiving.load(args.archive or [])
-    count = replay.replay_into(source, target, upto,
+    target = open_ledger(args.to, file_mode=_file_mode())
+    count = source.replay_into(target, upto,
                                _progress_bar("replaying") if sys.stderr.isatty() else None,
-                               archived=kept, file_mode=_file_mode())
-    _out(f"replayed {count} events from {source} into {target}"
+                               archived=kept)
+    _out(f"replayed {count} events from {source.location} into {target.location}"
          + (f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    conn = audit.open_ledger(_db(args))
-    try:
-        if args.to:
-            count = transfer.export_file(conn, args.to, _file_mode())
-            print(f"exported {count} events to {args.to}", file=sys.stderr)
-        else:
-            for line in transfer.export_lines(conn):
-                _out(line)
-    finally:
-        conn.close()
+    ledger = ledger_of(args)
+    ledger.check_schema()
+    if args.to:
+        count = transfer.export_file(ledger, args.to, _file_mode())
+        print(f"exported {count} events to {args.to}", file=sys.stderr)
+    else:
+        for line in transfer.export_lines(ledger):
+            _out(line)
     return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    target = _db(args)
+    spec = ledger_spec(args)
     source = sys.stdin if args.source == "-" else open(args.source, encoding="utf-8")  # noqa: SIM115
     try:
-        count = transfer.import_lines(target, source, _file_mode())
+        target = open_ledger(spec, file_mode=_file_mode())
+        count = transfer.import_lines(target, source)
     finally:
         if source is not sys.stdin:
             source.close()
-    _out(f"imported {count} events into {target}; hash chain holds")
+    _out(f"imported {count} events into {target.location}; hash chain holds")
     return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = verifying.verify_ledger(_db(args), args.expect_head, args.archive or [])
+    report = verifying.verify_ledger(ledger_of(args), args.expect_head, args.archive or [])
     for line in report.lines:
         _out(audit.printable(line))
     return {verifying.Outcome.OK: EXIT_OK, verifying.Outcome.FAILED: EXIT_CHECK_FAILED,
             verifying.Outcome.UNCHECKED: EXIT_UNCHECKED}[report.outcome]
 
 
-def _job_action(args: argparse.Namespace) -> tuple[Path, str]:
-    path = _db(args)
-    with reading(path) as conn:
-        return path, audit.resolve_job_id(conn, args.job_id)
-
-
-def _busy_ms(args: argparse.Namespace) -> int:
-    return int(args.busy_timeout * 1000)
+def _job_action(args: argparse.Namespace) -> tuple[Ledger, str]:
+    ledger = ledger_of(args, busy_timeout=args.busy_timeout)
+    return ledger, audit.resolve_job_id(ledger, args.job_id)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    path, job_id = _job_action(args)
-    new_id = admin.retry(path, job_id, args.reason, _busy_ms(args))
+    ledger, job_id = _job_action(args)
+    new_id = admin.retry(ledger, job_id, args.reason)
     _out(audit.printable(f"retrying {job_id} as new job {new_id}"))
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    path, job_id = _job_action(args)
-    (_, was_running), *descendants = admin.cancel(path, job_id, args.reason, _busy_ms(args))
+    ledger, job_id = _job_action(args)
+    stopped, *descendants = admin.cancel(ledger, job_id, args.reason)
     _out(audit.printable(f"cancelled {job_id}")
-         + (" (its worker is told to stop)" if was_running else ""))
+         + (" (its worker is told to stop)" if stopped.was_running else ""))
     _say_descendants(descendants)
     return EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    path, job_id = _job_action(args)
-    descendants = admin.delete(path, job_id, args.reason, _busy_ms(args))
+    ledger, job_id = _job_action(args)
+    descendants = admin.delete(ledger, job_id, args.reason)
     _out(audit.printable(f"deleted {job_id}")
          + " from the current state (its events stay in the ledger)")
     _say_descendants(descendants)
     return EXIT_OK
 
 
-def _say_descendants(descendants: list[tuple[str, bool]]) -> None:
+def _say_descendants(descendants: list[Stopped]) -> None:
     """Name the flow descendants that a cancel or delete took along, if any."""
     if descendants:
-        busy = sum(1 for _, running in descendants if running)
+        busy = sum(1 for child in descendants if child.was_running)
         _out(f"also cancelled {len(descendants)} job(s) of its flow"
              + (f" ({busy} running: their workers are told to stop)" if busy else "")
-             + ": " + audit.printable(", ".join(audit.short_id(child)
-                                                for child, _ in descendants)))
+             + ": " + audit.printable(", ".join(audit.short_id(child.job_id)
+                                                for child in descendants)))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    path = _db(args)
-    audit.open_ledger(path).close()
-    done = archiving.archive(path, codec.parse_time(args.before, "--before"), args.to)
+    ledger = ledger_of(args)
+    ledger.check_schema()
+    done = archiving.archive(ledger, codec.parse_time(args.before, "--before"), args.to)
     if not done.events:
         _out("nothing to archive: no job deleted before that time still has events here")
     else:
@@ -285,14 +274,17 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    _out(schema.schema_sql())
+    # The schema of the engine --db or EVQ_DB names; with neither, the default (SQLite)
+    # engine's, read from a ledger that is never opened.
+    given = args.db or os.environ.get("EVQ_DB")
+    _out(open_ledger(given or "evq.db").schema_text())
     return EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    path = _db(args)
-    before, now = connection.migrate_file(path, _file_mode())
-    _out(f"{path}: schema version {before} -> {now}")
+    ledger = ledger_of(args, file_mode=_file_mode())
+    before, now = ledger.migrate()
+    _out(f"{ledger.location}: schema version {before} -> {now}")
     return EXIT_OK
 
 
@@ -417,10 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvqError as exc:
         _say_error(exc)
         return exit_code(exc)
-    except sqlite3.Error as exc:  # a driver error no command mapped: typed all the same
-        error = ledger_error(exc, getattr(args, "db", None) or os.environ.get("EVQ_DB", "?"))
-        _say_error(error)
-        return exit_code(error)
     except BrokenPipeError:
         return EXIT_OK
     except OSError as exc:  # a file named on the command line: missing, unreadable, ...
@@ -428,6 +416,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a driver error no command mapped: typed all the same
+        error = _driver_error(args, exc)
+        if error is None:
+            raise
+        _say_error(error)
+        return exit_code(error)
+
+
+def _driver_error(args: argparse.Namespace, exc: Exception) -> EvqError | None:
+    """The typed error for a storage driver's error that escaped a command (None: `exc`
+    is something else, a bug to show with its traceback)."""
+    try:
+        ledger = open_ledger(getattr(args, "db", None) or os.environ.get("EVQ_DB") or "?")
+    except EvqError:
+        return None
+    return ledger.typed_error(exc)
 
 
 def _say_error(exc: Exception) -> None:

@@ -1,11 +1,10 @@
 """The reading commands of `evq`: events, history, tree, jobs, stats, definitions and
-subscribers. Each opens the ledger read-only, so it runs beside workers."""
+subscribers. Each reads the ledger read-only, so it runs beside workers."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
@@ -13,25 +12,24 @@ from typing import Any
 
 import attrs
 
-from . import audit, codec, durable, flows, stats
+from . import audit, codec, durable, stats
 from .cli_support import (
     EXIT_OK,
     choices,
     colour,
     figure,
-    ledger_path,
+    ledger_of,
     out,
-    reading,
     seconds,
     table,
 )
 from .errors import UnknownJob
-from .events import Event, EventKind, event_from_row
+from .events import Event, EventKind
 from .jobs import JobRecord
-from .ledger.sqlite import sql
+from .ledger import Ledger
+from .ledger.records import JobFilter
 
 EVENT_KINDS = tuple(str(kind) for kind in EventKind)
-_CHUNK = 2000
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -40,7 +38,7 @@ def _names(text: str | None) -> list[str] | None:
 
 # --- events ------------------------------------------------------------------------------
 def cmd_events(args: argparse.Namespace) -> int:
-    path = ledger_path(args)
+    ledger = ledger_of(args)
     kinds = choices(args.kind, EVENT_KINDS, "event kind") if args.kind else None
     if args.seals and kinds is None:
         kinds = list(EVENT_KINDS)
@@ -50,31 +48,30 @@ def cmd_events(args: argparse.Namespace) -> int:
         out(audit.event_json(event) if args.json else audit.event_line(event, colour_on))
 
     try:
-        with reading(path) as conn:
-            job_id = audit.resolve_job_id(conn, args.job) if args.job else None
-            wanted = durable.EventFilter.of(kinds, _names(args.queue), job_id, args.since,
-                                            args.until)
-            head = int(conn.execute(sql.LAST_POSITION).fetchone()[0] or 0)
-            for event in selected_events(conn, wanted, head, args.limit,
-                                         oldest_first=args.since is not None):
-                show(event)
-            if args.follow:
-                for event in audit.follow(conn, head, args.poll):
-                    if wanted.wants(event):
-                        show(event)
+        head = ledger.last_position()
+        job_id = audit.resolve_job_id(ledger, args.job) if args.job else None
+        wanted = durable.EventFilter.of(kinds, _names(args.queue), job_id, args.since,
+                                        args.until)
+        for event in selected_events(ledger, wanted, head, args.limit,
+                                     oldest_first=args.since is not None):
+            show(event)
+        if args.follow:
+            for event in ledger.follow(head, args.poll):
+                if wanted.wants(event):
+                    show(event)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
 
 
-def selected_events(conn: sqlite3.Connection, wanted: durable.EventFilter, head: int,
+def selected_events(ledger: Ledger, wanted: durable.EventFilter, head: int,
                     limit: int | None, oldest_first: bool) -> Iterator[Event]:
     """The events up to `head` that `wanted` lets through, oldest first: all of them, or
     with a `limit`, the newest `limit` (the first `limit` if `oldest_first`). Filters
     first, then the limit."""
     if limit is None or oldest_first:
         shown = 0
-        for event in audit.iter_events(conn):
+        for event in ledger.read_events():
             if event.position > head or (limit is not None and shown >= limit):
                 return
             if wanted.wants(event):
@@ -82,27 +79,21 @@ def selected_events(conn: sqlite3.Connection, wanted: durable.EventFilter, head:
                 yield event
         return
     newest: list[Event] = []
-    before = head + 1
-    while len(newest) < limit:
-        rows = conn.execute(sql.EVENTS_BEFORE, (before, _CHUNK)).fetchall()
-        for row in rows:
-            event = event_from_row(tuple(row))
+    if limit > 0:
+        for event in ledger.read_events_back(head + 1):
             if wanted.wants(event):
                 newest.append(event)
                 if len(newest) == limit:
                     break
-        if len(rows) < _CHUNK:
-            break
-        before = rows[-1][0]
     yield from reversed(newest)
 
 
 # --- one job, one flow -------------------------------------------------------------------
 def cmd_history(args: argparse.Namespace) -> int:
-    with reading(ledger_path(args)) as conn:
-        job_id = audit.resolve_job_id(conn, args.job_id)
-        events = audit.job_events(conn, job_id)
-        record = audit.job_record(conn, job_id)
+    ledger = ledger_of(args)
+    job_id = audit.resolve_job_id(ledger, args.job_id)
+    events = ledger.job_history(job_id)
+    record = ledger.read_job(job_id)
     if args.json:
         for event in events:
             out(audit.event_json(event))
@@ -113,10 +104,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
-    with reading(ledger_path(args)) as conn:
-        job_id = audit.resolve_job_id(conn, args.job_id)
-        tree = flows.read_tree(conn, job_id)
-        events = audit.flow_events(conn, tree) if tree is not None and args.history else []
+    ledger = ledger_of(args)
+    job_id = audit.resolve_job_id(ledger, args.job_id)
+    tree = ledger.read_flow(job_id)
+    events = audit.flow_events(ledger, tree) if tree is not None and args.history else []
     if tree is None:
         raise UnknownJob(f"job {job_id} is not in the current state (deleted); its events "
                          f"are in `evq history {audit.short_id(job_id)}`")
@@ -133,10 +124,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
 
 # --- jobs --------------------------------------------------------------------------------
 def cmd_jobs(args: argparse.Namespace) -> int:
-    limit = -1 if args.limit is None else args.limit
-    with reading(ledger_path(args)) as conn:
-        jobs = [JobRecord.from_row(tuple(row)) for row in
-                conn.execute(sql.LIST_JOBS_WHERE, (args.state, args.queue, limit))]
+    jobs = ledger_of(args).find_jobs(JobFilter(args.state, args.queue, args.limit))
     if args.json:
         for job in jobs:
             out(job_json(job))
@@ -164,10 +152,11 @@ def _plain(_: Any, __: Any, value: Any) -> Any:
 
 # --- stats -------------------------------------------------------------------------------
 def cmd_stats(args: argparse.Namespace) -> int:
-    with reading(ledger_path(args)) as conn:
-        since = codec.parse_time(args.since, "--since") if args.since else None
-        until = codec.parse_time(args.until, "--until") if args.until else None
-        found, window = stats.compute(conn, since, until)
+    ledger = ledger_of(args)
+    ledger.check_schema()
+    since = codec.parse_time(args.since, "--since") if args.since else None
+    until = codec.parse_time(args.until, "--until") if args.until else None
+    found, window = stats.compute(ledger, since, until)
     rows = [found[name].as_dict(window) for name in sorted(found)]
     if args.json:
         out(json.dumps({"window_s": round(window, 3), "queues": rows}))
@@ -194,30 +183,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 # --- what is deployed, who is subscribed -------------------------------------------------
 def cmd_definitions(args: argparse.Namespace) -> int:
-    with reading(ledger_path(args)) as conn:
-        schedules = {name: (spec, next_at) for name, spec, next_at in
-                     conn.execute(sql.LIST_SCHEDULES)}
-        deployed = conn.execute(sql.LIST_DEFINITIONS).fetchall()
+    deployed = ledger_of(args).definitions()
     if not deployed:
         out("no job definitions deployed (Context.deploy, or an orchestrator, records them)")
         return EXIT_OK
     rows = [("job", "queue", "max_attempts", "lease", "priority", "schedule", "next run")]
-    for name, queue, data in deployed:
-        settings = codec.stored_object(data) or {}
-        spec, next_at = schedules.get(name, ("-", None))
+    for job in deployed:
+        settings = job.settings
         attempts = settings.get("max_attempts")
-        rows.append((name, queue, "-" if attempts is None else str(attempts),
+        next_run = "-" if job.next_at is None else audit.fmt_time(
+            codec.stored_datetime(job.next_at) or codec.FIRST_DATETIME)
+        rows.append((job.name, job.queue, "-" if attempts is None else str(attempts),
                      seconds(settings.get("lease")), str(settings.get("priority", 0)),
-                     spec, "-" if next_at is None else
-                     audit.fmt_time(codec.stored_datetime(next_at) or codec.FIRST_DATETIME)))
+                     "-" if job.schedule is None else job.schedule, next_run))
     for line in table(rows):
         out(line)
     return EXIT_OK
 
 
 def cmd_subscribers(args: argparse.Namespace) -> int:
-    with reading(ledger_path(args)) as conn:
-        found = durable.states(conn)
+    ledger = ledger_of(args)
+    ledger.check_schema()
+    found = ledger.cursor_states()
     if not found:
         out("no durable event handlers on this ledger")
         return EXIT_OK

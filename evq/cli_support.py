@@ -4,17 +4,14 @@ and the formats of its human output (tables, seconds, rates)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from . import audit
 from .errors import EvqError, InvalidInput, LedgerNotFound, UnknownJob
-from .ledger.sqlite.failures import ledger_error
+from .ledger import Ledger, open_ledger
 
 # Exit codes: stable, scripts rely on them (see evq/cli.py and the README).
 EXIT_OK = 0
@@ -41,24 +38,19 @@ def colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def ledger_path(args: argparse.Namespace) -> Path:
-    value = args.db or os.environ.get("EVQ_DB")
+def ledger_spec(args: argparse.Namespace) -> str:
+    """The ledger a command works on: --db, or EVQ_DB (a file path or sqlite:///path)."""
+    value: str | None = args.db or os.environ.get("EVQ_DB")
     if not value:
         raise InvalidInput("no ledger given: pass --db PATH or set EVQ_DB")
-    return Path(value)
+    return value
 
 
-@contextlib.contextmanager
-def reading(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the ledger at `path`; a driver error while reading is
-    raised as the typed error that says why (a damaged page, say)."""
-    conn = audit.open_ledger(path)
-    try:
-        yield conn
-    except sqlite3.Error as exc:
-        raise ledger_error(exc, path, "reading") from exc
-    finally:
-        conn.close()
+def ledger_of(args: argparse.Namespace, *, busy_timeout: float = 10.0,
+              file_mode: int | None = None) -> Ledger:
+    """The ledger a command works on (see ledger_spec). Opening it reads nothing: each
+    read or write says, with the typed error, if it is missing or not an evq ledger."""
+    return open_ledger(ledger_spec(args), busy_timeout=busy_timeout, file_mode=file_mode)
 
 
 # --- argument types ----------------------------------------------------------------------

@@ -5,66 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from queue import SimpleQueue
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import attrs
+from typing import TYPE_CHECKING, Any
 
 from . import codec, enqueueing, files, flows
 from .clock import Clock, SystemClock
-from .durable import EventFilter, SubscriberState, Subscription
+from .durable import Subscription
 from .enqueueing import EnqueueRequest
 from .errors import (
-    ContextClosed,
-    DuplicateJob,
     InvalidInput,
     InvalidTime,
-    LedgerReadOnly,
     UnknownJob,
 )
-from .events import TERMINAL_KINDS, Event, event_from_row
+from .events import TERMINAL_KINDS, Event
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
-from .ledger import records
+from .ledger import Ledger, open_ledger, records
 from .ledger.records import Durability
-from .ledger.sqlite import connection, maintenance, ops, sql, trees
-from .ledger.sqlite.failures import ledger_error
-from .ledger.sqlite.tx import AppendedRow, Tx
-from .ledger.sqlite.writer import Writer
-from .outcomes import RetryPolicy
 from .queues import Queue
-from .retry import Backoff, no_delay
-from .subscribers import Dispatcher, EventHandler
-from .watch import CommitWatcher
+from .registry import Registry
+from .retry import Backoff
+from .runtime import Runtime
+from .subscribers import EventFilter, EventHandler, Subscriber
 
 if TYPE_CHECKING:
-    import aiosqlite
 
     from .orchestrator import Orchestrator
     from .producer import SyncProducer
     from .worker import Worker
-
-F = TypeVar("F", bound=Callable[..., Any])
-_WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue", "ready"})
-
-
-T = TypeVar("T")
-
-
-def _build(cls: type[T], what: str, *args: Any, **options: Any) -> T:
-    """cls(*args, **options), with an unknown option refused by name."""
-    known = {field.alias for field in attrs.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise InvalidInput(f"unknown {what} option(s) {', '.join(unknown)}; the options are "
-                           f"{', '.join(sorted(known - {'name', 'context'}))}")
-    return cls(*args, **options)
-
 
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -118,50 +89,21 @@ class Context:
         self.poll_interval = _positive_seconds(poll_interval, "poll_interval")
         self.busy_timeout = _positive_seconds(busy_timeout, "busy_timeout")
         self._busy_timeout_ms = int(self.busy_timeout * 1000)
-        self._definitions: dict[str, JobDefinition[Any]] = {}
-        self._queues: dict[str, Queue] = {}
-        self._dispatcher = Dispatcher(self.path)
-        self._writer: Writer | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._watcher = CommitWatcher(self.path, self.poll_interval, self._foreign_commit)
-        self._watchers = 0
-        self._wake_callbacks: list[Callable[[bool], None]] = []
-        self._cancel_listeners: list[Callable[[str], None]] = []
-        self._subscriptions: dict[Subscription, asyncio.Task[int]] = {}
-        self._sync_threads = _positive_int(sync_handler_threads, "sync_handler_threads")
-        self._running_workers: dict[Worker, asyncio.Event] = {}
-        self._sync_executor: ThreadPoolExecutor | None = None
+        self.ledger: Ledger = open_ledger(path, busy_timeout=self.busy_timeout,
+                                          durability=self.durability,
+                                          file_mode=self.file_mode)
+        self.path = Path(self.ledger.location)
+        self.registry = Registry(self.clock, self.max_payload_bytes, self)
+        self.runtime = Runtime(
+            self.ledger, self.clock, self.registry, poll_interval=self.poll_interval,
+            sync_threads=_positive_int(sync_handler_threads, "sync_handler_threads"))
 
     # --- lifecycle ---------------------------------------------------------------------
     async def open(self) -> Context:
         """Open the ledger (creating or upgrading its schema). Raises the typed
         `LedgerError` that says why it cannot be used, having released everything."""
-        if self._writer is not None:
-            return self
-        connection.create_file(self.path, self.file_mode)
-        writer = Writer(self.path, self.clock, self.durability, self._committed,
-                        self._busy_timeout_ms)
-        try:
-            await writer.open()
-            self._writer = writer
-            self._reader = await connection.open_reader(self.path, self._busy_timeout_ms)
-            head = await self._head()
-            await self._dispatcher.open(head)
-        except BaseException:
-            await self._release(writer)
-            raise
+        await self.runtime.open()
         return self
-
-    async def _release(self, writer: Writer) -> None:
-        """Undo a failed open: close whatever it opened (its threads would otherwise keep
-        the process from exiting)."""
-        self._writer = None
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await self._reader.close()
-            self._reader = None
-        with contextlib.suppress(Exception):
-            await writer.close()
 
     @property
     def busy_timeout_ms(self) -> int:
@@ -169,26 +111,9 @@ class Context:
         return self._busy_timeout_ms
 
     async def close(self) -> None:
-        """Commit what was handed over, deliver pending events, release the file."""
-        if self._writer is None:
-            return
-        for worker, stopped in list(self._running_workers.items()):
-            worker.stop()
-            await stopped.wait()
-        for subscription, task in list(self._subscriptions.items()):
-            subscription.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._watcher.stop()
-        await self._writer.close()
-        await self._dispatcher.close()
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
-        if self._sync_executor is not None:
-            self._sync_executor.shutdown(wait=False)
-            self._sync_executor = None
-        self._writer = None
+        """Stop this context's workers, commit what was handed over, deliver pending
+        events, release the ledger."""
+        await self.runtime.close()
 
     async def __aenter__(self) -> Context:
         return await self.open()
@@ -197,27 +122,15 @@ class Context:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
-    @property
-    def writer(self) -> Writer:
-        if self._writer is None:
-            raise ContextClosed(
-                "the evq context is not open: use `async with Context(path) as ctx:`")
-        return self._writer
-
     # --- queues ------------------------------------------------------------------------
     def queue(self, name: str, **settings: Any) -> Queue:
         """Configure a queue in this process (see `evq.Queue` for the settings)."""
-        if name in self._queues:
-            raise DuplicateJob(f"queue {name!r} is already configured on this context")
-        queue = _build(Queue, "queue", name, **settings)
-        self._queues[name] = queue
-        return queue
+        return self.registry.queue(name, **settings)
 
     @property
     def queues(self) -> Mapping[str, Queue]:
         """Every queue this process knows: configured ones, and those its jobs use."""
-        known = {d.queue: Queue(d.queue) for d in self._definitions.values()}
-        return {**known, **self._queues}
+        return self.registry.queues
 
     async def pause(self, queue: str, reason: str | None = None) -> None:
         """Stop every worker on the ledger from claiming this queue's jobs (running ones
@@ -230,8 +143,7 @@ class Context:
 
     async def _set_paused(self, queue: str, paused: bool, reason: str | None) -> None:
         codec.check_name(queue, "queue")
-        await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=paused,
-                                                reason=reason))
+        await self.ledger.set_paused(queue, paused, reason)
 
     # --- definitions -------------------------------------------------------------------
     def job(
@@ -264,24 +176,13 @@ class Context:
     def define(self, name: str, handler: Handler | None = None, **options: Any
                ) -> JobDefinition[Any]:
         """Register a job definition; `handler=None` for a producer-only process."""
-        if options.get("backoff") is None:
-            options.pop("backoff", None)
-        definition: JobDefinition[Any] = _build(JobDefinition, "job definition", name,
-                                                handler, context=self, **options)
-        if name in self._definitions:
-            raise DuplicateJob(f"job {name!r} is already defined on this context")
-        self._definitions[name] = definition
-        return definition
+        return self.registry.define(name, handler, **options)
 
     async def deploy(self) -> list[str]:
         """Record this process's job definitions in the ledger (cuckmq's deploy): a
         `deploy` event for each one that is new or changed. Other processes, the CLI and
         orchestrators then know which jobs and schedules exist. Returns the names."""
-        from .orchestrator import settings_of
-
-        found = {name: (d.queue, settings_of(d)) for name, d in self._definitions.items()}
-        return await self.writer.run(functools.partial(maintenance.deploy,
-                                                       definitions=found))
+        return await self.runtime.deploy()
 
     def orchestrator(
         self,
@@ -307,40 +208,16 @@ class Context:
         from .orchestrator import Orchestrator
 
         return Orchestrator(
-            self, name=name, interval=interval, leader_lease=leader_lease,
+            self.runtime, name=name, interval=interval, leader_lease=leader_lease,
             orphan_after=orphan_after, worker_ttl=worker_ttl, batch=batch,
             archive_to=archive_to, archive_after=archive_after, archive_every=archive_every)
 
     @property
     def definitions(self) -> Mapping[str, JobDefinition[Any]]:
-        return dict(self._definitions)
+        return self.registry.definitions
 
     def definition(self, name: str) -> JobDefinition[Any]:
-        try:
-            return self._definitions[name]
-        except KeyError:
-            known = ", ".join(sorted(self._definitions)) or "none"
-            raise UnknownJob(
-                f"no job named {name!r} is defined on this context (defined: {known}); "
-                "register it with @ctx.job or ctx.define"
-            ) from None
-
-    def _definition_of(self, job: object) -> JobDefinition[Any]:
-        """The definition a caller names: a job name or a JobDefinition of this context."""
-        if isinstance(job, JobDefinition):
-            return self.definition(job.name)
-        if not isinstance(job, str):
-            raise UnknownJob(f"a job is named by its name (a str) or its JobDefinition, "
-                             f"got {job!r:.80}")
-        return self.definition(job)
-
-    def retry_policy(self, name: str, max_attempts: int | None) -> RetryPolicy:
-        """The retry policy of a job by name; rescue uses it for jobs of any process."""
-        definition = self._definitions.get(name)
-        if definition is None:
-            return RetryPolicy(max_attempts, no_delay)
-        return RetryPolicy(max_attempts, definition.backoff,
-                           definition.on_max_attempts_exhausted is not None)
+        return self.registry.definition(name)
 
     # --- enqueue -----------------------------------------------------------------------
     def prepare(
@@ -356,11 +233,8 @@ class Context:
         now: float | None = None,
     ) -> records.NewJob:
         """Validate one job to enqueue. Raises a typed error; writes nothing."""
-        return enqueueing.prepare(
-            self._definition_of(job), payload,
-            now=self.clock.now() if now is None else now,
-            max_payload_bytes=self.max_payload_bytes, delay=delay, run_at=run_at,
-            priority=priority, key=key, group=group)
+        return self.registry.prepare(job, payload, delay=delay, run_at=run_at,
+                                     priority=priority, key=key, group=group, now=now)
 
     async def enqueue(
         self,
@@ -381,16 +255,16 @@ class Context:
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority,
                            key=key, group=group)
         await self._preflight([new])
-        ids = await self.writer.run(functools.partial(ops.enqueue, jobs=(new,)))
+        ids = await self.ledger.enqueue((new,))
         return ids[0]
 
     async def _preflight(self, jobs: Sequence[records.NewJob]) -> None:
         """Ask each definition's on_before_add; if any refuses, record `reject` events
         for the refused ones, add nothing, and raise JobRejected."""
-        reasons = await enqueueing.refusals(self, jobs)
+        reasons = await enqueueing.refusals(self.registry, jobs)
         if reasons:
             refused = [job for job in jobs if job.id in reasons]
-            await self.writer.run(functools.partial(ops.reject, jobs=refused, reasons=reasons))
+            await self.ledger.reject(refused, reasons)
             raise enqueueing.rejected(jobs, reasons, "nothing was added")
 
     async def enqueue_many(self, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
@@ -398,8 +272,8 @@ class Context:
         """Add many jobs in one transaction: all of them or, on any bad one, none (the
         error names the bad item). Large bulks stream: this coroutine validates the next
         chunk while the writer inserts the previous one."""
-        chunks = enqueueing.prepared_chunks(self, requests)
-        if any(d.on_before_add is not None for d in self._definitions.values()):
+        chunks = enqueueing.prepared_chunks(self.registry, requests)
+        if any(d.on_before_add is not None for d in self.registry.definitions.values()):
             # Preflight needs every job before anything is written: no streaming.
             everything = [job for chunk in chunks for job in chunk]
             await self._preflight(everything)
@@ -409,22 +283,21 @@ class Context:
         if after is None:
             if not first:
                 return []
-            return await self.writer.run(functools.partial(ops.enqueue, jobs=first),
-                                         weight=len(first))
-        stream = ops.EnqueueStream()
-        stream.feed.put(first)
-        stream.feed.put(after)
-        done = asyncio.ensure_future(self.writer.run(stream, weight=1 << 30))
+            return await self.ledger.enqueue(first)
+        feed: records.JobFeed = SimpleQueue()
+        feed.put(first)
+        feed.put(after)
+        done = asyncio.ensure_future(self.ledger.enqueue_stream(feed))
         try:
             for chunk in chunks:
-                stream.feed.put(chunk)
+                feed.put(chunk)
                 await asyncio.sleep(0)  # let the writer take what is ready
         except BaseException as exc:
-            stream.feed.put(exc)
+            feed.put(exc)
             with contextlib.suppress(BaseException):
                 await done
             raise
-        stream.feed.put(None)
+        feed.put(None)
         return await done
 
     # --- flows -------------------------------------------------------------------------
@@ -432,18 +305,17 @@ class Context:
         """Add a tree of jobs in one transaction, all of it or none: each parent waits
         (state `waiting`) until its children have succeeded, then runs and reads their
         results as `job.children`. Returns where each node went (its job id)."""
-        root = flows.plan(self, flow)
-        await self._preflight(trees.jobs_of(root))
-        return await self.writer.run(functools.partial(trees.enqueue_tree, root=root))
+        root = flows.plan(self.registry, flow)
+        await self._preflight(root.jobs())
+        return await self.ledger.enqueue_tree(root)
 
     async def add_children(self, parent_id: str, children: Sequence[flows.FlowJob]
                            ) -> list[records.FlowNode]:
         """Add children (trees too) to a job that has not started: pending, or already
         waiting for others. It then waits for these as well."""
-        planned = flows.plan_children(self, children)
-        await self._preflight([job for node in planned for job in trees.jobs_of(node)])
-        return await self.writer.run(functools.partial(
-            trees.add_children, parent_id=parent_id, children=planned))
+        planned = flows.plan_children(self.registry, children)
+        await self._preflight([job for node in planned for job in node.jobs()])
+        return await self.ledger.add_children(parent_id, planned)
 
     async def wait_for(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Wait until a job has ended (succeeded, failed, expired or cancelled), whichever
@@ -453,7 +325,7 @@ class Context:
             timeout = codec.check_delay(timeout, "timeout")
         changed = asyncio.Event()
 
-        def note(event: Event) -> None:
+        async def note(event: Event) -> None:
             if event.job_id == job_id:
                 changed.set()
 
@@ -474,19 +346,11 @@ class Context:
 
     async def flow(self, job_id: str) -> flows.FlowTree | None:
         """The current state of the whole flow that holds this job, from its root."""
-        def read() -> flows.FlowTree | None:
-            with contextlib.closing(connection.connect(
-                    self.path, read_only=True, busy_timeout_ms=self._busy_timeout_ms)) as conn:
-                try:
-                    return flows.read_tree(conn, job_id)
-                except sqlite3.Error as exc:
-                    raise ledger_error(exc, self.path, "reading",
-                                       self._busy_timeout_ms / 1000) from exc
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(self.ledger.read_flow, job_id)
 
     def enqueue_in(
         self,
-        conn: sqlite3.Connection,
+        conn: object,
         job: str | JobDefinition[Any],
         payload: Any = None,
         *,
@@ -494,8 +358,8 @@ class Context:
         run_at: datetime | str | float | None = None,
         priority: int | None = None,
     ) -> str:
-        """Enqueue inside the caller's own open transaction on the same file (plain
-        `sqlite3`): the job commits or rolls back with the caller's own rows.
+        """Enqueue inside the caller's own open transaction on the same file (a plain
+        `sqlite3.Connection`): the job commits or rolls back with the caller's own rows.
 
         The file must already be an evq ledger (open a Context on it once, or run `evq
         migrate`): enqueue_in never creates the schema inside someone else's transaction.
@@ -503,74 +367,17 @@ class Context:
         refused with a typed error, and the caller's transaction is left as it was."""
         self._check_connection(conn)
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
-        reasons = enqueueing.refusals_now(self, [new], "enqueue_in")
-        try:
-            # Take the write lock first (the transaction may have only read so far), so
-            # that the time is read while no other commit can land before this one.
-            # The schema is checked only then: a read before the lock would start a
-            # snapshot that another process's commit can make impossible to write from.
-            try:
-                conn.execute(sql.TAKE_WRITE_LOCK)
-            except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):
-                    raise
-            connection.require_version(conn, self.path)
-            tx = Tx.locked(conn, self.clock.now())
-            conn.execute(sql.SAVEPOINT)
-            try:
-                if reasons:
-                    ops.reject(tx, (new,), reasons)
-                else:
-                    ops.enqueue(tx, (new,))
-                tx.seal()
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled it all back already
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute(sql.ROLLBACK_TO)
-                        conn.execute(sql.RELEASE)
-                raise
-            conn.execute(sql.RELEASE)
-        except sqlite3.Error as exc:
-            error = ledger_error(exc, self.path, "enqueueing in",
-                                 connection.busy_timeout(conn))
-            if isinstance(error, LedgerReadOnly):
-                error = LedgerReadOnly(f"{error}; or your connection is read-only (opened "
-                                       "with mode=ro, or query_only): enqueue_in writes "
-                                       "through it")
-            raise error from exc
+        reasons = enqueueing.refusals_now(self.registry, [new], "enqueue_in")
+        self.ledger.enqueue_in(conn, new, reasons, self.clock.now)
         if reasons:
             raise enqueueing.rejected(
                 [new], reasons, "the `reject` event commits with your transaction")
         return new.id
 
-    def _check_connection(self, conn: sqlite3.Connection) -> None:
-        """enqueue_in's connection: a plain sqlite3 one, open, in a transaction, on this
-        context's ledger, which has this evq's schema."""
-        if not isinstance(conn, sqlite3.Connection):
-            kind = f"{type(conn).__module__}.{type(conn).__qualname__}"
-            raise InvalidInput(
-                f"enqueue_in takes a plain sqlite3.Connection open on {self.path}, got a "
-                f"{kind}" + (": with aiosqlite, use `await ctx.enqueue(...)`, or enqueue_in "
-                             "on a sqlite3 connection of your own" if "aiosqlite" in kind
-                             else ""))
-        try:
-            in_transaction = conn.in_transaction
-        except sqlite3.ProgrammingError:
-            raise InvalidInput(
-                "the connection given to enqueue_in is closed: enqueue on an open "
-                "connection, inside your transaction") from None
-        if not in_transaction:
-            raise InvalidInput(
-                "enqueue_in needs a transaction that is open on `conn`: write your own "
-                "rows first (or execute BEGIN), then enqueue, then commit")
-        try:
-            files = {row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"}
-            if str(self.path.resolve()) not in {str(Path(f).resolve()) for f in files if f}:
-                raise InvalidInput(
-                    f"the connection is not on this context's ledger {self.path}; open it "
-                    "on the same file")
-        except sqlite3.Error as exc:
-            raise ledger_error(exc, self.path, "enqueueing in") from exc
+    def _check_connection(self, conn: object) -> None:
+        """enqueue_in's connection: the engine's driver's (plain sqlite3), open, in a
+        transaction, on this context's ledger."""
+        self.ledger.check_callers_transaction(conn)
 
     # --- other transitions -------------------------------------------------------------
     async def cancel(self, job_id: str, reason: str | None = None) -> None:
@@ -578,61 +385,38 @@ class Context:
         one ends as cancelled at once too (never retried): its worker, in this process or
         another, is told to stop, an async handler is cancelled, and any handler can see
         it as `job.cancel_requested`. Raises JobStateConflict if the job already ended."""
-        running = await self.writer.run(functools.partial(ops.cancel, job_id=job_id,
-                                                          reason=reason))
-        self._stop_running(running)
-
-    def _stop_running(self, cancelled: list[tuple[str, bool]]) -> None:
-        for job_id, running in cancelled:
-            for listener in list(self._cancel_listeners) if running else ():
-                listener(job_id)
+        self.runtime.stop_running(await self.ledger.cancel(job_id, reason))
 
     async def retry(self, job_id: str, reason: str | None = None) -> str:
         """Run a failed, expired or cancelled job again, as a new job with the same
         payload and settings; returns the new job's id (see `ops.retry`)."""
-        return await self.writer.run(functools.partial(
-            ops.retry, job_id=job_id, new_id=enqueueing.new_job_id(), reason=reason))
+        return await self.ledger.retry(job_id, enqueueing.new_job_id(), reason)
 
     async def delete(self, job_id: str, reason: str | None = None) -> None:
         """Remove a job that is not running from the current state; its events stay. A
         flow's parent cancels its descendants that have not ended."""
-        self._stop_running(await self.writer.run(functools.partial(
-            ops.delete, job_id=job_id, reason=reason)))
+        self.runtime.stop_running(await self.ledger.delete(job_id, reason))
 
     async def rescue_expired(self, rescuer: str = "evq") -> int:
         """Put back (or expire) jobs whose lease ran out; workers also do this. Takes a
         quarter of a second more than the writes (see `evq.ledger.sqlite.stalls`)."""
         from .rescuing import rescue_expired
 
-        return await rescue_expired(self, rescuer)
+        return await rescue_expired(self.runtime, rescuer)
 
     # --- reads -------------------------------------------------------------------------
-    async def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        if self._reader is None:
-            raise ContextClosed("the evq context is not open")
-        try:
-            cursor = await self._reader.execute(query, tuple(params))
-            rows = list(await cursor.fetchall())
-            await cursor.close()
-        except sqlite3.Error as exc:
-            raise ledger_error(exc, self.path, "reading",
-                               self._busy_timeout_ms / 1000) from exc
-        return rows
-
     async def _head(self) -> int:
-        return int((await self._read(sql.HEAD_POSITION))[0][0])
+        return await self.ledger.head()
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        rows = await self._read(sql.GET_JOB, (job_id,))
-        return JobRecord.from_row(tuple(rows[0])) if rows else None
+        return await self.ledger.get_job(job_id)
 
     async def jobs(self) -> list[JobRecord]:
-        return [JobRecord.from_row(tuple(r)) for r in await self._read(sql.LIST_JOBS)]
+        return await self.ledger.jobs()
 
     async def history(self, job_id: str) -> list[Event]:
         """Every event of one job, in ledger order."""
-        rows = await self._read(sql.EVENTS_FOR_JOB, (job_id,))
-        return [event_from_row(tuple(r)) for r in rows]
+        return await self.ledger.history(job_id)
 
     async def events(self, after: int = 0, limit: int = 1000, *, seals: bool = False
                      ) -> list[Event]:
@@ -643,11 +427,10 @@ class Context:
             raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
         if isinstance(after, bool) or not isinstance(after, int):
             raise InvalidInput(f"after must be an event position (an integer), got {after!r}")
-        query = sql.EVENTS_AFTER if seals else sql.EVENTS_AFTER_UNSEALED
-        return [event_from_row(tuple(r)) for r in await self._read(query, (after, limit))]
+        return await self.ledger.events(after, limit, seals)
 
     async def counts(self) -> dict[str, int]:
-        return {state: n for state, n in await self._read(sql.COUNT_JOBS_BY_STATE)}
+        return await self.ledger.counts()
 
     # --- events ------------------------------------------------------------------------
     def add_event_handler(self, handler: EventHandler, kinds: Iterable[str] | None = None,
@@ -655,7 +438,9 @@ class Context:
                           lease: float = 30.0) -> Callable[[], None]:
         """Call `handler(event)` for each committed event (of `kinds`, if given), in
         ledger order, from this process and every other one on the file. Returns a
-        function that unsubscribes.
+        function that unsubscribes. An `async def` handler is awaited in its
+        subscription's task; a plain one is called in the handler thread pool (as job
+        handlers are), so neither blocks the event loop; durable or not, the same rule.
 
         With `durable="name"` the handler keeps a cursor in the ledger: it gets every
         event at least once with no gap, resumes after a restart where it stopped, runs
@@ -667,9 +452,10 @@ class Context:
         `start`: "beginning", "end", or a position."""
         if isinstance(kinds, str):
             kinds = (kinds,)
+        subscriber = Subscriber(handler, EventFilter.of(kinds), self.runtime.sync_executor)
         if durable is None:
-            remove = self._dispatcher.add(handler, kinds)
-            self._watch()
+            remove = self.runtime.dispatcher.add(subscriber)
+            self.runtime.watch()
             return remove
         after = 0 if start == "beginning" else None if start == "end" else start
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
@@ -677,22 +463,11 @@ class Context:
         lease = codec.check_delay(lease, "lease")
         if lease <= 0:
             raise InvalidTime(f"lease must be a number of seconds > 0, got {lease!r}")
-        subscription = Subscription(self, handler, EventFilter.of(kinds), name=durable,
-                                    after=self._dispatcher.delivered_upto
+        subscription = Subscription(self.ledger, subscriber, self.clock, name=durable,
+                                    after=self.runtime.dispatcher.delivered_upto
                                     if after is None else after, lease=lease)
-        return self._start_subscription(subscription)
-
-    def _start_subscription(self, subscription: Subscription) -> Callable[[], None]:
-        self.writer  # noqa: B018 - raises ContextClosed when not open
-        task = asyncio.get_running_loop().create_task(subscription.run())
-        self._subscriptions[subscription] = task
-        self._watch()
-
-        def remove() -> None:
-            subscription.stop()
-
-        task.add_done_callback(lambda _: self._subscriptions.pop(subscription, None))
-        return remove
+        self.runtime.start(subscription)
+        return subscription.stop
 
     async def replay_to(self, handler: EventHandler, *, after: int = 0,
                         kinds: Iterable[str] | str | None = None,
@@ -701,90 +476,34 @@ class Context:
         """Feed `handler` the ledger's history after position `after` (filtered by kind,
         queue, job or time), then, with follow, new events as they commit until the task
         is cancelled. Returns the last position read."""
-        subscription = Subscription(self, handler, EventFilter.of(
-            kinds, queues, job_id, since, until), after=after, follow=follow)
-        task = asyncio.get_running_loop().create_task(subscription.run())
-        self._subscriptions[subscription] = task
-        self._watch()
+        self.runtime.require_open()
+        wanted = EventFilter.of(kinds, queues, job_id, since, until)
+        subscriber = Subscriber(handler, wanted, self.runtime.sync_executor)
+        subscription = Subscription(self.ledger, subscriber, self.clock, after=after,
+                                    follow=follow)
+        task = self.runtime.start(subscription)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             subscription.stop()
             await task
             raise
-        finally:
-            self._subscriptions.pop(subscription, None)
 
-    async def subscribers(self) -> list[SubscriberState]:
+    async def subscribers(self) -> list[records.SubscriberState]:
         """Every durable handler's cursor, and how many events it is behind."""
-        head = await self._head()
-        return [SubscriberState(name, position, head, holder, updated)
-                for name, position, holder, _, updated in await self._read(sql.LIST_CURSORS)]
+        self.runtime.require_open()
+        return await asyncio.to_thread(self.ledger.cursor_states)
 
     async def flush_events(self) -> None:
         """Wait until every event committed so far has reached the handlers."""
-        self._dispatcher.poke()
-        await self._dispatcher.flush()
-
-    def _committed(self, rows: list[AppendedRow]) -> None:
-        self._dispatcher.committed(rows)
-        for subscription in self._subscriptions:
-            subscription.wake.set()
-        if any(row[2] in _WAKING_KINDS for row in rows):
-            self.wake_workers(foreign=False)
-
-    # --- waking workers ----------------------------------------------------------------
-    def wake_workers(self, foreign: bool) -> None:
-        for callback in list(self._wake_callbacks):
-            callback(foreign)
-
-    def on_wake(self, callback: Callable[[bool], None]) -> Callable[[], None]:
-        """Register `callback(foreign)`, run when jobs may have become claimable; foreign
-        says the commit came from another connection (another process, say)."""
-        self._wake_callbacks.append(callback)
-        self._watch()
-
-        def remove() -> None:
-            if callback in self._wake_callbacks:
-                self._wake_callbacks.remove(callback)
-
-        return remove
-
-    def _watch(self) -> None:
-        """Start noticing other connections' commits, once something needs to know."""
-        if self._writer is not None:
-            self._watcher.start()
-
-    def _foreign_commit(self) -> None:
-        self._dispatcher.poke()
-        for subscription in self._subscriptions:
-            subscription.wake.set()
-        self.wake_workers(foreign=True)
-
-    def worker_running(self, worker: Worker) -> Callable[[], None]:
-        """Track a running worker so close() can stop it first; returns the 'done' call."""
-        stopped = asyncio.Event()
-        self._running_workers[worker] = stopped
-
-        def done() -> None:
-            self._running_workers.pop(worker, None)
-            stopped.set()
-
-        return done
-
-    def sync_executor(self) -> ThreadPoolExecutor:
-        """Threads for synchronous handlers, so they never block the event loop."""
-        if self._sync_executor is None:
-            self._sync_executor = ThreadPoolExecutor(
-                self._sync_threads, thread_name_prefix="evq-handler")
-        return self._sync_executor
+        await self.runtime.flush_events()
 
     def sync(self) -> SyncProducer:
         """A producer for synchronous code (no event loop needed) on this ledger, using
         this context's job definitions. The context itself need not be open."""
         from .producer import SyncProducer
 
-        return SyncProducer(self)
+        return SyncProducer(self.ledger, self.registry)
 
     def worker(
         self,
@@ -803,7 +522,7 @@ class Context:
         holds an exhausted-attempts hook for `hook_lease` seconds between renewals."""
         from .worker import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, name=name, grace=grace,
+        return Worker(self.runtime, queues=queues, concurrency=concurrency, name=name, grace=grace,
                       batch_size=batch_size, hook_lease=hook_lease)
 
     async def drain(

@@ -1,5 +1,6 @@
 """Who may move a durable handler's cursor: holder tokens, the delivery a handler runs in,
-and the fenced writes.
+and `advance_cursor` (the fenced writes themselves are the ledger's: take_cursor,
+move_cursor, release_cursor, advance_cursor_in).
 
 Each successful take of a name mints a fresh holder token (host, process id and 64 random
 bits) and stores it in the cursor's row. Every later write (a renewal of the lease, a save
@@ -18,16 +19,16 @@ import contextlib
 import os
 import secrets
 import socket
-import sqlite3
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .errors import CursorLost, InvalidInput
-from .ledger.sqlite import sql
-from .ledger.sqlite.failures import ledger_error
-from .ledger.sqlite.tx import Tx
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
 
 
 @attrs.define(eq=False)
@@ -35,7 +36,7 @@ class Delivery:
     """An event a durable consumer is handing to its handler, under which holder token.
     `refused` turns true when the handler's `advance_cursor` was refused."""
 
-    path: str
+    ledger: Ledger
     name: str
     holder: str
     position: int
@@ -61,9 +62,10 @@ def new_holder() -> str:
     return f"{host or 'host'}:{os.getpid()}:{secrets.token_hex(8)}"
 
 
-def advance_cursor(conn: sqlite3.Connection, name: str, position: int, now: float) -> None:
+def advance_cursor(conn: object, name: str, position: int, now: float) -> None:
     """Move durable handler `name`'s cursor to `position` inside the caller's own open
-    transaction on the ledger file, so the handler's rows and its progress commit
+    transaction on the ledger (for a SQLite ledger: the plain `sqlite3.Connection` the
+    handler writes its rows with), so the handler's rows and its progress commit
     together: each event's effects are committed exactly once.
 
     Call it from the handler, for the event it is handling (`event.position`). The move
@@ -89,53 +91,8 @@ def advance_cursor(conn: sqlite3.Connection, name: str, position: int, now: floa
             f"advance_cursor({name!r}, {position!r}): the position must be the one of the "
             f"event being handled ({delivery.position}, event.position) or an earlier "
             "one; nothing was written")
-    doing = f"moving the cursor of durable handler {name!r} in"
     try:
-        moved = conn.execute(sql.MOVE_CURSOR_IN_CALLERS_TX,
-                             (position, now, name, delivery.holder, position)).rowcount
-        if moved == 1:
-            return
-        row = conn.execute(sql.GET_CURSOR, (name,)).fetchone()
-        conn.rollback()
-    except sqlite3.Error as exc:
-        raise ledger_error(exc, delivery.path, doing) from exc
-    delivery.refused = True
-    raise CursorLost(_refusal(name, position, delivery.holder, row))
-
-
-def _refusal(name: str, position: int, holder: str, row: tuple[int, str | None] | None
-             ) -> str:
-    if row is None:
-        why = "its cursor is gone from the ledger"
-    elif row[1] != holder:
-        now_held = f"held by {row[1]}" if row[1] else "free"
-        why = f"this consumer no longer holds the name (its lease ran out; it is {now_held})"
-    else:
-        why = (f"the cursor already stands at {row[0]}, so this event's effects were "
-               "committed before")
-    return (f"durable handler {name!r} could not move its cursor to {position}: {why}. "
-            "Your transaction was rolled back, so none of its writes were committed. Let "
-            "this error propagate: the consumer stops delivering and takes the name again, "
-            "resuming from the cursor in the ledger")
-
-
-# --- the consumer's own writes, run by the context's writer ---------------------------
-def take(tx: Tx, name: str, holder: str, previous: str | None, lease: float,
-         start: int) -> int | None:
-    """Take `name` under the new token `holder` if it is free, its lease has run out, or
-    it is still held under `previous`; return the position to resume after, or None."""
-    tx.conn.execute(sql.TAKE_CURSOR, (name, start, holder, tx.now + lease, tx.now, previous))
-    position, owner = tx.one(sql.GET_CURSOR, (name,))
-    return int(position) if owner == holder else None
-
-
-def renew(tx: Tx, name: str, holder: str, position: int, lease: float) -> bool:
-    """Extend the lease and save the position (never backwards); False if the name is no
-    longer held under `holder`."""
-    moved = tx.conn.execute(sql.MOVE_CURSOR, (position, tx.now + lease, tx.now, name, holder))
-    return moved.rowcount == 1
-
-
-def release(tx: Tx, name: str, holder: str, position: int) -> None:
-    """Save the position and free the name, if it is still held under `holder`."""
-    tx.conn.execute(sql.RELEASE_CURSOR, (position, tx.now, name, holder))
+        delivery.ledger.advance_cursor_in(conn, name, delivery.holder, position, now)
+    except CursorLost:
+        delivery.refused = True
+        raise

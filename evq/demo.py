@@ -14,9 +14,8 @@ from .context import Context
 from .events import Event
 from .files import FILE_MODE
 from .jobs import Job
+from .ledger import open_ledger
 from .retry import Fixed
-
-DEMO_JOBS = 4
 
 
 async def run_demo(path: Path, say: Callable[[str], None], file_mode: int = FILE_MODE
@@ -73,13 +72,10 @@ async def run_demo(path: Path, say: Callable[[str], None], file_mode: int = FILE
 
 
 def timelines(path: Path, ids: list[str]) -> list[str]:
-    conn = audit.open_ledger(path)
-    try:
-        lines: list[str] = []
-        for job_id in ids:
-            lines.extend(audit.history_lines(audit.job_record(conn, job_id),
-                                             audit.job_events(conn, job_id)))
-            lines.append("")
-        return lines
-    finally:
-        conn.close()
+    ledger = open_ledger(path)
+    lines: list[str] = []
+    for job_id in ids:
+        lines.extend(audit.history_lines(ledger.read_job(job_id),
+                                         ledger.job_history(job_id)))
+        lines.append("")
+    return lines

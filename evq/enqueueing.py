@@ -10,18 +10,32 @@ import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
 from . import codec
+from .clock import Clock
 from .errors import CallbackError, EvqError, InvalidInput, InvalidPayload, JobRejected
 from .jobs import JobDefinition
 from .ledger.records import NewJob
 from .outcomes import callable_name
 
-if TYPE_CHECKING:
-    from .context import Context
+
+class Definitions(Protocol):
+    """What validating and preflight need of the registry (evq/registry.py): the
+    definitions by name, the clock, and the context handed to preflight."""
+
+    clock: Clock
+    @property
+    def context(self) -> object: ...  # handed to preflight callbacks as their context
+
+    def definition(self, name: str) -> JobDefinition[Any]: ...
+
+    def prepare(self, job: str | JobDefinition[Any], payload: Any = None, *,
+                delay: float | None = None, run_at: datetime | str | float | None = None,
+                priority: int | None = None, key: str | None = None,
+                group: str | None = None, now: float | None = None) -> NewJob: ...
 
 CHUNK = 1024
 
@@ -141,15 +155,15 @@ def _group_of(definition: JobDefinition[Any], payload: Any) -> str | None:
     return group
 
 
-def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
+def prepared_chunks(registry: Definitions, requests: Iterable[EnqueueRequest | tuple[Any, ...]]
                     ) -> Iterator[list[NewJob]]:
     """Validate a bulk enqueue lazily, in chunks; an error names the bad item."""
     chunk: list[NewJob] = []
-    now = ctx.clock.now()
+    now = registry.clock.now()
     for index, item in enumerate(requests):
         try:
             request = as_request(item)
-            chunk.append(ctx.prepare(request.job, request.payload, delay=request.delay,
+            chunk.append(registry.prepare(request.job, request.payload, delay=request.delay,
                                      run_at=request.run_at, priority=request.priority,
                                      key=request.key, group=request.group, now=now))
         except EvqError as exc:
@@ -162,17 +176,17 @@ def prepared_chunks(ctx: Context, requests: Iterable[EnqueueRequest | tuple[Any,
 
 
 # --- preflight ------------------------------------------------------------------------
-def _preflight_of(ctx: Context, new: NewJob) -> str:
-    check = ctx.definition(new.name).on_before_add
+def _preflight_of(registry: Definitions, new: NewJob) -> str:
+    check = registry.definition(new.name).on_before_add
     return f"on_before_add {callable_name(check)} of job {new.name!r} ({new.id})"
 
 
-def _raised(ctx: Context, new: NewJob, exc: Exception) -> CallbackError:
-    return CallbackError(f"{_preflight_of(ctx, new)} raised {type(exc).__name__}: {exc}; "
+def _raised(registry: Definitions, new: NewJob, exc: Exception) -> CallbackError:
+    return CallbackError(f"{_preflight_of(registry, new)} raised {type(exc).__name__}: {exc}; "
                          "nothing was added. Fix the function")
 
 
-def _reason(ctx: Context, new: NewJob, answer: object) -> str | None:
+def _reason(registry: Definitions, new: NewJob, answer: object) -> str | None:
     """None if on_before_add accepted (True or None), else why it refused (False, or a
     reason); CallbackError for any other answer."""
     if answer is True or answer is None:
@@ -182,47 +196,47 @@ def _reason(ctx: Context, new: NewJob, answer: object) -> str | None:
     if isinstance(answer, str) and answer:
         return answer
     raise CallbackError(
-        f"{_preflight_of(ctx, new)} returned {answer!r:.200}; it returns True to add the "
+        f"{_preflight_of(registry, new)} returned {answer!r:.200}; it returns True to add the "
         "job, False or a reason (a non-empty string) to refuse it. Nothing was added")
 
 
-def _answers(ctx: Context, jobs: Sequence[NewJob]) -> Iterator[tuple[NewJob, object]]:
+def _answers(registry: Definitions, jobs: Sequence[NewJob]) -> Iterator[tuple[NewJob, object]]:
     for new in jobs:
-        check = ctx.definition(new.name).on_before_add
+        check = registry.definition(new.name).on_before_add
         if check is not None:
             try:
-                answer = check(new, ctx, new.queue)
+                answer = check(new, registry.context, new.queue)
             except Exception as exc:
-                raise _raised(ctx, new, exc) from exc
+                raise _raised(registry, new, exc) from exc
             yield new, answer
 
 
-async def refusals(ctx: Context, jobs: Sequence[NewJob]) -> dict[str, str]:
+async def refusals(registry: Definitions, jobs: Sequence[NewJob]) -> dict[str, str]:
     """Ask each job's on_before_add (sync or async); job id -> reason, for refusals.
     CallbackError if one raises or answers garbage."""
     found: dict[str, str] = {}
-    for new, answer in _answers(ctx, jobs):
+    for new, answer in _answers(registry, jobs):
         if inspect.isawaitable(answer):
             try:
                 answer = await answer
             except Exception as exc:
-                raise _raised(ctx, new, exc) from exc
-        reason = _reason(ctx, new, answer)
+                raise _raised(registry, new, exc) from exc
+        reason = _reason(registry, new, answer)
         if reason is not None:
             found[new.id] = reason
     return found
 
 
-def refusals_now(ctx: Context, jobs: Sequence[NewJob], where: str) -> dict[str, str]:
+def refusals_now(registry: Definitions, jobs: Sequence[NewJob], where: str) -> dict[str, str]:
     """As `refusals`, for synchronous callers: an async on_before_add is an error."""
     found: dict[str, str] = {}
-    for new, answer in _answers(ctx, jobs):
+    for new, answer in _answers(registry, jobs):
         if inspect.isawaitable(answer):
             getattr(answer, "close", lambda: None)()
             raise InvalidInput(
                 f"job {new.name!r} has an async on_before_add, which {where} cannot "
                 "await; make it a plain function or enqueue with `await ctx.enqueue`")
-        reason = _reason(ctx, new, answer)
+        reason = _reason(registry, new, answer)
         if reason is not None:
             found[new.id] = reason
     return found

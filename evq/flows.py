@@ -1,11 +1,10 @@
 """Flows, as BullMQ users know them: a tree of jobs across queues, enqueued at once, in
 which a parent runs only after its children. `FlowJob` describes a tree; `plan` validates
-it into the ledger's terms; `read_tree` reads a flow's current state back, for
-`Context.flow` and `evq tree`."""
+it into the ledger's terms; a flow's current state is read back as a `FlowTree` (the
+ledger's `read_flow`, for `Context.flow` and `evq tree`)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -13,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .errors import EvqError, FlowError, InvalidInput
-from .jobs import Child, JobDefinition, JobRecord
+from .jobs import JobDefinition
+from .ledger.records import FlowTree as FlowTree  # a flow's state as read back (re-exported)
 from .ledger.records import PlannedNode
-from .ledger.sqlite import flows as edges
-from .ledger.sqlite import sql
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .registry import Registry
 
 MAX_DEPTH = 64
 MAX_NODES = 10_000
@@ -69,10 +67,10 @@ class FlowJob:
         return chosen[0] if chosen else "wait"
 
 
-def plan(ctx: Context, node: FlowJob) -> PlannedNode:
+def plan(registry: Registry, node: FlowJob) -> PlannedNode:
     """Validate a whole tree before anything is written; an error names the node."""
     count = [0]
-    now = ctx.clock.now()
+    now = registry.clock.now()
 
     def visit(node: FlowJob, path: str, depth: int) -> PlannedNode:
         if not isinstance(node, FlowJob):
@@ -82,7 +80,7 @@ def plan(ctx: Context, node: FlowJob) -> PlannedNode:
             raise FlowError(f"a flow may be {MAX_DEPTH} levels deep and hold {MAX_NODES} "
                             "jobs at most; split it")
         try:
-            job = ctx.prepare(node.job, node.payload, delay=node.delay, run_at=node.run_at,
+            job = registry.prepare(node.job, node.payload, delay=node.delay, run_at=node.run_at,
                               priority=node.priority, key=node.key, group=node.group,
                               now=now)
             on_failure = node.on_failure
@@ -101,71 +99,15 @@ def plan(ctx: Context, node: FlowJob) -> PlannedNode:
     return visit(node, "flow", 0)
 
 
-def plan_children(ctx: Context, children: Sequence[FlowJob]) -> tuple[PlannedNode, ...]:
+def plan_children(registry: Registry, children: Sequence[FlowJob]) -> tuple[PlannedNode, ...]:
     """Validate children to add to a parent; writes nothing."""
     check_children(children, "add_children's children")
     if not children:
         raise InvalidInput("add_children needs at least one child")
-    return tuple(plan(ctx, child) for child in children)
+    return tuple(plan(registry, child) for child in children)
 
 
 def check_children(children: object, what: str) -> None:
     """Children come as a list (or tuple) of FlowJob."""
     if isinstance(children, (str, bytes, FlowJob)) or not isinstance(children, Sequence):
         raise InvalidInput(f"{what} must be a list of FlowJob, got {type(children).__name__}")
-
-
-@attrs.frozen
-class FlowTree:
-    """A flow's current state: a job, the edge to its parent, and its children. A child
-    that cleanup removed from the current state has job=None (its edge keeps its name,
-    result and error)."""
-
-    id: str
-    name: str
-    queue: str
-    job: JobRecord | None
-    edge: Child | None
-    children: tuple[FlowTree, ...] = ()
-
-    @property
-    def state(self) -> str:
-        return str(self.job.state) if self.job is not None else "deleted"
-
-    @property
-    def result(self) -> Any:
-        return self.job.result if self.job else self.edge.result if self.edge else None
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        return self.job.error if self.job else self.edge.error if self.edge else None
-
-    def walk(self) -> list[FlowTree]:
-        """This node and every node below it, depth first."""
-        return [self, *(node for child in self.children for node in child.walk())]
-
-
-def read_tree(conn: sqlite3.Connection, job_id: str) -> FlowTree | None:
-    """The whole flow that holds this job, from its root down; None if the job is not
-    in the current state."""
-    root = edges.ancestors(conn, job_id)[-1]
-    row = conn.execute(sql.GET_JOB, (root,)).fetchone()
-    if row is None:
-        return None
-    return _subtree(conn, JobRecord.from_row(tuple(row)), None, depth=0)
-
-
-def _subtree(conn: sqlite3.Connection, record: JobRecord | None, edge: Child | None,
-             depth: int, node_id: str = "") -> FlowTree:
-    ident = record.id if record is not None else node_id
-    name = record.name if record is not None else edge.name if edge else ""
-    queue = record.queue if record is not None else edge.queue if edge else ""
-    children: list[FlowTree] = []
-    if depth < MAX_DEPTH:
-        for row in conn.execute(sql.CHILDREN_OF, (ident,)).fetchall():
-            child = Child.from_row(tuple(row))
-            found = conn.execute(sql.GET_JOB, (child.id,)).fetchone()
-            children.append(_subtree(
-                conn, JobRecord.from_row(tuple(found)) if found else None, child,
-                depth + 1, child.id))
-    return FlowTree(ident, name, queue, record, edge, tuple(children))

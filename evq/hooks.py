@@ -14,18 +14,17 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import outages
 from .errors import LeaseLost, LedgerUnavailable
 from .jobs import JobRecord
-from .ledger.sqlite import ops
+from .ledger import records
 from .outcomes import EXHAUSTED_HOOK, describe_error
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .runtime import Runtime
 
 CHECK_EVERY = 0.05  # real seconds: at most this often does a commit elsewhere cause a look
 
@@ -33,14 +32,13 @@ CHECK_EVERY = 0.05  # real seconds: at most this often does a commit elsewhere c
 class HookRunner:
     """Takes and runs the hooks of every job name defined with one in `ctx`."""
 
-    def __init__(self, ctx: Context, worker: str, lease: float, log: Any) -> None:
-        self.ctx = ctx
+    def __init__(self, runtime: Runtime, worker: str, lease: float, log: Any) -> None:
+        self.runtime = runtime
         self.worker = worker
         self.lease = lease
         self._log = log
-        self._names = json.dumps(sorted(
-            name for name, d in ctx.definitions.items()
-            if d.on_max_attempts_exhausted is not None))
+        self._names = sorted(name for name, d in runtime.registry.definitions.items()
+                             if d.on_max_attempts_exhausted is not None)
         self._wake = asyncio.Event()
         self._poked = False
         self._stopping = False
@@ -59,23 +57,22 @@ class HookRunner:
     async def run(self, *, until_idle: bool = False) -> None:
         """Run hooks as they become due, until stopped; with until_idle, until none is
         due (and nothing poked meanwhile)."""
-        remove_wake = None if until_idle else self.ctx.on_wake(lambda foreign: self.poke())
+        remove_wake = None if until_idle else self.runtime.on_wake(lambda foreign: self.poke())
         try:
             while not self._stopping:
                 self._poked = False
                 self._wake.clear()
                 try:
-                    row, next_at = await self.ctx.writer.run(functools.partial(
-                        ops.take_hook, names_json=self._names, worker=self.worker,
-                        lease=self.lease))
+                    record, next_at = await self.runtime.ledger.take_hook(
+                        self._names, self.worker, self.lease)
                 except Exception as exc:  # storage trouble: look again on the next wake
                     self._log.error("evq.hooks_look_failed", error=repr(exc))
-                    row, next_at = None, None
+                    record, next_at = None, None
                     if until_idle:
                         return
                 self._checked_at = time.monotonic()
-                if row is not None:
-                    await self._run_one(JobRecord.from_row(row))
+                if record is not None:
+                    await self._run_one(record)
                     continue
                 if until_idle:
                     if self._poked:
@@ -87,7 +84,7 @@ class HookRunner:
                 remove_wake()
 
     async def _wait(self, next_at: float | None) -> None:
-        clock = self.ctx.clock
+        clock = self.runtime.clock
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if next_at is not None:
             waiters.append(asyncio.ensure_future(clock.sleep(max(0.0, next_at - clock.now()))))
@@ -102,7 +99,7 @@ class HookRunner:
             await asyncio.sleep(rest)
 
     async def _run_one(self, record: JobRecord) -> None:
-        definition = self.ctx.definitions[record.name]
+        definition = self.runtime.registry.definitions[record.name]
         hook = definition.on_max_attempts_exhausted
         assert hook is not None
         log = self._log.bind(job_id=record.id, queue=record.queue, job=record.name,
@@ -114,7 +111,7 @@ class HookRunner:
                 await hook(record)
             else:
                 await asyncio.get_running_loop().run_in_executor(
-                    self.ctx.sync_executor(), functools.partial(hook, record))
+                    self.runtime.sync_executor(), functools.partial(hook, record))
         except Exception as exc:
             log.error("evq.hook_failed", error=repr(exc))
             error = describe_error(exc)
@@ -122,24 +119,24 @@ class HookRunner:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        finish = functools.partial(
-            ops.finish_hook, job_id=record.id, queue=record.queue, name=record.name,
-            attempt=record.attempt, worker=self.worker, error=error)
+        held = self._held(record)
         try:  # a full disk only delays the outcome: it is written once the disk takes it
-            await outages.until_written(self.ctx.clock, log, "hook outcome",
-                                        lambda: self.ctx.writer.run(finish))
+            await outages.until_written(self.runtime.clock, log, "hook outcome",
+                                        lambda: self.runtime.ledger.finish_hook(held, error))
         except LeaseLost:
             log.warning("evq.hook_lease_lost",
                         note="another worker took the hook over; its outcome is recorded")
 
+    def _held(self, record: JobRecord) -> records.Attempt:
+        return records.Attempt(record.id, record.queue, record.name, record.attempt,
+                               self.worker)
+
     async def _renew(self, record: JobRecord, log: Any) -> None:
         """Keep the hook's lease while it runs: renewed at a third of the lease."""
         while True:
-            await self.ctx.clock.sleep(self.lease / 3)
+            await self.runtime.clock.sleep(self.lease / 3)
             try:
-                await self.ctx.writer.run(functools.partial(
-                    ops.renew_hook, job_id=record.id, queue=record.queue, name=record.name,
-                    attempt=record.attempt, worker=self.worker, lease=self.lease))
+                await self.runtime.ledger.renew_hook(self._held(record), self.lease)
             except LeaseLost:
                 log.warning("evq.hook_lease_lost",
                             note="the hook ran past its lease and another worker took it")

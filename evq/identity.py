@@ -20,7 +20,8 @@ import socket
 from collections.abc import Iterator, Sequence
 
 from .ledger.records import Holder
-from .ledger.sqlite.maintenance import HOST
+
+HOST = socket.gethostname()  # as the registry of live workers records each worker's host
 
 STALE_AFTER = 60.0  # seconds unseen after which a worker of another host counts as gone
 MOST_NAMES = 1000  # live workers with one host and one set of queues, at most

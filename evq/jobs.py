@@ -9,7 +9,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -28,11 +28,19 @@ from .retry import Backoff, Exponential
 from .schedules import Schedule
 from .schedules import parse as parse_schedule
 
-if TYPE_CHECKING:
-    from .context import Context
-
 P = TypeVar("P")
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]
+
+
+
+class Enqueuer(Protocol):
+    """Where a definition's own `enqueue` adds its jobs (the Context it is registered on)."""
+
+    async def enqueue(self, job: str, payload: Any = None, *, delay: float | None = None,
+                      run_at: datetime | str | float | None = None,
+                      priority: int | None = None, key: str | None = None,
+                      group: str | None = None) -> str: ...
+
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
@@ -136,7 +144,7 @@ class JobDefinition(Generic[P]):
         default=None, validator=_check_callable)
     repeat: float | None = None
     cron: str | None = None
-    context: Context | None = attrs.field(default=None, repr=False)
+    context: Enqueuer | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.schedule  # noqa: B018 - validate repeat/cron now, not at the first round

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +21,13 @@ from . import codec, rescuing
 from .awaiting import Later, call_in_loop
 from .errors import InvalidInput
 from .ledger import records
-from .ledger.sqlite import maintenance
 from .logs import get_logger
 from .outcomes import describe_error
 from .schedules import Schedule
 from .signals import stop_on_signals
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .runtime import Runtime
 
 ROLE = "orchestrator"
 _FINISHED_OK: tuple[str, ...] = ("succeeded",)
@@ -56,7 +54,7 @@ class Orchestrator:
 
     def __init__(
         self,
-        ctx: Context,
+        runtime: Runtime,
         *,
         name: str | None = None,
         interval: float = 1.0,
@@ -70,7 +68,7 @@ class Orchestrator:
     ) -> None:
         from .identity import unique_name
 
-        self.ctx = ctx
+        self.runtime = runtime
         self.name = codec.check_name(name or f"orchestrator-{unique_name()}",
                                      "orchestrator")
         self.interval = codec.check_delay(interval, "interval")
@@ -117,7 +115,7 @@ class Orchestrator:
             finished.set_result(None)
 
     async def _serve(self) -> None:
-        await self.ctx.deploy()
+        await self.runtime.deploy()
         self._log.info("evq.orchestrator_started")
         try:
             while not self._stop.is_set():
@@ -126,39 +124,35 @@ class Orchestrator:
                 except Exception as exc:  # a failed round must not end housekeeping
                     self._log.error("evq.orchestrator_round_failed", error=repr(exc),
                                     exc_info=True)
-                sleeper = asyncio.ensure_future(self.ctx.clock.sleep(self.interval))
+                sleeper = asyncio.ensure_future(self.runtime.clock.sleep(self.interval))
                 stopper = asyncio.ensure_future(self._stop.wait())
                 await asyncio.wait([sleeper, stopper], return_when=asyncio.FIRST_COMPLETED)
                 sleeper.cancel()
                 stopper.cancel()
         finally:
             with contextlib.suppress(Exception):
-                await self.ctx.writer.run(functools.partial(
-                    maintenance.step_down, role=ROLE, holder=self.name))
+                await self.runtime.ledger.step_down(ROLE, self.name)
             self._log.info("evq.orchestrator_stopped")
 
     async def tick(self) -> Round:
         """One round: lead if possible, and if leading do the housekeeping."""
-        ctx = self.ctx
-        leads = await ctx.writer.run(functools.partial(
-            maintenance.lead, role=ROLE, holder=self.name, lease=self.leader_lease))
+        runtime = self.runtime
+        leads = await runtime.ledger.lead(ROLE, self.name, self.leader_lease)
         if not leads:
             return Round(False)
         local = self._schedules()
-        fired = await ctx.writer.run(functools.partial(
-            maintenance.fire_schedules, local=local, jobs={n: self._make_job(n) for n in local}))
+        fired = await runtime.ledger.fire_schedules(local, {n: self._make_job(n) for n in local})
         for item in fired:
             if item.kind == "schedule_failed":
                 self._log.error("evq.schedule_failed", job=item.name, due_at=item.due_at)
             elif item.kind != "registered":
                 self._log.info(f"evq.{item.kind}", job=item.name, due_at=item.due_at,
                                job_id=item.job_id, missed=item.missed)
-        rescued = await rescuing.rescue_expired(ctx, self.name)
-        cleaned = await ctx.writer.run(functools.partial(
-            maintenance.cleanup, rules=self._cleanup_rules(), limit=self.batch))
-        orphans = await ctx.writer.run(functools.partial(
-            maintenance.report_orphans, worker_ttl=self.worker_ttl, after=self.orphan_after,
-            limit=self.batch))
+        rescued = await rescuing.rescue_expired(runtime, self.name)
+        cleaned = await runtime.ledger.cleanup(self._cleanup_rules(), self.batch)
+        orphans = await runtime.ledger.report_orphans(
+            worker_ttl=self.worker_ttl, after=self.orphan_after,
+            limit=self.batch)
         for job_id in orphans:
             self._log.warning("evq.orphan", job_id=job_id)
         archived = await self._archive()
@@ -167,13 +161,13 @@ class Orchestrator:
     async def _archive(self) -> int:
         """Move the events of jobs deleted `archive_after` ago into a file in
         `archive_to`, every `archive_every` seconds (see archive.py)."""
-        now = self.ctx.clock.now()
+        now = self.runtime.clock.now()
         if self.archive_to is None or now < self._next_archive:
             return 0
         self._next_archive = now + self.archive_every
         self.archive_to.mkdir(parents=True, exist_ok=True)
         target = self.archive_to / f"evq-archive-{int(now)}-{self.name}.jsonl.gz"
-        done = await asyncio.to_thread(archiving.archive, self.ctx.path,
+        done = await asyncio.to_thread(archiving.archive, self.runtime.ledger,
                                        now - self.archive_after, target, now)
         if done.events:
             self._log.info("evq.archived", events=done.events, jobs=done.jobs,
@@ -181,7 +175,7 @@ class Orchestrator:
         return done.events
 
     def _schedules(self) -> dict[str, tuple[str, Schedule]]:
-        return {name: (d.queue, d.schedule) for name, d in self.ctx.definitions.items()
+        return {name: (d.queue, d.schedule) for name, d in self.runtime.registry.definitions.items()
                 if d.schedule is not None}
 
     def _make_job(self, name: str) -> records.NewJob | dict[str, Any]:
@@ -189,13 +183,13 @@ class Orchestrator:
         transaction; or, if preparing it fails (a group function that raises, say), the
         error its `schedule` event records."""
         try:
-            return self.ctx.prepare(name, {})
+            return self.runtime.registry.prepare(name, {})
         except Exception as exc:
             return describe_error(exc)
 
     def _cleanup_rules(self) -> list[tuple[str, tuple[str, ...], float]]:
         rules: list[tuple[str, tuple[str, ...], float]] = []
-        for name, queue in self.ctx.queues.items():
+        for name, queue in self.runtime.registry.queues.items():
             if queue.cleanup is None:
                 continue
             if queue.cleanup.completed_after is not None:
@@ -203,12 +197,3 @@ class Orchestrator:
             if queue.cleanup.failed_after is not None:
                 rules.append((name, _FINISHED_BAD, queue.cleanup.failed_after))
         return rules
-
-
-def settings_of(definition: Any) -> dict[str, Any]:
-    """What `deploy` records of a definition: what other processes need to know."""
-    return {
-        "queue": definition.queue, "max_attempts": definition.max_attempts,
-        "lease": definition.lease, "priority": definition.priority,
-        "repeat": definition.repeat, "cron": definition.cron,
-    }

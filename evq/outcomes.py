@@ -21,7 +21,7 @@ import attrs
 
 from .codec import clamp_time
 from .errors import CallbackError
-from .retry import Backoff
+from .retry import Backoff, Fixed
 
 EXHAUSTED_HOOK = "on_max_attempts_exhausted"
 # A backoff that asks for more than this is broken (and its time would be past what
@@ -146,3 +146,32 @@ def after_failure(
     if policy.exhausted_hook:
         expire["hook"] = EXHAUSTED_HOOK
     return [Planned(kind, data), Planned("expire", expire)]
+
+
+def after_fail(
+    error: dict[str, Any],
+    errors_before: int,
+    policy: RetryPolicy,
+    *,
+    requeue_after: float | None = None,
+    job: str = "",
+) -> list[Planned]:
+    """Events for a handler that failed its job itself (`job.failed()`): the attempt
+    counts as an error and the job fails at once; with Joystick's requeue_on_failure
+    (`requeue_after` seconds), the attempt is retried after that delay instead, while
+    attempts remain (then the job expires, as after any error)."""
+    if requeue_after is not None:
+        retry = RetryPolicy(policy.max_attempts, Fixed(requeue_after), policy.exhausted_hook)
+        return after_failure("error", error, errors_before, retry, job=job)
+    return [Planned("error", {"error": error, "errors": errors_before + 1, "retry_at": None}),
+            Planned("fail", {"reason": "handler"})]
+
+
+def after_lease_expired(holder: str, errors_before: int, policy: RetryPolicy, *,
+                        job: str = "") -> list[Planned]:
+    """Events for a rescue of an attempt whose holder stopped renewing its lease: retried
+    per policy, or expired (a rescuer does not hold the attempt: only expiry closes it)."""
+    error = {"type": "LeaseExpired",
+             "message": f"worker {holder} stopped renewing its lease", "traceback": ""}
+    return after_failure("rescue", error, errors_before, policy, job=job,
+                         extra={"reason": "lease_expired", "holder": holder})

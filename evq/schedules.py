@@ -4,12 +4,16 @@ expression. Pure functions of time (UTC epoch seconds), so they are easy to test
 Catch-up rule: after downtime a schedule fires once, for the first due time it missed
 (the one the ledger expects; its `schedule` event also says how many later due times it
 skipped), then goes on from the next due time after now. It never fires a burst.
+`firing` decides a schedule's turn at an orchestrator's round from what the ledger holds
+of it; the engine appends what it says.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 
@@ -136,3 +140,77 @@ def parse(repeat: float | None, cron: str | None) -> Schedule | None:
     if cron is not None:
         return Cron(cron)
     return None
+
+
+def schedule_from(settings: Mapping[str, Any]) -> Schedule | None:
+    """The schedule in a deployed definition's settings (repeat or cron), if any."""
+    if settings.get("repeat") is not None:
+        return Every(float(settings["repeat"]))
+    if settings.get("cron") is not None:
+        return Cron(str(settings["cron"]))
+    return None
+
+
+def known(local: Mapping[str, tuple[str, Schedule]],
+          deployed: Iterable[tuple[str, str, Mapping[str, Any]]]
+          ) -> dict[str, tuple[str, Schedule]]:
+    """Every schedule a round looks at: job name -> (queue, schedule). `local` are the
+    ones this process defines; `deployed` are (name, queue, settings) of the deployed
+    definitions, whose schedules count too where this process does not define the name
+    (they fire as orphans)."""
+    found = dict(local)
+    for name, queue, settings in deployed:
+        if name not in found:
+            schedule = schedule_from(settings)
+            if schedule is not None:
+                found[name] = (queue, schedule)
+    return found
+
+
+def missed(schedule: Schedule, due: float, now: float) -> int:
+    """How many due times after `due` and up to `now` the catch-up rule skips."""
+    count = 0
+    moment = schedule.next_after(due, due)
+    while moment <= now and count < 10_000:
+        count += 1
+        moment = schedule.next_after(moment, moment)
+    return count
+
+
+@attrs.frozen
+class Firing:
+    """A schedule's turn: it registers (new, or its spec changed: it starts at `next_at`
+    and fires nothing now; `due_at` is the due time the ledger held before, if any), or
+    fires for `due_at`, skipping `missed` later due times, and is next due at `next_at`."""
+
+    registers: bool
+    due_at: float | None
+    next_at: float
+    missed: int = 0
+
+    def data(self, spec: str) -> dict[str, Any]:
+        """The `schedule` event's data (to which firing adds the job fired, or why none)."""
+        if self.registers:
+            return {"spec": spec, "due_at": self.due_at, "next_at": self.next_at,
+                    "job_id": None, "reason": "registered"}
+        return {"spec": spec, "due_at": self.due_at, "next_at": self.next_at,
+                "missed": self.missed}
+
+
+def firing(schedule: Schedule, stored: tuple[str, float] | None, *, local: bool,
+           now: float) -> Firing | None:
+    """What a schedule does at `now`, given the (spec, next due time) the ledger holds of
+    it (None: never seen) and whether this process defines its job; None: not due.
+
+    A new or changed cron schedule, and any schedule this process does not define,
+    starts at its next due time. A new interval schedule this process defines fires at
+    once; a changed one fires at the due time the ledger held, and goes on from there."""
+    if stored is None or stored[0] != schedule.spec:
+        if isinstance(schedule, Cron) or not local:
+            return Firing(True, stored[1] if stored else None, schedule.first(now))
+        due = now if stored is None else stored[1]
+    else:
+        due = stored[1]
+    if due > now:
+        return None
+    return Firing(False, due, schedule.next_after(due, now), missed(schedule, due, now))

@@ -1,15 +1,15 @@
 """Per-queue figures from the events over a window: what finished, how fast, how long
-jobs waited and ran, how often attempts failed. Read-only, in short transactions."""
+jobs waited and ran, how often attempts failed. Computed here from the ledger's events
+(read-only, in short transactions), so every engine gives the same figures."""
 
 from __future__ import annotations
 
-import sqlite3
 import statistics
 from typing import Any
 
 import attrs
 
-from .audit import iter_events
+from .ledger import Ledger
 
 
 @attrs.define
@@ -44,7 +44,7 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
             "p99": round(cuts[98], 3)}
 
 
-def compute(conn: sqlite3.Connection, since: float | None, until: float | None
+def compute(ledger: Ledger, since: float | None, until: float | None
             ) -> tuple[dict[str, QueueStats], float]:
     """Stats per queue for events in [since, until]; also the window's length in seconds.
     Wait is from enqueue (or a later run_at) to the start of the first attempt; run time
@@ -53,7 +53,7 @@ def compute(conn: sqlite3.Connection, since: float | None, until: float | None
     ready: dict[str, float] = {}  # job -> when it could first run
     started: dict[str, float] = {}  # job -> start of its current attempt
     first_at = last_at = None
-    for event in iter_events(conn):
+    for event in ledger.read_events():
         at = event.timestamp
         if event.kind == "enqueue" and event.job_id:
             run_at = event.data.get("run_at")

@@ -41,12 +41,9 @@ async def settle(ctx: Context, rounds: int = 3) -> None:
     for _ in range(rounds):
         for _ in range(10):
             await asyncio.sleep(0)
-        await ctx.writer.run(_nothing)
+        await ctx.ledger.flush()
         await ctx.flush_events()
 
-
-def _nothing(tx: Any) -> None:
-    return None
 
 
 class _Collect(logging.Handler):

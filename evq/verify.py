@@ -1,7 +1,7 @@
-"""What `evq verify` checks of a ledger file, and the report it prints: the file is sound
-(SQLite's integrity check), the append-only triggers are in place, the hash chain holds
-(ledger/sqlite/chain.py, with the archive files given), and replaying every event gives the
-stored state.
+"""What `evq verify` checks of a ledger, and the report it prints: the storage is sound
+(for a SQLite file, SQLite's integrity check), the append-only rules are in place, the
+hash chain holds (with the archive files given), and replaying every event gives the
+stored state. The ledger checks (`Ledger.verify`); this module judges and words it.
 
 Three outcomes: `FAILED` (something does not hold: the report names it, by position
 where there is one), `UNCHECKED` (nothing failed, but some archived events, or commits
@@ -11,20 +11,13 @@ that were not given) and `OK` (everything was checked)."""
 from __future__ import annotations
 
 import enum
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
 
 from . import archive as archiving
-from . import audit
-from .errors import LedgerCorrupt, LedgerError
-from .ledger import records
-from .ledger.sqlite import chain, failures, replay, sql
-
-_GUARDS = ("evq_archived_no_delete", "evq_archived_no_update", "evq_events_no_delete",
-           "evq_events_no_update")
+from .ledger import Ledger, records
 
 
 class Outcome(enum.Enum):
@@ -40,37 +33,18 @@ class Report:
     chain: records.ChainCheck | None = None
 
 
-def verify_ledger(path: str | Path, expect_head: str | None = None,
+def verify_ledger(ledger: Ledger, expect_head: str | None = None,
                   archives: Iterable[str | Path] = ()) -> Report:
-    """Check the ledger at `path` (see the module docstring)."""
+    """Check `ledger` (see the module docstring)."""
     files = archiving.read_files(archives)
-    try:
-        conn = audit.open_ledger(path)
-    except LedgerError as exc:
-        if _is_damage(exc):
-            return _damaged([str(exc.__cause__ or exc)], [])
-        raise
-    try:
-        damage = _integrity(conn)
-        if damage:
-            return _damaged(damage, _damaged_tables(conn))
-        guards = {row[0] for row in conn.execute(sql.GUARD_TRIGGERS)}
-        found = chain.check(conn, expect_head, files)
-    except sqlite3.DatabaseError as exc:
-        if _is_damage(exc):
-            return _damaged([str(exc)], _damaged_tables(conn))
-        raise failures.ledger_error(exc, path, "verifying") from exc
-    finally:
-        conn.close()
-    try:
-        rebuilt = replay.check(path)
-    except sqlite3.DatabaseError as exc:
-        raise failures.ledger_error(exc, path, "replaying") from exc
+    checked = ledger.verify(expect_head, files)
+    if checked.damage or checked.chain is None or checked.replay is None:
+        return _damaged(checked)
+    found, rebuilt = checked.chain, checked.replay
     problems = []
-    missing = set(_GUARDS) - guards
-    if missing:
-        problems.append(f"the append-only rule is off: trigger(s) {', '.join(sorted(missing))} "
-                        "were dropped")
+    if checked.rules_off:
+        problems.append(f"the append-only rule is off: trigger(s) "
+                        f"{', '.join(checked.rules_off)} were dropped")
     if not found.ok:
         where = "" if found.position is None else f" at position {found.position}"
         problems.append(f"hash chain broken{where}: {found.problem}")
@@ -118,50 +92,12 @@ def spans(ranges: Iterable[tuple[int, int]], most: int = 20) -> str:
     return text + (f" and {len(listed) - most} more ranges" if len(listed) > most else "")
 
 
-def _integrity(conn: sqlite3.Connection) -> list[str]:
-    """What SQLite's integrity check finds wrong with the file (nothing: [])."""
-    try:
-        found = [str(row[0]) for row in conn.execute(sql.INTEGRITY_CHECK)]
-    except sqlite3.DatabaseError as exc:
-        if not _is_damage(exc):
-            raise
-        return [str(exc)]
-    return [] if found == ["ok"] else found
-
-
-def _damaged_tables(conn: sqlite3.Connection) -> list[str]:
-    """Each table whose own check fails, with what SQLite says of it."""
-    try:
-        tables = [row[0] for row in conn.execute(sql.TABLE_NAMES)]
-    except sqlite3.DatabaseError as exc:
-        return [f"the schema table (sqlite_master): {exc}"]
-    damaged = []
-    for table in tables:
-        try:
-            said = [str(row[0]) for row in conn.execute(sql.TABLE_QUICK_CHECK.format(
-                table=table.replace('"', '""')))]
-        except sqlite3.DatabaseError as exc:
-            said = [str(exc)]
-        if said != ["ok"]:
-            damaged.append(f"{table}: {'; '.join(said[:3])}")
-    return damaged
-
-
-def _damaged(found: list[str], tables: list[str]) -> Report:
-    lines = ["DAMAGED", "the file is damaged: SQLite's integrity check says:"]
-    lines += [f"  {line}" for line in found[:20]]
-    if tables:
+def _damaged(checked: records.LedgerCheck) -> Report:
+    lines = ["DAMAGED", f"the file is damaged: {checked.checked_by} says:"]
+    lines += [f"  {line}" for line in checked.damage[:20]]
+    if checked.damaged_parts:
         lines.append("damaged tables:")
-        lines += [f"  {table}" for table in tables]
+        lines += [f"  {table}" for table in checked.damaged_parts]
     lines.append("restore the ledger from a backup (evq export / import) and verify that; "
                  "`evq export` may still read the events that are intact")
     return Report(Outcome.FAILED, lines)
-
-
-def _is_damage(exc: BaseException) -> bool:
-    """Whether an error says the file's pages are damaged (not: it is no database)."""
-    if isinstance(exc, LedgerCorrupt) and not isinstance(exc.__cause__, sqlite3.Error):
-        return True
-    cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__
-    code = getattr(cause, "sqlite_errorcode", 0) & 0xFF
-    return code == sqlite3.SQLITE_CORRUPT

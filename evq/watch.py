@@ -1,61 +1,33 @@
-"""Noticing commits made by other connections to the ledger file: other processes, or a
-caller's own transactions. `PRAGMA data_version` changes when another connection commits;
-reading it costs microseconds, so polling it every few milliseconds is cheap."""
+"""Noticing commits made by other connections to the ledger: other processes, or a
+caller's own transactions. How is the engine's business (`Ledger.watch_commits`: the
+SQLite engine polls the file's data version, which costs microseconds); this starts it
+once something needs to know, and stops it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sqlite3
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from .ledger.sqlite import connection, sql
-from .logs import get_logger
-
-_log = get_logger("evq.watch")
+if TYPE_CHECKING:
+    from .ledger import Ledger
 
 
 class CommitWatcher:
     """Calls `on_change()` within `interval` seconds of another connection's commit."""
 
-    def __init__(self, path: str | Path, interval: float, on_change: Callable[[], None]) -> None:
-        self._path = path
+    def __init__(self, ledger: Ledger, interval: float, on_change: Callable[[], None]
+                 ) -> None:
+        self._ledger = ledger
         self._interval = interval
         self._on_change = on_change
-        self._conn: sqlite3.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None
+        self._stop: Callable[[], Awaitable[None]] | None = None
 
     def start(self) -> None:
-        if self._task is None:
-            self._conn = connection.connect(self._path, busy_timeout_ms=1000)
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="evq-watch")
+        """Start watching (in the running event loop), unless already watching."""
+        if self._stop is None:
+            self._stop = self._ledger.watch_commits(self._interval, self._on_change)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    async def _loop(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        seen = conn.execute(sql.DATA_VERSION).fetchone()[0]
-        while True:
-            await asyncio.sleep(self._interval)  # real time: it watches the file, not jobs
-            try:
-                version = conn.execute(sql.DATA_VERSION).fetchone()[0]
-            except sqlite3.Error as exc:
-                _log.warning("evq.watch_failed", error=str(exc))
-                continue
-            if version != seen:
-                seen = version
-                self._on_change()
+        if self._stop is not None:
+            stop, self._stop = self._stop, None
+            await stop()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import json
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -32,20 +31,24 @@ from .errors import (
 from .hooks import HookRunner
 from .jobs import Job, JobDefinition
 from .ledger import records
-from .ledger.sqlite import maintenance, ops, rescues
-from .ledger.sqlite.tx import Tx
 from .logs import get_logger
-from .outcomes import Planned, RetryPolicy, after_failure, callable_name, describe_error
-from .retry import Fixed
+from .outcomes import (
+    Planned,
+    RetryPolicy,
+    after_fail,
+    after_failure,
+    callable_name,
+    describe_error,
+)
 from .signals import stop_on_signals
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .runtime import Runtime
 
 HOOK_LEASE = 30.0  # default seconds a hook's runner holds it between renewals
 CANCEL_CHECK_EVERY = 0.05  # real seconds between checks for cancels made elsewhere
 SEEN_EVERY = 10.0  # how often a worker renews its entry in the registry of live workers
-Plan = Callable[[float], list[Planned]]
+Plan = list[Planned]  # an attempt's outcome, times relative to the commit (due_in)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -84,7 +87,7 @@ class Worker:
 
     def __init__(
         self,
-        ctx: Context,
+        runtime: Runtime,
         *,
         queues: Iterable[str] | None = None,
         concurrency: int = 10,
@@ -97,7 +100,7 @@ class Worker:
             raise InvalidInput(f"concurrency must be an integer >= 1, got {concurrency!r}")
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
-        self.ctx = ctx
+        self.runtime = runtime
         self.queues = None if queues is None else sorted(
             {codec.check_name(q, "queue") for q in queues})
         self.concurrency = concurrency
@@ -157,10 +160,6 @@ class Worker:
             return
         await asyncio.shield(finished)
 
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
     async def run(self, *, until_idle: bool = False, handle_signals: bool = False) -> int:
         """Serve jobs until stopped (or, with until_idle, until no job is due and none is
         running). Returns the number of jobs this call ran to an outcome. handle_signals:
@@ -180,34 +179,33 @@ class Worker:
             finished.set_result(None)
 
     async def _serve(self, until_idle: bool) -> int:
-        ctx = self.ctx
-        on_startup = {name for name, q in ctx.queues.items() if q.run_on_startup}
+        runtime = self.runtime
+        on_startup = {name for name, q in runtime.registry.queues.items() if q.run_on_startup}
         definitions = {
-            name: d for name, d in ctx.definitions.items()
+            name: d for name, d in runtime.registry.definitions.items()
             if d.handler is not None and (
                 d.queue in self.queues if self.queues is not None else d.queue in on_startup)
         }
         queues = self.queues or sorted({d.queue for d in definitions.values()})
-        limits = {name: q.concurrency for name, q in ctx.queues.items()
+        limits = {name: q.concurrency for name, q in runtime.registry.queues.items()
                   if q.concurrency is not None and name in queues}
-        claim = functools.partial(
-            self._claim_op, queues=queues, queue_limits=limits,
-            queues_json=json.dumps(queues),
-            names_json=json.dumps(sorted(definitions)),
-            lease_for=lambda name: definitions[name].lease,
+        claim = records.ClaimRequest(
+            worker="", queues=tuple(queues), names=tuple(sorted(definitions)), limit=0,
+            lease_for={name: d.lease for name, d in definitions.items()},
+            queue_limits=limits,
             run_later=frozenset(n for n, d in definitions.items() if d.okay_to_run))
         self._stopping = False
         start_count = self.jobs_done
         storage = outages.Backoff()
         await self._announce(queues, sorted(definitions))
-        remove_wake = ctx.on_wake(self._on_new_work)
-        ctx._cancel_listeners.append(self._on_cancel)
-        done = ctx.worker_running(self)
+        remove_wake = runtime.on_wake(self._on_new_work)
+        remove_cancel = runtime.on_cancel(self._on_cancel)
+        done = runtime.worker_running(self)
         heartbeats = asyncio.get_running_loop().create_task(self._heartbeats())
         self._log.info("evq.worker_started", queues=queues, concurrency=self.concurrency)
         self._until_idle = until_idle
-        if any(d.on_max_attempts_exhausted for d in ctx.definitions.values()):
-            self._hooks = HookRunner(ctx, self.name, self.hook_lease, self._log)
+        if any(d.on_max_attempts_exhausted for d in runtime.registry.definitions.values()):
+            self._hooks = HookRunner(runtime, self.name, self.hook_lease, self._log)
             self._start_hooks()  # hooks left due, or leased by a runner that died
         try:
             while not self._stopping:
@@ -222,21 +220,26 @@ class Worker:
                     self._new_work = False
                     self._finished_since_claim = False
                     try:
-                        claimed, next_at, expired = await ctx.writer.run(
-                            functools.partial(claim, limit=min(free, self.batch_size)))
+                        see = runtime.clock.now() - self._seen_at >= SEEN_EVERY
+                        taken = await runtime.ledger.claim(attrs.evolve(
+                            claim, worker=self.name, limit=min(free, self.batch_size),
+                            see_names=tuple(self._names) if see else None))
                     except LedgerUnavailable as exc:
                         # Nothing was claimed; what runs here keeps running. Try again.
                         delay = storage.after(exc)
                         outages.log_failure(self._log, exc, "claim", delay)
                         self._new_work = True
-                        await self._wait(ctx.clock.now() + delay)
+                        await self._wait(runtime.clock.now() + delay)
                         continue
                     storage.reset()
+                    claimed, next_at, expired = taken.claimed, taken.next_at, taken.expired
+                    if see:
+                        self._seen_at = taken.at
                     for job in claimed:
                         self._start(job, definitions[job.name])
                     if expired:
                         try:
-                            if rescued := await rescuing.rescue(ctx, expired, self.name):
+                            if rescued := await rescuing.rescue(runtime, expired, self.name):
                                 self._log.info("evq.jobs_rescued", jobs=rescued)
                         except LedgerUnavailable as exc:  # found again at the next claim
                             outages.log_failure(self._log, exc, "rescue", 0.0)
@@ -248,17 +251,16 @@ class Worker:
                         and not self._finished_since_claim):
                     break
                 if until_idle and next_at is not None and not self._running:
-                    next_at = None if next_at > ctx.clock.now() else next_at
+                    next_at = None if next_at > runtime.clock.now() else next_at
                 await self._wait(next_at if free > len(claimed) else None)
-                if next_at is not None and ctx.clock.now() >= next_at:
+                if next_at is not None and runtime.clock.now() >= next_at:
                     self._new_work = True
         finally:
             remove_wake()
-            ctx._cancel_listeners.remove(self._on_cancel)
+            remove_cancel()
             await self._finish_running()
             with contextlib.suppress(Exception):
-                await ctx.writer.run(functools.partial(maintenance.forget_worker,
-                                                       name=self.name))
+                await runtime.ledger.forget_worker(self.name)
             await self._stop_hooks()
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -273,38 +275,30 @@ class Worker:
         take back what the previous worker of this name, now gone, was running."""
         self._names = names
         restart = [q for q in queues
-                   if (settings := self.ctx.queues.get(q)) is not None
+                   if (settings := self.runtime.registry.queues.get(q)) is not None
                    and settings.retry_jobs_running_before_restart]
         candidates = [self._chosen_name] if self._chosen_name else list(
             identity.default_names(queues))
         taken: list[str] = []
 
-        def op(tx: Tx) -> tuple[str, list[str]]:
-            name = maintenance.take_worker_name(
-                tx, candidates, lambda n, holder: identity.holder_gone(n, holder, tx.now))
-            if name is None and self._chosen_name:
-                holder = maintenance.worker_holder(tx, self._chosen_name)
-                where = f" (process {holder.pid} on {holder.host})" if holder else ""
-                raise InvalidInput(
-                    f"worker name {self._chosen_name!r} is held by a live worker{where}: "
-                    "two live workers never share a name; give this one another name, or "
-                    "stop that one first")
-            if name is None:
-                raise InvalidInput(f"{len(candidates)} live workers already serve these "
-                                   "queues on this host; give this one a name")
-            identity.live_here.add(name)  # before commit: a worker announced next in
-            taken.append(name)            # this same batch must not take it too
-            maintenance.see_worker(tx, name, names)
-            self._seen_at = tx.now
-            released = ops.release_previous(tx, name, json.dumps(restart)) if restart else []
-            return name, released
+        def taking(name: str) -> None:
+            # Before the commit: a worker announced next in the same batch must not take
+            # this name too.
+            identity.live_here.add(name)
+            taken.append(name)
 
+        announce = records.Announce(
+            candidates=tuple(candidates), chosen=self._chosen_name, names=tuple(names),
+            restart_queues=tuple(restart), holder_gone=identity.holder_gone, taking=taking)
         try:
-            name, released = await outages.until_written(
-                self.ctx.clock, self._log, "announce", lambda: self.ctx.writer.run(op))
+            announced = await outages.until_written(
+                self.runtime.clock, self._log, "announce",
+                lambda: self.runtime.ledger.announce_worker(announce))
         finally:
             for name_tried in taken:
                 identity.live_here.discard(name_tried)
+        name, released = announced.name, announced.released
+        self._seen_at = announced.at
         identity.live_here.add(name)
         self._announced = True
         self.name = name
@@ -338,8 +332,7 @@ class Worker:
         # Through the writer: it joins the batch already going (a read connection would
         # add a third thread competing for the GIL).
         try:
-            cancelled = await self.ctx.writer.run(functools.partial(
-                ops.cancelled_among, job_ids_json=json.dumps(sorted(self._running))))
+            cancelled = await self.runtime.ledger.cancelled_among(list(self._running))
         except LedgerUnavailable as exc:  # looked at again after the next foreign commit
             self._foreign_commit = True
             outages.log_failure(self._log, exc, "check_cancelled", CANCEL_CHECK_EVERY)
@@ -355,7 +348,7 @@ class Worker:
     async def _wait(self, next_at: float | None) -> None:
         if self._wake.is_set():
             return
-        clock = self.ctx.clock
+        clock = self.runtime.clock
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
         if next_at is not None:
             delay = next_at - clock.now()
@@ -368,46 +361,6 @@ class Worker:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-
-    # --- operations run inside the writer's transaction ---------------------------------
-    def _claim_op(self, tx: Tx, *, queues: list[str], queue_limits: dict[str, int],
-                  queues_json: str, names_json: str, limit: int,
-                  lease_for: Callable[[str], float], run_later: frozenset[str]
-                  ) -> tuple[list[records.Claimed], float | None, list[records.Expired]]:
-        """Claim due jobs; also find the leases that ran out (rescued after this commit,
-        see rescuing.py). Returns the jobs, when to look again, and those leases."""
-        expired, kept_until = rescues.expired_leases(tx)
-        if tx.now - self._seen_at >= SEEN_EVERY:
-            maintenance.see_worker(tx, self.name, self._names)
-            self._seen_at = tx.now
-        claimed = ops.claim(tx, queues, names_json, limit, self.name, lease_for, queue_limits,
-                            run_later)
-        if len(claimed) == limit:
-            return claimed, None, expired
-        # Due jobs that could not be taken (paused queue, limit reached, group busy) wait
-        # for a commit that frees them, which wakes the worker; only future times count
-        # (and when leases a stall keeps from rescue may be rescued).
-        candidates = [t for t in (ops.next_due(tx, queues_json, names_json),
-                                  ops.next_lease_expiry(tx), kept_until)
-                      if t is not None and t > tx.now]
-        return claimed, min(candidates) if candidates else None, expired
-
-    @staticmethod
-    def _report_op(tx: Tx, *, held: records.Attempt, plan: Plan) -> list[Planned]:
-        return ops.report(tx, held, plan(tx.now))
-
-    @staticmethod
-    def _heartbeat_op(tx: Tx, *, runs: list[_Running]) -> list[_Running]:
-        lost = []
-        for run in runs:
-            lease_until = tx.now + run.lease
-            try:
-                ops.report(tx, run.held, [Planned("heartbeat", {"lease_until": lease_until})])
-            except LeaseLost:
-                lost.append(run)
-            else:
-                run.lease_until = lease_until
-        return lost
 
     # --- running one job ---------------------------------------------------------------
     def _start(self, claimed: records.Claimed, definition: JobDefinition[Any]) -> None:
@@ -443,9 +396,8 @@ class Worker:
                     return
                 # Stopped past its grace period: hand the job back now, not at lease end
                 # (or, if the ledger cannot take it now, when the lease runs out).
-                await self._report(run, lambda now: [Planned(
-                    "requeue", {"reason": "worker_stopped", "run_at": now})], log,
-                    persist=False)
+                await self._report(run, [Planned("requeue", {"reason": "worker_stopped"},
+                                                 due_in=0.0)], log, persist=False)
                 raise
             expired_with_hook = await self._report(run, plan, log)
             self.jobs_done += 1
@@ -487,7 +439,7 @@ class Worker:
                               retryable=retryable)
         if steps[-1].data.get("reason") == "backoff_failed":
             log.error("evq.backoff_failed", error=steps[-1].data["error"]["message"])
-        return lambda _now: steps
+        return steps
 
     async def _invoke(self, definition: JobDefinition[Any], args: tuple[Any, ...], job: Job,
                       log: Any) -> Any:
@@ -515,7 +467,7 @@ class Worker:
                 loop.call_soon_threadsafe(_resolve, started)
             return handler(*args)
 
-        finished = loop.run_in_executor(self.ctx.sync_executor(), call)
+        finished = loop.run_in_executor(self.runtime.sync_executor(), call)
         if timeout is None:
             return await finished
         await asyncio.wait([started, finished], return_when=asyncio.FIRST_COMPLETED)
@@ -549,15 +501,14 @@ class Worker:
             delay = definition.requeue_delay
             log.info("evq.job_deferred", delay=delay)
             before = job.attempt - 1
-            return lambda now: [Planned("defer", {
-                "reason": "okay_to_run", "delay": delay, "run_at": codec.clamp_time(now + delay),
-                "attempt_before": before})]
+            return [Planned("defer", {"reason": "okay_to_run", "delay": delay,
+                                      "attempt_before": before}, due_in=delay)]
         held = records.Attempt(job.id, job.queue, job.name, job.attempt, self.name)
         try:
-            await self.ctx.writer.run(functools.partial(ops.start_run, held=held))
+            await self.runtime.ledger.start_run(held)
         except LeaseLost as exc:  # cancelled or rescued while okay_to_run was asked
             log.warning("evq.lease_lost", error=str(exc))
-            return lambda now: []
+            return []
         return None
 
     async def _maybe_await(self, check: Callable[..., Any], *args: Any) -> Any:
@@ -565,7 +516,7 @@ class Worker:
         if inspect.iscoroutinefunction(check):
             return await check(*args)
         return await asyncio.get_running_loop().run_in_executor(
-            self.ctx.sync_executor(), functools.partial(check, *args))
+            self.runtime.sync_executor(), functools.partial(check, *args))
 
     def _plan_outcome(self, job: Job, chosen: Planned, policy: RetryPolicy, log: Any,
                       failure_delay: float | None = None) -> Plan:
@@ -576,7 +527,7 @@ class Worker:
         if chosen.kind == "success":
             try:
                 data["result"] = codec.encode(data["result"], "result",
-                                              self.ctx.max_payload_bytes)
+                                              self.runtime.registry.max_payload_bytes)
             except Exception as exc:
                 log.warning("evq.bad_result", error=repr(exc))
                 error = describe_error(exc)
@@ -589,17 +540,13 @@ class Worker:
         elif chosen.kind == "requeue":
             delay = data.pop("delay")
             steps = [Planned("requeue", {**data, "run_at": None}, due_in=delay)]
-        elif chosen.kind == "fail" and failure_delay is not None:
-            # Joystick's requeue_on_failure: a failed attempt comes back after the delay.
-            retry = RetryPolicy(policy.max_attempts, Fixed(failure_delay), policy.exhausted_hook)
-            return self._failed(job, data["error"], retry, log)
         elif chosen.kind == "fail":
-            steps = [Planned("error", {"error": data["error"], "errors": errors + 1,
-                                       "retry_at": None}),
-                     Planned("fail", {"reason": "handler"})]
+            # With Joystick's requeue_on_failure, a failed attempt comes back after the delay.
+            steps = after_fail(data["error"], errors, policy, requeue_after=failure_delay,
+                               job=f"{job.id} ({job.name})")
         else:
             steps = [Planned(chosen.kind, data)]
-        return lambda _now: steps
+        return steps
 
     async def _report(self, run: _Running, plan: Plan, log: Any, *, persist: bool = True
                       ) -> bool:
@@ -609,8 +556,8 @@ class Worker:
         run.reporting = True
         try:
             planned = await outages.until_written(
-                self.ctx.clock, log, "report", lambda: self.ctx.writer.run(
-                    functools.partial(self._report_op, held=run.held, plan=plan)),
+                self.runtime.clock, log, "report",
+                lambda: self.runtime.ledger.report(run.held, plan),
                 give_up=lambda: not persist)
         except LedgerUnavailable as exc:
             outages.log_failure(log, exc, "report", 0.0)
@@ -648,7 +595,7 @@ class Worker:
         await asyncio.gather(task, return_exceptions=True)
 
     async def _heartbeats(self) -> None:
-        clock = self.ctx.clock
+        clock = self.runtime.clock
         storage = outages.Backoff()
         retry_in = float("inf")  # after a renewal the ledger could not take
         while True:
@@ -670,13 +617,19 @@ class Worker:
             retry_in = float("inf")
             if due:
                 try:
-                    lost = await self.ctx.writer.run(functools.partial(self._heartbeat_op,
-                                                                       runs=due))
+                    renewed = await self.runtime.ledger.heartbeat(
+                        [records.Beat(run.held, run.lease) for run in due])
                 except LedgerUnavailable as exc:
                     retry_in = storage.after(exc)
                     outages.log_failure(self._log, exc, "heartbeat", retry_in)
                     continue
                 storage.reset()
+                lost = []
+                for run, lease_until in zip(due, renewed, strict=True):
+                    if lease_until is None:
+                        lost.append(run)
+                    else:
+                        run.lease_until = lease_until
                 for run in lost:
                     # Rescued or cancelled elsewhere: this attempt is over, stop its handler.
                     self._log.warning("evq.lease_lost", job_id=run.held.job_id,

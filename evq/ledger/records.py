@@ -4,11 +4,13 @@ back, typed and engine-neutral (no driver types, no positional rows)."""
 from __future__ import annotations
 
 import enum
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from queue import SimpleQueue
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 
-from ..jobs import Child
+from ..jobs import Child, JobRecord
 from ..outcomes import Planned
 
 Positions = tuple[int, int]  # first and last position, inclusive
@@ -156,6 +158,10 @@ class PlannedNode:
     on_failure: str
     children: tuple[PlannedNode, ...] = ()
 
+    def jobs(self) -> list[NewJob]:
+        """Every job of this planned tree, parents first."""
+        return [self.job, *(job for child in self.children for job in child.jobs())]
+
 
 class Durability(enum.StrEnum):
     """How much a commit survives. PROCESS (the default) survives any crash of any
@@ -235,3 +241,256 @@ class ReplayCheck:
     @property
     def ok(self) -> bool:
         return not self.only_rebuilt and not self.only_stored and self.refused_at is None
+
+
+class Committed(NamedTuple):
+    """One event as its commit appended it, handed to subscribers after the commit."""
+
+    position: int
+    at: float
+    kind: str
+    job_id: str | None
+    queue: str | None
+    job: str | None
+    attempt: int | None
+    worker: str | None
+    data: dict[str, Any]
+    v: int
+
+
+JobFeed = SimpleQueue["list[NewJob] | BaseException | None"]
+
+
+@attrs.frozen
+class Stopped:
+    """A job a cancel or delete ended, and whether a worker was running it."""
+
+    job_id: str
+    was_running: bool
+
+
+@attrs.frozen
+class Announce:
+    """A worker coming up: the names it may take (the first one no live worker holds),
+    whether it insists on one, the job names it runs, the queues whose jobs a previous
+    worker of its name left running go back, and how to tell a holder has stopped."""
+
+    candidates: tuple[str, ...]
+    chosen: str | None
+    names: tuple[str, ...]
+    restart_queues: tuple[str, ...]
+    holder_gone: Callable[[str, Holder, float], bool]
+    taking: Callable[[str], None]  # told the name inside the transaction, before commit
+
+
+@attrs.frozen
+class Announced:
+    name: str
+    released: tuple[str, ...]
+    at: float
+
+
+@attrs.frozen
+class ClaimRequest:
+    """What a worker asks for: at most `limit` due jobs of `names` in `queues` (oldest
+    priority first), within each queue's concurrency limit and one per group; leases of
+    `lease_for[name]` seconds; jobs in `run_later` get no `run` event yet (their
+    okay_to_run is asked first). `see_names`: renew the worker's registry entry too."""
+
+    worker: str
+    queues: tuple[str, ...]
+    names: tuple[str, ...]
+    limit: int
+    lease_for: Mapping[str, float]
+    queue_limits: Mapping[str, int]
+    run_later: frozenset[str]
+    see_names: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class ClaimResult:
+    """The jobs taken, when to look again (None: when woken), the leases found expired,
+    and the transaction's time."""
+
+    claimed: list[Claimed]
+    next_at: float | None
+    expired: list[Expired]
+    at: float
+
+
+@attrs.frozen
+class Beat:
+    """A running attempt whose lease should now run `lease` seconds from the commit."""
+
+    held: Attempt
+    lease: float
+
+
+# --- subscribers side (helper S) ---
+@attrs.frozen
+class SubscriberState:
+    """Where a durable handler stands: its position, the ledger's head, how far behind."""
+
+    name: str
+    position: int
+    head: int
+    holder: str | None
+    updated_at: float
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.position)
+
+
+@attrs.frozen
+class CursorLease:
+    """Who holds a durable handler's name (None: nobody) and until when."""
+
+    holder: str | None
+    lease_until: float | None
+
+
+class ProducerSession(Protocol):
+    """Writes from synchronous code, without the runtime's writer (`Context.sync()`):
+    each call is one transaction, all of it or none; thread-safe. Raises ContextClosed
+    once closed."""
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[str]: ...
+
+    def reject(self, jobs: Sequence[NewJob], reasons: Mapping[str, str]) -> None: ...
+
+    def enqueue_tree(self, root: PlannedNode) -> FlowNode: ...
+
+    def add_children(self, parent_id: str, children: Sequence[PlannedNode]
+                     ) -> list[FlowNode]: ...
+
+    def close(self) -> None: ...
+
+
+# --- audit side (helper R) ---
+class StoredEvent(NamedTuple):
+    """One event exactly as stored: its data as the JSON text the chain hashed and its
+    time as the float it was stamped with (the export and archive formats are these
+    fields, in this order)."""
+
+    position: int
+    at: float
+    kind: str
+    job_id: str | None
+    queue: str | None
+    job: str | None
+    attempt: int | None
+    worker: str | None
+    data: str
+    v: int
+
+
+@attrs.frozen
+class Exported:
+    """An event as export writes it and import reads it: with, for an `archive` event,
+    the (position, hash) kept of each event it removed; `line` is where an imported one
+    came from (for messages)."""
+
+    event: StoredEvent
+    kept: tuple[tuple[int, str], ...] = ()
+    line: int = 0
+
+
+@attrs.frozen
+class JobFilter:
+    """Which current jobs to list: in this state, of this queue, only the newest
+    `limit` (None: all); they come back oldest first."""
+
+    state: str | None = None
+    queue: str | None = None
+    limit: int | None = None
+
+
+@attrs.frozen
+class Deployed:
+    """A deployed job definition: its settings as recorded, and its schedule's spec and
+    next fire (a stored epoch time, shown as it is) if it repeats."""
+
+    name: str
+    queue: str
+    settings: dict[str, Any]
+    schedule: str | None = None
+    next_at: Any = None
+
+
+@attrs.frozen
+class LedgerCheck:
+    """What `verify` found. `damage`: what the storage's own integrity check (named by
+    `checked_by`) says is wrong, with `damaged_parts` the tables it blames; then nothing
+    else was checked. Otherwise `rules_off` names the append-only guards found missing,
+    `chain` is the hash chain's check and `replay` the comparison of the replayed
+    events with the stored state."""
+
+    checked_by: str
+    damage: tuple[str, ...] = ()
+    damaged_parts: tuple[str, ...] = ()
+    rules_off: tuple[str, ...] = ()
+    chain: ChainCheck | None = None
+    replay: ReplayCheck | None = None
+
+
+@attrs.frozen
+class ArchiveRequest:
+    """What `archive` moves out: the events of the jobs deleted at or before `before`
+    that `choose(deleted, flow_edges)` lets go (flow_edges: (parent, child) of every
+    `wait` event still in the ledger). `write(events)` is called inside the transaction,
+    before anything leaves the ledger: it makes the archive file durable and returns its
+    SHA-256; `name` is the file's name, recorded in the `archive` event."""
+
+    before: float
+    name: str
+    write: Callable[[Sequence[StoredEvent]], str]
+    choose: Callable[[set[str], Sequence[tuple[str, str]]], list[str]]
+    now: float | None = None
+
+
+@attrs.frozen
+class Moved:
+    """What `archive` moved out of the ledger (0 events: nothing, and no file written)."""
+
+    events: int
+    jobs: int
+    sha256: str
+
+
+class JobLabel(NamedTuple):
+    """What to call a job people must choose between: its name and its state (or, for a
+    job no longer in the current state, what last happened to it)."""
+
+    name: str
+    state: str
+
+
+@attrs.frozen
+class FlowTree:
+    """A flow's current state: a job, the edge to its parent, and its children. A child
+    that cleanup removed from the current state has job=None (its edge keeps its name,
+    result and error)."""
+
+    id: str
+    name: str
+    queue: str
+    job: JobRecord | None
+    edge: Child | None
+    children: tuple[FlowTree, ...] = ()
+
+    @property
+    def state(self) -> str:
+        return str(self.job.state) if self.job is not None else "deleted"
+
+    @property
+    def result(self) -> Any:
+        return self.job.result if self.job else self.edge.result if self.edge else None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.job.error if self.job else self.edge.error if self.edge else None
+
+    def walk(self) -> list[FlowTree]:
+        """This node and every node below it, depth first."""
+        return [self, *(node for child in self.children for node in child.walk())]

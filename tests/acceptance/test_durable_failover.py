@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import evq
-import evq.durable
+from evq.ledger import open_ledger
 
 HELPER = Path(__file__).parent / "helpers" / "durable_sink.py"
 DEADLINE = 60.0  # generous: only a failing test waits that long
@@ -162,8 +162,7 @@ async def test_a_hot_standby_never_copies_a_position_twice(consumers: Consumers)
     await consumers.start("A", lease=30, before=0.01, inside=0.01, copies=4)
     await enqueue(consumers.db, 20)  # and some live
     await consumers.until(all_copied(consumers.db), "every event is copied")
-    with contextlib.closing(sqlite3.connect(consumers.db)) as conn:
-        [state] = evq.durable.states(conn)  # what `evq subscribers` shows
+    [state] = open_ledger(consumers.db).cursor_states()  # what `evq subscribers` shows
     await consumers.stop()
     assert_each_position_once_in_order(consumers.db)
     assert len({who for _, who in sink_rows(consumers.db)}) == 1  # the standby waited

@@ -15,6 +15,7 @@ import pytest
 
 import evq
 from evq import audit
+from evq.ledger import open_ledger
 from evq.ledger.sqlite import sql
 
 NOT_FOUND, USAGE = 3, 2
@@ -78,16 +79,13 @@ def test_any_id_no_job_has_is_no_such_job(lone: tuple[Path, str], weird: str | b
 
 def test_lone_surrogate_and_huge_ids_through_the_library(lone: tuple[Path, str]):
     db, job_id = lone
-    conn = sqlite3.connect(db)
-    try:
-        for weird in ("\ud800", "\udfff" + job_id[-8:], "y" * 100_000, "\U0010ffff"):
-            with pytest.raises(evq.UnknownJob, match="no such job"):
-                audit.resolve_job_id(conn, weird)
-        assert audit.resolve_job_id(conn, job_id) == job_id
-        assert audit.resolve_job_id(conn, job_id[-8:]) == job_id
-        assert audit.resolve_job_id(conn, job_id[:4]) == job_id
-    finally:
-        conn.close()
+    ledger = open_ledger(db)
+    for weird in ("\ud800", "\udfff" + job_id[-8:], "y" * 100_000, "\U0010ffff"):
+        with pytest.raises(evq.UnknownJob, match="no such job"):
+            audit.resolve_job_id(ledger, weird)
+    assert audit.resolve_job_id(ledger, job_id) == job_id
+    assert audit.resolve_job_id(ledger, job_id[-8:]) == job_id
+    assert audit.resolve_job_id(ledger, job_id[:4]) == job_id
 
 
 def test_an_ambiguous_id_is_refused_with_its_candidates(tmp_path: Path):

@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from evq import rescuing
 from evq.errors import EvqError, LeaseLost
 from evq.ledger import records
-from evq.ledger.sqlite import connection, ops, replay, rescues, seals, trees
+from evq.ledger.sqlite import chain, connection, ops, replay, rescues, trees
 from evq.ledger.sqlite.tx import Tx
 from evq.outcomes import Planned, RetryPolicy, after_failure
 from evq.retry import Fixed
@@ -196,7 +197,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def rescue(self) -> None:
         def rescue(tx: Tx) -> int:
             found, _ = rescues.expired_leases(tx)
-            return rescues.rescue(tx, [rescues.rescue_of(
+            return rescues.rescue(tx, [rescuing.rescue_of(
                 lease, RetryPolicy(lease.max_attempts, Fixed(2.0))) for lease in found],
                 "rescuer")
 
@@ -433,8 +434,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def replay_equals_projection_and_the_chain_holds(self) -> None:
         check = replay.check(self.path)
         assert check.ok, (check.only_rebuilt, check.only_stored, check.refusal)
-        chain = seals.verify(self.conn)
-        assert chain.ok, chain.problem
+        checked = chain.check(self.conn)
+        assert checked.ok, checked.problem
 
     @invariant()
     def model_agrees_and_nothing_is_lost(self) -> None:

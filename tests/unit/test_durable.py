@@ -93,7 +93,7 @@ async def test_one_consumer_per_name_and_takeover_from_the_cursor(db, clock):
         await wait_for(lambda: first == [1, 2], a)
         assert second == []  # the name is held by the first consumer
         stop_first()
-        await wait_for(lambda: not a._subscriptions, a)
+        await wait_for(lambda: not a.runtime._subscriptions, a)
         await a.enqueue("job", 3)
         await wait_for(lambda: second == [3], b, timeout=15)
 

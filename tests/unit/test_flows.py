@@ -524,7 +524,7 @@ async def test_cleanup_keeps_a_failed_child_its_parent_waits_on(ctx, clock):
     await ctx.drain()
     clock.advance(3600)
     rules = [("default", ["succeeded", "expired"], 60.0)]
-    removed = await ctx.writer.run(lambda tx: maintenance.cleanup(tx, rules, 100))
+    removed = await ctx.ledger.writer.run(lambda tx: maintenance.cleanup(tx, rules, 100))
     assert removed == 1 and await ctx.get_job(other) is None
     assert (await ctx.get_job(root.children[0].id)).state is evq.JobState.EXPIRED
     await ctx.retry(root.children[0].id)  # still there to be retried

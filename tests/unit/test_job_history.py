@@ -3,22 +3,18 @@ added. (Its enqueue event is found through the job, not through the by-job index
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 import evq
 from evq import audit
+from evq.ledger import open_ledger
 from evq.ledger.sqlite import replay
 
 
 def _history(db, text: str) -> tuple[str, list[str]]:
-    conn = sqlite3.connect(db)
-    try:
-        job_id = audit.resolve_job_id(conn, text)
-        return job_id, [event.kind for event in audit.job_events(conn, job_id)]
-    finally:
-        conn.close()
+    ledger = open_ledger(db)
+    job_id = audit.resolve_job_id(ledger, text)
+    return job_id, [event.kind for event in ledger.job_history(job_id)]
 
 
 async def test_every_event_of_a_job_is_found_in_each_state_and_after_delete(ctx, db):

@@ -160,7 +160,7 @@ async def test_exhausted_hook_left_due_by_a_dead_process_is_run(ctx, clock):
     ctx.define("doomed", lambda p: None, max_attempts=1, lease=5,
                on_max_attempts_exhausted=lambda job: calls.append(job.id))
     job_id = await ctx.enqueue("doomed")
-    await ctx.writer.run(functools.partial(
+    await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["doomed"]', limit=1, worker="dies",
         lease_seconds=lambda n: 5))
     clock.advance(5)
@@ -177,12 +177,12 @@ async def test_hook_started_by_a_dead_runner_is_taken_over_after_its_lease(ctx, 
     ctx.define("doomed", lambda p: 1 / 0, max_attempts=1,
                on_max_attempts_exhausted=lambda job: calls.append(job.id))
     ids = [await ctx.enqueue("doomed") for _ in range(2)]
-    await ctx.writer.run(functools.partial(  # a worker that dies after the expiries...
+    await ctx.ledger.writer.run(functools.partial(  # a worker that dies after the expiries...
         ops.claim, queues=["default"], names_json='["doomed"]', limit=2, worker="dead",
         lease_seconds=lambda n: 5))
     clock.advance(5)
     await ctx.rescue_expired()
-    row, _ = await ctx.writer.run(functools.partial(  # ...and just after taking a hook
+    row, _ = await ctx.ledger.writer.run(functools.partial(  # ...and just after taking a hook
         ops.take_hook, names_json='["doomed"]', worker="dead", lease=60))
     taken = row[0]
     [other] = [job_id for job_id in ids if job_id != taken]

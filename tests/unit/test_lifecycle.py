@@ -310,14 +310,14 @@ async def test_lost_lease_is_rescued_and_the_old_holder_is_fenced(ctx, clock):
     job_id = await ctx.enqueue("job")
     claim = functools.partial(ops.claim, queues=["default"], names_json='["job"]', limit=1,
                               worker="stale", lease_seconds=lambda n: 20)
-    [held] = await ctx.writer.run(claim)
+    [held] = await ctx.ledger.writer.run(claim)
     clock.advance(21)
     assert await ctx.rescue_expired() == 1
     record = await ctx.get_job(job_id)
     assert record.state is evq.JobState.PENDING and record.errors == 1
     attempt = records.Attempt(job_id, "default", "job", held.attempt, "stale")
     with pytest.raises(evq.LeaseLost):
-        await ctx.writer.run(functools.partial(
+        await ctx.ledger.writer.run(functools.partial(
             ops.report, held=attempt, planned=[evq.outcomes.Planned("success", {"result": 1})]))
     await ctx.drain()
     record = await ctx.get_job(job_id)
@@ -329,7 +329,7 @@ async def test_lost_lease_is_rescued_and_the_old_holder_is_fenced(ctx, clock):
 async def test_rescue_of_last_attempt_expires(ctx, clock):
     ctx.define("job", lambda p: None, lease=5, max_attempts=1)
     job_id = await ctx.enqueue("job")
-    await ctx.writer.run(functools.partial(
+    await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["job"]', limit=1, worker="gone",
         lease_seconds=lambda n: 5))
     clock.advance(5)
@@ -447,17 +447,17 @@ async def test_a_cancelled_caller_never_loses_a_handed_over_write(ctx):
     ctx.define("job", lambda p: None)
     gate = threading.Event()
     # Keep the writer thread busy, so the next write is still queued when it is cancelled.
-    busy = asyncio.create_task(ctx.writer.run(lambda tx: gate.wait(10), weight=100))
+    busy = asyncio.create_task(ctx.ledger.writer.run(lambda tx: gate.wait(10), weight=100))
     await asyncio.sleep(0)
     new = ctx.prepare("job", {"n": 1})
-    waiting = asyncio.create_task(ctx.writer.run(functools.partial(ops.enqueue, jobs=[new])))
+    waiting = asyncio.create_task(ctx.ledger.writer.run(functools.partial(ops.enqueue, jobs=[new])))
     await asyncio.sleep(0)  # handed over, not committed
     assert await ctx.get_job(new.id) is None
     waiting.cancel()
     await asyncio.sleep(0)
     gate.set()
     await busy
-    await ctx.writer.run(lambda tx: None)  # everything handed over before is committed
+    await ctx.ledger.writer.run(lambda tx: None)  # everything handed over before is committed
     assert waiting.cancelled()
     assert await kinds_of(ctx, new.id) == ["enqueue"]
 
@@ -628,11 +628,11 @@ async def test_awaiting_an_orchestrator_stop_waits_until_it_handed_over(ctx):
     orchestrator = ctx.orchestrator(interval=3600)
     task = asyncio.create_task(orchestrator.run())
     async with asyncio.timeout(10):
-        while not await ctx._read("SELECT holder FROM evq_leaders"):
+        while not await ctx.ledger._read("SELECT holder FROM evq_leaders"):
             await asyncio.sleep(0)
     await orchestrator.stop()
     assert task.done()
-    assert await ctx._read("SELECT holder FROM evq_leaders") == []
+    assert await ctx.ledger._read("SELECT holder FROM evq_leaders") == []
 
 
 def test_worker_and_orchestrator_options_are_named_on_the_context():

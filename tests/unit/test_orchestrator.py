@@ -61,8 +61,9 @@ async def test_two_orchestrators_fire_a_schedule_once(db, clock):
         # the ledger refuses a schedule event for any due time but the expected one.
         fired_due = schedules[-1].data["due_at"]
         with pytest.raises(evq.LeaseLost):
-            await a.writer.run(lambda tx: tx.append("schedule", queue="default", job="tick", data={
-                "spec": "every 30s", "due_at": fired_due, "next_at": fired_due + 30}))
+            await a.ledger.writer.run(lambda tx: tx.append(
+                "schedule", queue="default", job="tick",
+                data={"spec": "every 30s", "due_at": fired_due, "next_at": fired_due + 30}))
         assert len(kinds(await a.events(), "schedule")) == 4
 
 
@@ -169,7 +170,7 @@ async def test_restarted_worker_takes_back_its_running_jobs_first(ctx, clock):
     order: list[str] = []
     ctx.define("job", order.append)
     old = await ctx.enqueue("job", "old")
-    await ctx.writer.run(functools.partial(
+    await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["job"]', limit=1, worker="w1",
         lease_seconds=lambda n: 3600))
     clock.advance(1)
@@ -184,7 +185,7 @@ async def test_restarted_worker_takes_back_its_running_jobs_first(ctx, clock):
 async def test_orchestrator_rescues_expired_leases(ctx, clock):
     ctx.define("job", lambda p: None, lease=5)
     job_id = await ctx.enqueue("job")
-    await ctx.writer.run(functools.partial(
+    await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["job"]', limit=1, worker="gone",
         lease_seconds=lambda n: 5))
     clock.advance(5)

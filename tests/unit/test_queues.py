@@ -111,7 +111,7 @@ async def test_group_lock_of_a_dead_holder_is_released_by_its_lease(ctx, clock):
     ctx.define("job", lambda p: p, lease=30, backoff=evq.Fixed(0))
     stuck = await ctx.enqueue("job", "first", group="account-7")
     waiting = await ctx.enqueue("job", "second", group="account-7")
-    await ctx.writer.run(functools.partial(
+    await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["job"]', limit=1, worker="dead",
         lease_seconds=lambda n: 30))
     assert await ctx.drain() == 0  # the group is locked by the dead worker's job

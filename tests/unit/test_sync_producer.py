@@ -15,7 +15,7 @@ from evq.ledger.sqlite import chain, ops, replay, seals
 
 def _assert_chain_and_replay_hold(db: Path) -> None:
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert seals.verify(conn).ok
+        assert chain.check(conn).ok
     assert replay.check(db).ok
 
 
@@ -156,7 +156,7 @@ def test_a_busy_file_sends_the_single_enqueue_down_the_general_path(db, clock):
                 raise busy
 
         new = ctx.prepare("job", 2)
-        last = producer._last_seal
+        last = producer._session._last_seal  # the engine's producer session
         before = (last.position, last.hash)
         assert not ops.enqueue_alone(Snapshot(), new, clock.now(), last)  # type: ignore[arg-type]
         assert (last.position, last.hash) == before

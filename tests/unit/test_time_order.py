@@ -14,7 +14,7 @@ import time
 import pytest
 
 import evq
-from evq import admin
+from evq import admin, rescuing
 from evq.ledger import records
 from evq.ledger.sqlite import ops, replay, stalls
 from evq.testing import captured_logs
@@ -86,7 +86,7 @@ async def test_a_lease_that_ran_out_during_a_stall_is_kept_for_the_grace(clock, 
     async with evq.Context(db, clock=clock, busy_timeout=0.2) as ctx:
         ctx.define("job", lambda payload: None, lease=5)
         job_id = await ctx.enqueue("job")
-        await ctx.writer.run(functools.partial(
+        await ctx.ledger.writer.run(functools.partial(
             ops.claim, queues=["default"], names_json='["job"]', limit=1, worker="holder",
             lease_seconds=lambda name: 5))
         holder = sqlite3.connect(db, isolation_level=None)
@@ -118,16 +118,16 @@ async def test_a_lease_renewed_meanwhile_is_not_rescued(ctx, clock):
 
     ctx.define("job", lambda payload: None, lease=5)
     job_id = await ctx.enqueue("job")
-    [held] = await ctx.writer.run(functools.partial(
+    [held] = await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["job"]', limit=1, worker="holder",
         lease_seconds=lambda name: 5))
     clock.advance(6)
-    found, _ = await ctx.writer.run(rescues.expired_leases)
+    found, _ = await ctx.ledger.writer.run(rescues.expired_leases)
     assert [lease.job_id for lease in found] == [job_id]
     attempt = records.Attempt(job_id, "default", "job", held.attempt, "holder")
-    await ctx.writer.run(functools.partial(ops.report, held=attempt, planned=[
+    await ctx.ledger.writer.run(functools.partial(ops.report, held=attempt, planned=[
         evq.outcomes.Planned("heartbeat", {"lease_until": clock.now() + 5})]))
-    decided = [rescues.rescue_of(lease, ctx.retry_policy("job", 3)) for lease in found]
-    assert await ctx.writer.run(functools.partial(
+    decided = [rescuing.rescue_of(lease, ctx.registry.retry_policy("job", 3)) for lease in found]
+    assert await ctx.ledger.writer.run(functools.partial(
         rescues.rescue, rescues=decided, rescuer="rescuer")) == 0
     assert (await ctx.get_job(job_id)).worker == "holder"

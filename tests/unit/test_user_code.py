@@ -64,7 +64,7 @@ async def test_a_bad_backoff_met_by_a_rescue_expires_that_job_only(ctx, clock):
     ctx.define("flaky", lambda payload: None, backoff=broken, lease=5)
     ctx.define("fine", lambda payload: "ok")
     stranded = await ctx.enqueue("flaky")
-    await ctx.writer.run(functools.partial(
+    await ctx.ledger.writer.run(functools.partial(
         ops.claim, queues=["default"], names_json='["flaky"]', limit=1, worker="gone",
         lease_seconds=lambda name: 5))
     clock.advance(6)  # its worker died: the lease has run out

@@ -119,17 +119,23 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the latest version; returns the version it was at before.
-    Raises LedgerSchemaError for a schema newer than this evq's or missing a table, and
-    the typed error of any other failure (locked, read-only, damaged, ...)."""
+    """Bring the schema to the latest version; returns the version it was at before. A
+    new ledger gets schema.sql (which stamps its version); an older one runs the frozen
+    migrations from its version on. Raises LedgerSchemaError for a schema newer than this
+    evq's or missing a table, and the typed error of any other failure (locked,
+    read-only, damaged, ...)."""
     with immediate(conn, file_of(conn), "opening"):
         before = schema_version(conn)
         if before > schema.LATEST_VERSION:
             raise _newer(file_of(conn), before)
-        for version in range(before, schema.LATEST_VERSION):
-            for statement in _statements(schema.MIGRATIONS[version]):
+        if before == 0:
+            for statement in _statements(schema.SCHEMA):
                 conn.execute(statement)
-            conn.execute(sql.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
+        else:
+            for version in range(before, schema.LATEST_VERSION):
+                for statement in _statements(schema.MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute(sql.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
         require_tables(conn, file_of(conn))
     return before
 

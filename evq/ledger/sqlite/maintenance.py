@@ -10,8 +10,9 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ... import schedules
 from ...codec import dumps
-from ...schedules import Cron, Every, Schedule
+from ...schedules import Schedule
 from ..records import Fired, Holder, NewJob
 from . import sql
 from .ops import enqueue
@@ -85,38 +86,27 @@ def fire_schedules(
 ) -> list[Fired]:
     """Fire every due repeating job once. `local` maps job names this process defines to
     (queue, schedule); deployed schedules it does not define are due too, and get a
-    `schedule_orphan` event instead of a job. See schedules.py for the catch-up rule.
+    `schedule_orphan` event instead of a job. What each schedule does (and the catch-up
+    rule) is decided by `schedules.firing`.
 
     `jobs` holds, for each local name, the job to enqueue if it fires, prepared before
     the transaction (preparing runs the application's group function), or the error
     that preparing it raised: the schedule then fires with that error and no job."""
-    known = dict(local)
-    for name, queue, data_text in tx.rows(sql.LIST_DEFINITIONS):
-        if name not in known:
-            schedule = schedule_from(json.loads(data_text))
-            if schedule is not None:
-                known[name] = (queue, schedule)
+    deployed = ((name, queue, json.loads(data_text))
+                for name, queue, data_text in tx.rows(sql.LIST_DEFINITIONS))
     fired = []
-    for name, (queue, schedule) in sorted(known.items()):
+    for name, (queue, schedule) in sorted(schedules.known(local, deployed).items()):
         row = tx.one(sql.GET_SCHEDULE, (name,))
-        spec = schedule.spec
-        if row is None or row[0] != spec:
-            if isinstance(schedule, Cron) or name not in local:
-                # New (or changed) schedules start at their next due time.
-                next_at = schedule.first(tx.now) if isinstance(schedule, Cron) else tx.now
-                tx.append("schedule", queue=queue, job=name, data={
-                    "spec": spec, "due_at": row[1] if row else None, "next_at": next_at,
-                    "job_id": None, "reason": "registered"})
-                fired.append(Fired(name, "registered", None, next_at))
-                continue
-            due = tx.now if row is None else row[1]
-        else:
-            due = row[1]
-        if due > tx.now:
+        turn = schedules.firing(schedule, None if row is None else (row[0], row[1]),
+                                local=name in local, now=tx.now)
+        if turn is None:
             continue
-        next_at = schedule.next_after(due, tx.now)
-        missed = _missed(schedule, due, tx.now)
-        data = {"spec": spec, "due_at": due, "next_at": next_at, "missed": missed}
+        data = turn.data(schedule.spec)
+        if turn.registers:
+            tx.append("schedule", queue=queue, job=name, data=data)
+            fired.append(Fired(name, "registered", None, turn.next_at))
+            continue
+        due, next_at, missed = turn.due_at, turn.next_at, turn.missed
         if name in local and isinstance(job := jobs[name], NewJob):
             enqueue(tx, [job])
             tx.append("schedule", job.id, queue, name, data={**data, "job_id": job.id})
@@ -130,24 +120,6 @@ def fire_schedules(
                 **data, "reason": "no definition of this job in the orchestrator's process"})
             fired.append(Fired(name, "schedule_orphan", due, next_at, None, missed))
     return fired
-
-
-def schedule_from(settings: Mapping[str, Any]) -> Schedule | None:
-    if settings.get("repeat") is not None:
-        return Every(float(settings["repeat"]))
-    if settings.get("cron") is not None:
-        return Cron(str(settings["cron"]))
-    return None
-
-
-def _missed(schedule: Schedule, due: float, now: float) -> int:
-    """How many due times after `due` and up to `now` the catch-up rule skips."""
-    count = 0
-    moment = schedule.next_after(due, due)
-    while moment <= now and count < 10_000:
-        count += 1
-        moment = schedule.next_after(moment, moment)
-    return count
 
 
 def cleanup(tx: Tx, rules: Sequence[tuple[str, Sequence[str], float]], limit: int) -> int:

@@ -11,33 +11,21 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
+from ... import claiming, transitions
+from ...cascades import Ending, cancel_descendants, ended_by, replaced
+from ...claiming import Candidate
 from ...codec import dumps
-from ...errors import JobStateConflict, UnknownJob
 from ...jobs import Child
 from ...outcomes import EXHAUSTED_HOOK, Planned
-from ..records import Attempt, Claimed, NewJob
+from ..records import Attempt, Claimed, JobFeed, NewJob
 from . import connection, flows, seals, sql
 from .tx import NewEvent, Tx, refusal
 
 
 def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
     """Append an enqueue event per job; a job whose idempotency key matches a live job
-    (pending or running) is not added: its id is the live job's."""
-    ids: list[str] = []
-    fresh: list[NewJob] = []
-    keyed: dict[str, str] = {}
-    for job in jobs:
-        if job.key is not None:
-            existing = keyed.get(job.key)
-            if existing is None:
-                row = tx.one(sql.LIVE_JOB_WITH_KEY, (job.key,))
-                existing = row[0] if row else None
-            if existing is not None:
-                ids.append(existing)
-                continue
-            keyed[job.key] = job.id
-        fresh.append(job)
-        ids.append(job.id)
+    (pending, waiting or running) is not added: its id is the live job's."""
+    ids, fresh = transitions.keyed(jobs, lambda key: live_job_with_key(tx, key))
     if len(fresh) == 1:
         job = fresh[0]
         tx.append("enqueue", job.id, job.queue, job.name, data=job.event_data(),
@@ -46,6 +34,11 @@ def enqueue(tx: Tx, jobs: Sequence[NewJob]) -> list[str]:
         tx.append_many([("enqueue", job.id, job.queue, job.name, None, None,
                          job.event_data(), job.event_text()) for job in fresh])
     return ids
+
+
+def live_job_with_key(tx: Tx, key: str) -> str | None:
+    row = tx.one(sql.LIVE_JOB_WITH_KEY, (key,))
+    return None if row is None else str(row[0])
 
 
 def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
@@ -95,8 +88,8 @@ class EnqueueStream:
 
     WAIT_SECONDS = 60.0
 
-    def __init__(self) -> None:
-        self.feed: SimpleQueue[list[NewJob] | BaseException | None] = SimpleQueue()
+    def __init__(self, feed: JobFeed | None = None) -> None:
+        self.feed: JobFeed = SimpleQueue() if feed is None else feed
         self._taken: list[list[NewJob]] = []
         self._end: BaseException | None = None
         self._finished = False
@@ -143,57 +136,44 @@ def claim(
     the limit minus the jobs of that queue running now in any process; at most one job
     of a group runs at a time."""
     paused = {row[0] for row in tx.rows(sql.PAUSED_QUEUES)}
-    rows = []
+    chosen: list[list[Candidate]] = []
     for queue in queues:
         if queue in paused:
             continue
-        room = limit
-        if queue_limits and queue in queue_limits:
-            running = tx.one(sql.RUNNING_IN_QUEUE, (queue,))[0]
-            room = min(limit, queue_limits[queue] - running)
-            if room <= 0:
-                continue
-        found = tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json, room))
-        kept = _one_per_group(found)
-        if len(kept) < len(found) == room:
-            # Jobs of one group stand at the head of the queue: look further so that
-            # one group does not hide the jobs behind it.
-            kept = _one_per_group(tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json,
-                                                          room * 8)))
-        rows.extend(kept[:room])
-    if len(queues) > 1:
-        rows.sort(key=lambda r: (-r[6], r[7], r[10]))
-        rows = _one_per_group(rows)
-        del rows[limit:]
+        queue_limit = queue_limits.get(queue) if queue_limits else None
+        running = 0 if queue_limit is None else tx.one(sql.RUNNING_IN_QUEUE, (queue,))[0]
+        room = claiming.room(limit, queue_limit, running)
+        if room <= 0:
+            continue
+        found = _due(tx, queue, names_json, room)
+        kept = claiming.one_per_group(found)
+        if claiming.look_further(len(found), len(kept), room):
+            kept = claiming.one_per_group(
+                _due(tx, queue, names_json, room * claiming.LOOK_FURTHER))
+        chosen.append(kept[:room])
     claimed = []
     events: list[NewEvent] = []
-    for (job_id, queue, name, attempt, errors, max_attempts, priority, run_at,
-         enqueued_at, enqueue_data, _, _, children) in rows:
+    for job in claiming.merge(chosen, limit):
+        job_id, queue, name, attempt = job.id, job.queue, job.name, job.attempt + 1
         lease_until = tx.now + lease_seconds(name)
-        events.append(("dequeue", job_id, queue, name, attempt + 1, worker,
+        events.append(("dequeue", job_id, queue, name, attempt, worker,
                        {"lease_until": lease_until}, None))
         if name not in run_later:
-            events.append(("run", job_id, queue, name, attempt + 1, worker, {}, None))
+            events.append(("run", job_id, queue, name, attempt, worker, {}, None))
         claimed.append(Claimed(
-            job_id, queue, name, attempt + 1, errors, max_attempts, priority, run_at,
-            enqueued_at, json.loads(enqueue_data)["payload"], lease_until,
-            children_of(tx, job_id) if children else (),
+            job_id, queue, name, attempt, job.errors, job.max_attempts, job.priority,
+            job.run_at, job.enqueued_at, json.loads(job.data)["payload"], lease_until,
+            children_of(tx, job_id) if job.children else (),
         ))
     tx.append_many(events)
     return claimed
 
 
-def _one_per_group(rows: list[Any]) -> list[Any]:
-    seen: set[str] = set()
-    kept = []
-    for row in rows:
-        group = row[11]
-        if group is not None:
-            if group in seen:
-                continue
-            seen.add(group)
-        kept.append(row)
-    return kept
+def _due(tx: Tx, queue: str, names_json: str, limit: int) -> list[Candidate]:
+    """The first `limit` due jobs of `queue` (of groups with no job running), in the
+    claim's order."""
+    return list(map(Candidate._make, tx.rows(sql.CLAIM_DUE, (queue, tx.now, names_json,
+                                                             limit))))
 
 
 def reject(tx: Tx, jobs: Sequence[NewJob], reasons: Mapping[str, str]) -> None:
@@ -283,6 +263,7 @@ def release_previous(tx: Tx, worker: str, queues_json: str) -> list[str]:
 
 
 _PARENT, _CHILDREN = sql.JOB_FIELD["parent_id"], sql.JOB_FIELD["children"]
+_STATE = sql.JOB_FIELD["state"]
 
 
 def cancel(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
@@ -291,20 +272,16 @@ def cancel(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
     must stop)."""
     row = tx.one(sql.GET_JOB, (job_id,))
     queue, name, state, worker = (row[1], row[2], row[3], row[10]) if row else (None,) * 4
-    data: dict[str, Any] = {"reason": reason}
-    if state == "running":
-        data["running_on"] = worker
-    tx.append("cancel", job_id, queue, name, data=data)
+    tx.append("cancel", job_id, queue, name,
+              data=transitions.cancel_data(reason, state, worker))
     cancelled = [(job_id, state == "running")]
     if row and row[_CHILDREN]:
-        cancelled += flows.cancel_descendants(tx, flows.live_children(tx, job_id), job_id,
-                                            "parent_cancelled")
+        below = cancel_descendants(job_id, flows.View(tx), "parent_cancelled")
+        flows.append(tx, below)
+        cancelled += [(event.job_id, event.running) for event in below]
     if row and row[_PARENT] is not None:
-        flows.settle(tx, job_id, False, error=flows.ended_by("cancel", reason))
+        flows.settle(tx, Ending(job_id, False, None, ended_by("cancel", reason)))
     return cancelled
-
-
-RETRYABLE = ("failed", "expired", "cancelled")
 
 
 def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
@@ -312,31 +289,16 @@ def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
     (a job ends once: the old one keeps its history). A `retry` event on the old job
     names the new one; the new one's enqueue names the old one (`retry_of`)."""
     row = tx.one(sql.GET_JOB, (job_id,))
-    if row is None:
-        raise UnknownJob(f"no job {job_id} in the current state (deleted jobs cannot be "
-                         "retried; their events are in `evq history`)")
-    state = row[sql.JOB_FIELD["state"]]
-    if state not in RETRYABLE:
-        raise JobStateConflict(
-            f"job {job_id} is {state}; only failed, expired or cancelled jobs are retried")
-    if row[_CHILDREN]:
-        raise JobStateConflict(
-            f"job {job_id} waited for children: run alone it would not have their results. "
-            "Retry the child that failed while its parent waits, or enqueue the flow again "
-            "(nodes with keys reuse the jobs that are still live)")
+    transitions.check_retry(job_id, None if row is None else row[_STATE],
+                            0 if row is None else row[_CHILDREN])
     data = json.loads(tx.one(sql.EVENT_DATA, (row[sql.JOB_FIELD["enqueue_position"]],))[0])
     new = NewJob(new_id, row[1], row[2], data["payload"], tx.now, int(data["priority"]),
                  data.get("max_attempts"), group=data.get("group"), retry_of=job_id)
     enqueue(tx, [new])
     tx.append("retry", job_id, row[1], row[2], data={"reason": reason, "new_job_id": new_id})
-    edge = tx.one(sql.FAILED_EDGE_OF_CHILD, (job_id,))
+    edge = flows.View(tx).failed_edge(job_id)
     if edge is not None:
-        # A parent waits on this failed child: the new job takes its place.
-        parent, on_failure, queue, name, _ = edge
-        tx.append("child", parent, queue, name,
-                  data={"child": job_id, "outcome": "replaced", "by": new_id})
-        tx.append("wait", parent, queue, name,
-                  data={"children": [{"id": new_id, "on_failure": on_failure}]})
+        flows.append(tx, replaced(job_id, edge, new_id))
     return new_id
 
 
@@ -351,10 +313,12 @@ def delete(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
     running) for each of those."""
     row = tx.one(sql.GET_JOB, (job_id,))
     queue, name = (row[1], row[2]) if row else (None, None)
-    children = flows.live_children(tx, job_id) if row and row[_CHILDREN] else []
+    # Decided before the delete, whose event takes the parent's edges with it.
+    below = (cancel_descendants(job_id, flows.View(tx), "parent_deleted")
+             if row and row[_CHILDREN] else [])
     tx.append("delete", job_id, queue, name, data={"reason": reason})
     assert row is not None  # the delete guard refuses an unknown job
-    cancelled = flows.cancel_descendants(tx, children, job_id, "parent_deleted")
+    flows.append(tx, below)
     if row[_PARENT] is not None:
-        flows.settle(tx, job_id, False, error=flows.ended_by("delete", reason), removed=True)
-    return cancelled
+        flows.settle(tx, Ending(job_id, False, None, ended_by("delete", reason), True))
+    return [(event.job_id, event.running) for event in below]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...outcomes import Planned, RetryPolicy, after_failure
+from ...outcomes import Planned
 from ..records import Expired, Rescue
 from . import flows, sql, stalls
 from .tx import Tx
@@ -62,14 +62,3 @@ def rescue(tx: Tx, rescues: Sequence[Rescue], rescuer: str) -> int:
         flows.settle_planned(tx, lease.job_id, steps)
         done += 1
     return done
-
-
-def rescue_of(lease: Expired, policy: RetryPolicy) -> Rescue:
-    """Decide what a rescue writes for `lease` (runs the backoff: call it outside any
-    write transaction)."""
-    error = {"type": "LeaseExpired",
-             "message": f"worker {lease.holder} stopped renewing its lease", "traceback": ""}
-    steps = after_failure("rescue", error, lease.errors, policy,
-                          job=f"{lease.job_id} ({lease.name})",
-                          extra={"reason": "lease_expired", "holder": lease.holder})
-    return Rescue(lease, tuple(steps))

@@ -30,7 +30,7 @@ import attrs
 from . import sql
 
 if TYPE_CHECKING:
-    from ..records import ChainCheck
+    pass
 
 GENESIS = "0" * 64
 SEAL = "seal"
@@ -111,11 +111,3 @@ def previous_hash(conn: sqlite3.Connection, first: int, last: LastSeal | None) -
         return last.hash
     row = conn.execute(sql.LAST_SEAL).fetchone()
     return str(json.loads(row[1])["hash"]) if row else GENESIS
-
-
-def verify(conn: sqlite3.Connection, expect_head: str | None = None) -> ChainCheck:
-    """Check the chain of the ledger on `conn` (see `chain.check`); kept for callers
-    that only need `.ok`."""
-    from . import chain  # chain builds on this module
-
-    return chain.check(conn, expect_head)

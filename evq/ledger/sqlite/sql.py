@@ -1,5 +1,5 @@
 """Every statement evq runs against the ledger, named. No SQL text lives elsewhere
-(the schema and its triggers are in schema.py)."""
+(the schema and its triggers are in schema.sql and migrations/)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 STALL = 0.5  # seconds of waiting for the write lock that count as a stall
 GRACE = 5.0  # seconds a holder gets to renew after a stall, before its lease is rescued
-SETTLE = 0.25  # real seconds between deciding a rescue and applying it
+SETTLE = 0.25  # real seconds between deciding a rescue and applying it (evq.rescuing)
 META_KEY = "stalls"
 
 Span = tuple[float, float]

@@ -1,7 +1,8 @@
 """Adding flows to the ledger: a whole tree in one transaction, or more children for a
 parent that has not started. Jobs are added with `enqueue` events, parent first; then each
 parent's `wait` event opens its edges. A node whose idempotency key matches a live job is
-that job (its subtree is not added again), linked to its new parent if it has none."""
+that job (its subtree is not added again), linked to its new parent if it has none; the
+rules are evq/transitions.py's."""
 
 from __future__ import annotations
 
@@ -10,15 +11,10 @@ from typing import Any
 
 import attrs
 
-from ...errors import FlowError, JobStateConflict, UnknownJob
+from ... import transitions
 from ..records import FlowNode, NewJob, PlannedNode
 from . import flows, ops, sql
 from .tx import Tx
-
-
-def jobs_of(node: PlannedNode) -> list[NewJob]:
-    """Every job of a planned tree, parents first."""
-    return [node.job, *(job for child in node.children for job in jobs_of(child))]
 
 
 def enqueue_tree(tx: Tx, root: PlannedNode) -> FlowNode:
@@ -31,14 +27,9 @@ def enqueue_tree(tx: Tx, root: PlannedNode) -> FlowNode:
 def add_children(tx: Tx, parent_id: str, children: tuple[PlannedNode, ...]
                  ) -> list[FlowNode]:
     row = tx.one(sql.JOB_STATE, (parent_id,))
-    if row is None:
-        raise UnknownJob(f"no job {parent_id} in the current state")
-    state, queue, name, attempt = row
-    if state not in ("pending", "waiting") or attempt:
-        raise JobStateConflict(
-            f"job {parent_id} is {state}" + (f" after {attempt} attempt(s)" if attempt else "")
-            + ": children can be added only to a job that has not started (pending, or "
-            "waiting for other children)")
+    transitions.check_add_children(parent_id, None if row is None else row[0],
+                                   0 if row is None else row[3])
+    _, queue, name, _ = row
     plan = _Plan(tx, ancestors=set(flows.ancestors(tx.conn, parent_id)))
     placed = [plan.place(child, parent=parent_id) for child in children]
     plan.link(parent_id, queue, name, placed, children)
@@ -60,17 +51,10 @@ class _Plan:
     def place(self, node: PlannedNode, parent: str | None) -> FlowNode:
         job = node.job
         if job.key is not None:
-            existing = self.keys.get(job.key)
-            if existing is None:
-                found = self.tx.one(sql.LIVE_JOB_WITH_KEY, (job.key,))
-                existing = found[0] if found else None
+            existing = transitions.stand_in(
+                job.key, self.keys, lambda key: ops.live_job_with_key(self.tx, key),
+                self.ancestors)
             if existing is not None:
-                if existing in self.keys.values():
-                    raise FlowError(f"the key {job.key!r} is given to two jobs of one flow; "
-                                    "a job has one place in a flow")
-                if existing in self.ancestors:
-                    raise FlowError(f"job {existing} (key {job.key!r}) is an ancestor of "
-                                    "its new parent: a flow cannot be a cycle")
                 return FlowNode(existing, job.name, job.queue, added=False)
             self.keys[job.key] = job.id
         self.new.append(attrs.evolve(job, parent=parent))

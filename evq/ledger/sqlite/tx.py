@@ -17,11 +17,11 @@ from typing import Any
 
 from ...codec import dumps
 from ...errors import FlowError, JobStateConflict, LeaseLost, LedgerError, UnknownJob
+from ..records import Committed
 from . import schema, seals, sql
 
-# (position, at, kind, job_id, queue, job, attempt, worker, data-dict, v)
-AppendedRow = tuple[int, float, str, str | None, str | None, str | None, int | None,
-                    str | None, dict[str, Any], int]
+AppendedRow = Committed  # what a commit hands on: the events it appended, as records
+_committed = Committed._make
 
 
 # (kind, job_id, queue, job, attempt, worker, data, data already encoded as JSON or None)
@@ -73,8 +73,9 @@ class Tx:
                                  seals.seal_line(position, self.now, first))
         self.conn.execute(sql.APPEND_SEAL, (position, self.now,
                                             seals.data_text(first, sealed), seals.SCHEME))
-        self.appended.append((position, self.now, seals.SEAL, None, None, None, None, None,
-                              {"first": first, "hash": sealed}, seals.SCHEME))
+        self.appended.append(_committed((position, self.now, seals.SEAL, None, None, None,
+                                         None, None, {"first": first, "hash": sealed},
+                                         seals.SCHEME)))
         if last is not None:
             last.position, last.hash, last.at = position, sealed, self.now
 
@@ -102,8 +103,8 @@ class Tx:
             raise refusal(exc, kind, job_id, attempt) from None
         position = cursor.lastrowid
         assert position is not None
-        self.appended.append((position, self.now, kind, job_id, queue, job, attempt, worker,
-                              body, 1))
+        self.appended.append(_committed((position, self.now, kind, job_id, queue, job,
+                                         attempt, worker, body, 1)))
         self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
                                               attempt, worker, stored)).digest())
         return position
@@ -127,7 +128,8 @@ class Tx:
         last = self.conn.execute(sql.LAST_POSITION).fetchone()[0]
         first_position = last - len(events) + 1
         self.appended.extend(
-            (first_position + i, now, kind, job_id, queue, job, attempt, worker, data, 1)
+            _committed((first_position + i, now, kind, job_id, queue, job, attempt, worker,
+                        data, 1))
             for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
         line = seals.line
         self.digests.extend(sha256(line(first_position + i, now, *row)).digest()

@@ -81,7 +81,6 @@ class Writer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.commits = 0
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,7 +193,6 @@ class Writer:
                 outcome = self._run_batch(conn, ops, isolate=True, begin=False)
         except _Busy:
             return None
-        self.commits += 1
         return outcome
 
     def _commit(self, ops: list[Op]) -> tuple[list[tuple[bool, Any]], list[AppendedRow]]:
@@ -210,7 +208,6 @@ class Writer:
             results, appended = self._run_batch(conn, ops, isolate=False)
         except _Refused:
             results, appended = self._run_batch(conn, ops, isolate=True)
-        self.commits += 1
         self._wal.after_commit(conn, self._busy_timeout_ms)
         return results, appended
 
