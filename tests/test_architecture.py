@@ -129,3 +129,14 @@ def test_the_checker_sees_a_forbidden_arrow(tmp_path: Path):
     found = {target for _, target in imports_of(source, "evq.worker")}
     assert found == {"evq.ledger.sqlite.ops", "evq.ledger.sqlite.tx", "evq.ledger.sqlite.writer",
                      "sqlite3"}
+
+
+def test_the_public_names_come_from_above_the_engines():
+    """`evq.__all__` holds what users need, none of it an engine's (no driver types)."""
+    import evq
+
+    from_engines = [name for name in evq.__all__ if name != "__version__"
+                    and getattr(getattr(evq, name), "__module__", "").startswith(
+                        "evq.ledger.sqlite")]
+    assert from_engines == []
+    assert "SyncProducer" in evq.__all__ and "Durability" not in evq.__all__

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, Protocol
 
 import attrs
 
+from ..errors import InvalidInput
 from ..jobs import Child, JobRecord
 from ..outcomes import Planned
 
@@ -292,8 +293,9 @@ class Announced:
 
 @attrs.frozen
 class ClaimRequest:
-    """What a worker asks for: at most `limit` due jobs of `names` in `queues` (oldest
-    priority first), within each queue's concurrency limit and one per group; leases of
+    """What a worker asks for: at most `limit` due jobs of `names` in `queues` (highest
+    priority first, then the earliest due), within each queue's concurrency limit and one
+    per group; leases of
     `lease_for[name]` seconds; jobs in `run_later` get no `run` event yet (their
     okay_to_run is asked first). `see_names`: renew the worker's registry entry too."""
 
@@ -305,6 +307,12 @@ class ClaimRequest:
     queue_limits: Mapping[str, int]
     run_later: frozenset[str]
     see_names: tuple[str, ...] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lease_for.keys() >= set(self.names):
+            missing = sorted(set(self.names) - self.lease_for.keys())
+            raise InvalidInput(f"a claim must give the lease of every job name it takes; "
+                               f"missing: {', '.join(missing)}")
 
 
 @attrs.frozen

@@ -317,3 +317,20 @@ def test_migrate_creates_a_ledger(tmp_path):
     assert ok(evq("migrate", "--db", new)) == f"{new}: schema version {version} -> {version}\n"
     assert ok(evq("verify", "--db", new)).startswith("ok: 0 events")
     assert ok(evq("events", "--db", new)) == ""
+
+
+def test_every_command_takes_a_sqlite_url_for_its_ledger(demo, tmp_path: Path):
+    db = demo[0]
+    by_url = ok(evq("jobs", "--db", f"sqlite:///{db}"))
+    assert by_url == ok(evq("jobs", "--db", db))
+    assert "ok" in ok(evq("verify", "--db", f"sqlite:///{db}")).lower()
+    fresh = tmp_path / "fresh.db"
+    ok(evq("migrate", "--db", f"sqlite:///{fresh}"))
+    assert fresh.is_file()
+
+
+def test_a_ledger_url_of_an_engine_this_evq_lacks_is_a_user_error():
+    result = evq("jobs", "--db", "postgresql://evq:secret@localhost/test")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "PostgreSQL ledgers are not available" in result.stderr
+    assert "secret" not in result.stderr

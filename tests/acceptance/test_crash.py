@@ -87,7 +87,7 @@ async def test_sigkilled_worker_loses_nothing(tmp_path: Path):
         succeeded: list[str] = []
         all_done = asyncio.Event()
 
-        def on_success(event: evq.Event) -> None:
+        async def on_success(event: evq.Event) -> None:
             succeeded.append(event.job_id or "")
             if len(set(succeeded)) == JOBS:
                 all_done.set()

@@ -62,7 +62,7 @@ async def wait_for_successes(app: evq.Context, ids: list[str]) -> dict[str, list
     results: dict[str, list[float]] = {}
     done = asyncio.Event()
 
-    def collect(event: evq.Event) -> None:
+    async def collect(event: evq.Event) -> None:
         if event.job_id in ids:
             results[event.job_id] = event.data["result"]
             if len(results) == len(ids):
@@ -95,24 +95,25 @@ async def test_group_lock_and_queue_limit_hold_across_processes(tmp_path: Path):
         started = asyncio.Event()
         running: list[str] = []
 
-        def note(event: evq.Event) -> None:
+        async def note(event: evq.Event) -> None:
             running.append(event.job_id or "")
             if len(running) == 3:
                 started.set()
 
         app.add_event_handler(note, kinds=["run"])
         # Server 0 alone takes a long job of the group and fills the queue's limit...
-        long_ones = [await app.enqueue("grouped", 0.4, group="account-1"),
-                     await app.enqueue("limited", 0.4), await app.enqueue("limited", 0.4)]
+        long_ones = [await app.enqueue("grouped", 1.5, group="account-1"),
+                     await app.enqueue("limited", 1.5), await app.enqueue("limited", 1.5)]
         await asyncio.wait_for(started.wait(), 15)
         # ...then server 1 starts, and server 0 is told to stop (it claims nothing more
-        # but finishes what it holds): server 1 runs every other job, and must respect
-        # the group lock and the limit held by the other process meanwhile.
+        # but finishes what it holds, which keeps it at its limits long after the signal
+        # is handled): server 1 runs every other job, and must respect the group lock and
+        # the limit held by the other process meanwhile.
         async with servers(tmp_path, [5], "--no-orchestrator", first_index=1):
+            first[0].send_signal(signal.SIGTERM)
             grouped = [await app.enqueue("grouped", 0.02, group="account-1")
                        for _ in range(4)]
             limited = [await app.enqueue("limited", 0.02) for _ in range(6)]
-            first[0].send_signal(signal.SIGTERM)
             ids = long_ones + grouped + limited
             results = await wait_for_successes(app, ids)
             workers = {j: (await app.get_job(j)).worker for j in ids}
@@ -128,14 +129,14 @@ async def test_leadership_moves_when_the_leader_process_is_killed(tmp_path: Path
         leaders: list[str] = []
         changed = asyncio.Event()
 
-        def note(event: evq.Event) -> None:
+        async def note(event: evq.Event) -> None:
             leaders.append(event.worker or "")
             changed.set()
 
         app.add_event_handler(note, kinds=["leader"])
         for event in await app.events():
             if event.kind == "leader":
-                note(event)
+                await note(event)
         await asyncio.wait_for(changed.wait(), 15)
         first = leaders[-1]
         victim = procs[0] if f":{procs[0].pid}:" in first else procs[1]

@@ -34,7 +34,7 @@ async def test_reading_commands_while_a_worker_writes(tmp_path: Path):
         done = asyncio.Event()
         finished: list[str] = []
 
-        def count(event: evq.Event) -> None:
+        async def count(event: evq.Event) -> None:
             finished.append(event.job_id or "")
             if len(finished) == 2000:
                 done.set()

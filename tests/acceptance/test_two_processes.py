@@ -56,7 +56,7 @@ async def test_producer_without_handlers_and_a_job_server_process(tmp_path: Path
             done = asyncio.Event()
             results: dict[str, object] = {}
 
-            def collect(event: evq.Event) -> None:
+            async def collect(event: evq.Event) -> None:
                 results[event.job_id] = event.data["result"]
                 if len(results) == 2:
                     done.set()

@@ -149,7 +149,7 @@ async def test_replay_then_follow_keeps_the_handler_live(ctx):
     got: list[str] = []
     arrived = asyncio.Event()
 
-    def note(event: evq.Event) -> None:
+    async def note(event: evq.Event) -> None:
         got.append(event.data["payload"])
         if len(got) == 2:
             arrived.set()

@@ -123,7 +123,7 @@ async def test_events_from_another_context_on_the_file_reach_handlers(db, clock)
         seen: list[str] = []
         arrived = asyncio.Event()
 
-        def note(event: evq.Event) -> None:
+        async def note(event: evq.Event) -> None:
             seen.append(event.kind)
             arrived.set()
 

@@ -41,7 +41,7 @@ async def test_queue_concurrency_limit_holds_across_contexts_on_one_file(db, clo
         done = asyncio.Event()
         finished: list[str] = []
 
-        def count(event: evq.Event) -> None:
+        async def count(event: evq.Event) -> None:
             finished.append(event.kind)
             if len(finished) == 6:
                 done.set()

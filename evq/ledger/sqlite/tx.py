@@ -123,6 +123,10 @@ class Tx:
         try:
             self.conn.execute(sql.APPEND_EVENTS_JSON, (now, dumps(rows)))
         except sqlite3.IntegrityError as exc:
+            # The refused statement left nothing behind; one at a time, the refusal names
+            # the event it was about (the caller rolls back what these append).
+            for kind, job_id, queue, job, attempt, worker, data, text in events:
+                self.append(kind, job_id, queue, job, attempt, worker, data, text)
             first = events[0]
             raise refusal(exc, first[0], first[1], first[4]) from None
         last = self.conn.execute(sql.LAST_POSITION).fetchone()[0]

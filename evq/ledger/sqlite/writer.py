@@ -138,11 +138,12 @@ class Writer:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
             if not self._queue:
+                # Closing commits whatever was handed over first, however the wake-ups fell.
                 if self._closing:
                     return
+                await self._wake.wait()
+                self._wake.clear()
                 continue
             batch, self._queue = self._queue, []
             weight, self._weight = self._weight, 0
@@ -169,8 +170,6 @@ class Writer:
                     future.set_exception(self._typed(value))
             if appended:
                 self._on_commit(appended)
-            if self._queue:
-                self._wake.set()
 
     def _typed(self, exc: BaseException) -> Exception:
         """What a caller gets for an exception raised while committing."""

@@ -1,0 +1,243 @@
+"""The audit side: a sound ledger verifies (storage, append-only rules, hash chain,
+replay equals projection); export then import, and replay into a new ledger, give the
+same events, the same state and the same head hash; archive moves deleted jobs' events
+out and the chain still verifies, checked against the archive file when it is given."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+from ledger_kit import (
+    EngineKit,
+    MemoryArchive,
+    all_events,
+    claim,
+    failure,
+    head_of,
+    new_job,
+    node,
+    sound,
+    success,
+)
+
+import evq
+from evq.ledger import Ledger, records
+
+
+async def some_history(ledger: Ledger, clock: evq.FakeClock) -> dict[str, str]:
+    """Jobs in every state, a flow, and two deleted jobs (their ids by what they are)."""
+    jobs = {name: new_job(clock, payload={"name": name}, key="k" if name == "keyed" else None)
+            for name in ("done", "failed", "cancelled", "pending", "running", "gone",
+                         "gone-too", "keyed")}
+    await ledger.enqueue(list(jobs.values()))
+    tree = node(clock, "wait", node(clock), node(clock, "ignore"), name="report")
+    await ledger.enqueue_tree(tree)
+    await ledger.cancel(jobs["cancelled"].id, "test")
+    attempts = {a.job_id: a for a in await claim(ledger, names=["n"], limit=100)}
+    clock.advance(5)
+    await ledger.report(attempts[jobs["done"].id], success({"ok": 1}))
+    await ledger.report(attempts[jobs["failed"].id], failure(0, 3, retryable=False))
+    for name in ("gone", "gone-too", "pending", "keyed"):
+        await ledger.report(attempts[jobs[name].id], success() if name.startswith("gone")
+                            else failure(0, 3))
+    for child in tree.children:
+        await ledger.report(attempts[child.job.id], success(child.job.id))
+    clock.advance(5)
+    await ledger.delete(jobs["gone"].id, "cleanup")
+    await ledger.delete(jobs["gone-too"].id, "cleanup")
+    clock.advance(5)
+    return {name: job.id for name, job in jobs.items()} | {"flow": tree.job.id}
+
+
+def fresh(engine: EngineKit, tmp_path: Path, name: str) -> Ledger:
+    """A handle on a new, empty place for a ledger."""
+    (tmp_path / name).mkdir()
+    return engine.handle(engine.place(tmp_path / name))
+
+
+async def test_a_sound_ledger_verifies(ledger: Ledger, clock: evq.FakeClock) -> None:
+    await some_history(ledger, clock)
+    events = await all_events(ledger)
+    check = ledger.verify()
+    sound(check)
+    assert check.chain is not None
+    seals = [e for e in events if e.kind == "seal"]
+    assert (check.chain.events, check.chain.seals) == (len(events), len(seals))
+    assert check.chain.head == seals[-1].data["hash"] and events[-1].kind == "seal"
+    assert check.replay is not None and check.replay.events == len(events)
+    replay = ledger.check_replay()
+    assert replay.ok and replay.events == len(events)
+
+
+async def test_an_earlier_head_still_verifies_and_a_stranger_does_not(
+        ledger: Ledger, clock: evq.FakeClock) -> None:
+    await ledger.enqueue([new_job(clock)])
+    earlier = head_of(ledger.verify())
+    await some_history(ledger, clock)
+    sound(ledger.verify(expect_head=earlier))
+    assert head_of(ledger.verify()) != earlier
+    stranger = hashlib.sha256(b"another ledger").hexdigest()
+    check = ledger.verify(expect_head=stranger)
+    assert check.chain is not None and not check.chain.ok
+    assert check.chain.problem is not None and stranger in check.chain.problem
+    assert check.chain.position is None
+
+
+async def test_export_then_import_gives_the_same_ledger(
+        engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
+    await some_history(ledger, clock)
+    copy = fresh(engine, tmp_path, "imported")
+    exported = list(ledger.export())
+    assert copy.import_(exported) == len(exported) == len(await all_events(ledger))
+    source, imported = ledger.verify(), copy.verify()
+    sound(imported)
+    assert head_of(imported) == head_of(source)
+    assert list(copy.read_events()) == list(ledger.read_events())
+    assert copy.find_jobs(records.JobFilter()) == ledger.find_jobs(records.JobFilter())
+    assert list(copy.export()) == exported
+
+
+async def test_an_import_refused_leaves_nothing(engine: EngineKit, tmp_path: Path,
+                                                ledger: Ledger, clock: evq.FakeClock) -> None:
+    await some_history(ledger, clock)
+    exported = list(ledger.export())
+    success_at = next(i for i, e in enumerate(exported) if e.event.kind == "success")
+    broken = exported[:success_at] + exported[success_at + 2:]  # a success and its seal lost
+    copy = fresh(engine, tmp_path, "imported")
+    with pytest.raises(evq.EvqError):
+        copy.import_(broken)
+    with pytest.raises(evq.LedgerNotFound):
+        copy.check_schema()
+    assert copy.import_(exported) == len(exported)  # the place is still free
+
+
+async def test_replay_into_a_new_ledger_gives_the_same_state_and_head(
+        engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
+    ids = await some_history(ledger, clock)
+    replayed = fresh(engine, tmp_path, "replayed")
+    count = ledger.replay_into(replayed)
+    assert count == len(await all_events(ledger))
+    sound(replayed.verify())
+    assert head_of(replayed.verify()) == head_of(ledger.verify())
+    assert replayed.find_jobs(records.JobFilter()) == ledger.find_jobs(records.JobFilter())
+    # Up to a position: the ledger as it stood then.
+    enqueued = next(e.position for e in await ledger.history(ids["done"]) if e.kind == "enqueue")
+    then = fresh(engine, tmp_path, "then")
+    ledger.replay_into(then, upto=enqueued + 1)  # the enqueue's commit and its seal
+    record = then.read_job(ids["done"])
+    assert record is not None and record.state is evq.JobState.PENDING
+    assert then.read_job(ids["flow"]) is None and then.last_position() == enqueued + 1
+
+
+async def test_archive_moves_deleted_jobs_out_and_the_chain_still_verifies(
+        engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
+    ids = await some_history(ledger, clock)
+    head = head_of(ledger.verify())
+    gone = [ids["gone"], ids["gone-too"]]
+    moving = [e.position for job in gone for e in await ledger.history(job)]
+    archive = MemoryArchive()
+    moved = ledger.archive(archive.request(clock.now(), clock.now()))
+    assert (moved.events, moved.jobs, moved.sha256) == (len(moving), 2, archive.sha256)
+    assert sorted(archive.rows) == sorted(moving)
+    for job in gone:
+        assert ledger.job_history(job) == []
+    last = list(ledger.read_events())[-2:]
+    assert [e.kind for e in last] == ["archive", "seal"]
+    assert last[0].data["sha256"] == archive.sha256 and last[0].data["events"] == len(moving)
+    # Without the file the moved events cannot be checked; with it, all is checked.
+    plain = ledger.verify(expect_head=head)
+    sound(plain, complete=False)
+    assert plain.chain is not None and plain.chain.unchecked_events == len(moving)
+    sound(ledger.verify(expect_head=head, archives=[archive.file()]))
+    # Nothing more to move: no event, no file.
+    again = MemoryArchive()
+    assert ledger.archive(again.request(clock.now(), clock.now())).events == 0
+    assert again.rows == {} and list(ledger.read_events())[-1].position == last[-1].position
+    # An archived ledger exports and imports to one that verifies just the same.
+    copy = fresh(engine, tmp_path, "imported")
+    copy.import_(ledger.export())
+    assert head_of(copy.verify()) == head_of(ledger.verify())
+    sound(copy.verify(archives=[archive.file()]))
+
+
+async def test_the_operators_actions_need_no_runtime(engine: EngineKit, place: str,
+                                                     ledger: Ledger,
+                                                     clock: evq.FakeClock) -> None:
+    ids = await some_history(ledger, clock)
+    operator = engine.handle(place)  # never opened
+    assert operator.retry_job(ids["failed"], "op-retry", "fixed") == "op-retry"
+    assert operator.cancel_job(ids["pending"], "stop") == [records.Stopped(ids["pending"],
+                                                                            False)]
+    assert operator.delete_job(ids["done"], "tidy") == []
+    assert await ledger.get_job("op-retry") is not None
+    record = await ledger.get_job(ids["pending"])
+    assert record is not None and record.state is evq.JobState.CANCELLED
+    assert await ledger.get_job(ids["done"]) is None
+    with pytest.raises(evq.JobStateConflict):
+        operator.delete_job(ids["running"], None)
+    sound(operator.verify())
+
+
+async def test_the_readers_see_what_the_runtime_wrote(ledger: Ledger, clock: evq.FakeClock
+                                                      ) -> None:
+    ids = await some_history(ledger, clock)
+    events = await all_events(ledger)
+    ledger.check_schema()
+    assert list(ledger.read_events()) == events
+    assert list(ledger.read_events(events[3].position)) == events[4:]
+    assert list(ledger.read_events_back(events[3].position)) == events[2::-1]
+    assert ledger.last_position() == events[-1].position
+    assert ledger.last_position(at=events[0].timestamp) == max(
+        e.position for e in events if e.timestamp <= events[0].timestamp)
+    assert ledger.job_history(ids["gone"]) == await ledger.history(ids["gone"])
+    assert ledger.job_history(ids["gone"])[-1].kind == "delete"
+    both = ledger.events_of_jobs([ids["done"], ids["failed"]])
+    assert both == [e for e in events if e.job_id in (ids["done"], ids["failed"])]
+    assert ledger.read_job(ids["done"]) == await ledger.get_job(ids["done"])
+    assert ledger.read_job(ids["gone"]) is None
+    assert ledger.find_job_ids(ids["gone"], 5) == [ids["gone"]]  # deleted, still named
+    prefix = ids["done"][:-2]
+    assert ids["done"] in ledger.find_job_ids(prefix, 50)
+    labels = ledger.job_labels([ids["done"], ids["gone"]])
+    assert labels[ids["done"]] == records.JobLabel("n", "succeeded")
+    assert labels[ids["gone"]].name == "n"
+    failed = ledger.find_jobs(records.JobFilter(state="failed"))
+    assert [j.id for j in failed] == [ids["failed"]]
+    assert [j.id for j in ledger.find_jobs(records.JobFilter(limit=2))] == [
+        j.id for j in (await ledger.jobs())][-2:]
+    tree = ledger.read_flow(ids["flow"])
+    assert tree is not None and tree.id == ids["flow"] and tree.state == "pending"
+    assert sorted(child.state for child in tree.children) == ["succeeded", "succeeded"]
+
+
+async def test_follow_gives_every_event_then_those_committed_later(
+        ledger: Ledger, other: Ledger, clock: evq.FakeClock) -> None:
+    await some_history(ledger, clock)
+    events = await all_events(ledger)
+    following = ledger.follow(events[2].position, 0.01)
+    try:
+        assert [next(following) for _ in events[3:]] == events[3:]
+        job = new_job(clock)
+        await other.enqueue([job])  # another process commits
+        assert (next(following).job_id, next(following).kind) == (job.id, "seal")
+    finally:
+        if isinstance(following, Generator):  # let go of its read now
+            following.close()
+
+
+def test_a_missing_ledger_is_refused_and_migrate_creates_it(engine: EngineKit,
+                                                            place: str) -> None:
+    handle = engine.handle(place)
+    with pytest.raises(evq.LedgerNotFound):
+        handle.check_schema()
+    with pytest.raises(evq.LedgerNotFound):
+        handle.verify()
+    before, now = handle.migrate()
+    assert before == 0 and now > 0
+    assert handle.migrate() == (now, now)
+    handle.check_schema()
+    sound(handle.verify())
+    assert handle.schema_text().strip() != ""
