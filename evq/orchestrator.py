@@ -23,7 +23,6 @@ from .errors import InvalidInput
 from .ledger import records
 from .logs import get_logger
 from .outcomes import describe_error
-from .schedules import Schedule
 from .signals import stop_on_signals
 
 if TYPE_CHECKING:
@@ -174,8 +173,9 @@ class Orchestrator:
                            file=str(done.file), sha256=done.sha256)
         return done.events
 
-    def _schedules(self) -> dict[str, tuple[str, Schedule]]:
-        return {name: (d.queue, d.schedule) for name, d in self.runtime.registry.definitions.items()
+    def _schedules(self) -> dict[str, records.LocalSchedule]:
+        return {name: records.LocalSchedule(d.queue, d.schedule)
+                for name, d in self.runtime.registry.definitions.items()
                 if d.schedule is not None}
 
     def _make_job(self, name: str) -> records.NewJob | dict[str, Any]:
@@ -187,13 +187,15 @@ class Orchestrator:
         except Exception as exc:
             return describe_error(exc)
 
-    def _cleanup_rules(self) -> list[tuple[str, tuple[str, ...], float]]:
-        rules: list[tuple[str, tuple[str, ...], float]] = []
+    def _cleanup_rules(self) -> list[records.CleanupRule]:
+        rules: list[records.CleanupRule] = []
         for name, queue in self.runtime.registry.queues.items():
             if queue.cleanup is None:
                 continue
             if queue.cleanup.completed_after is not None:
-                rules.append((name, _FINISHED_OK, queue.cleanup.completed_after))
+                rules.append(records.CleanupRule(name, _FINISHED_OK,
+                                                 queue.cleanup.completed_after))
             if queue.cleanup.failed_after is not None:
-                rules.append((name, _FINISHED_BAD, queue.cleanup.failed_after))
+                rules.append(records.CleanupRule(name, _FINISHED_BAD,
+                                                 queue.cleanup.failed_after))
         return rules

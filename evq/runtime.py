@@ -94,7 +94,7 @@ class Runtime:
 
     async def deploy(self) -> list[str]:
         """Record this process's definitions whose settings changed (`deploy` events)."""
-        found = {name: (d.queue, settings_of(d))
+        found = {name: records.Deployment(d.queue, settings_of(d))
                  for name, d in self.registry.definitions.items()}
         return await self.ledger.deploy(found)
 

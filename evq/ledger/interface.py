@@ -82,8 +82,7 @@ class Ledger(Protocol):
 
     async def set_paused(self, queue: str, paused: bool, reason: str | None) -> None: ...
 
-    async def deploy(self, definitions: Mapping[str, tuple[str, dict[str, Any]]]
-                     ) -> list[str]:
+    async def deploy(self, definitions: Mapping[str, records.Deployment]) -> list[str]:
         """Record the definitions whose settings changed; returns their names."""
 
     # --- workers --------------------------------------------------------------------------
@@ -113,7 +112,7 @@ class Ledger(Protocol):
         """Which of these jobs (running here) were cancelled by another process."""
 
     async def take_hook(self, names: Sequence[str], worker: str, lease: float
-                        ) -> tuple[JobRecord | None, float | None]:
+                        ) -> records.HookTaken:
         """Lease one expired job whose on_max_attempts_exhausted hook is due; with when
         the next one is due."""
 
@@ -123,8 +122,7 @@ class Ledger(Protocol):
                           ) -> None: ...
 
     # --- rescue ---------------------------------------------------------------------------
-    async def expired_leases(self, limit: int = 500
-                             ) -> tuple[list[records.Expired], float | None]:
+    async def expired_leases(self, limit: int = 500) -> records.ExpiredLeases:
         """Running jobs whose lease ran out, and until when a lock stall protects them."""
 
     async def rescue(self, rescues: Sequence[records.Rescue], rescuer: str) -> int:
@@ -136,12 +134,11 @@ class Ledger(Protocol):
 
     async def step_down(self, role: str, holder: str) -> None: ...
 
-    async def fire_schedules(self, local: Mapping[str, tuple[str, Any]],
+    async def fire_schedules(self, local: Mapping[str, records.LocalSchedule],
                              jobs: Mapping[str, records.NewJob | dict[str, Any]]
                              ) -> list[records.Fired]: ...
 
-    async def cleanup(self, rules: Sequence[tuple[str, Sequence[str], float]], limit: int
-                      ) -> int: ...
+    async def cleanup(self, rules: Sequence[records.CleanupRule], limit: int) -> int: ...
 
     async def report_orphans(self, worker_ttl: float, after: float, limit: int
                              ) -> list[str]: ...

@@ -13,6 +13,7 @@ import attrs
 from ..errors import InvalidInput
 from ..jobs import Child, JobRecord
 from ..outcomes import Planned
+from ..schedules import Schedule
 
 Positions = tuple[int, int]  # first and last position, inclusive
 
@@ -502,3 +503,44 @@ class FlowTree:
     def walk(self) -> list[FlowTree]:
         """This node and every node below it, depth first."""
         return [self, *(node for child in self.children for node in child.walk())]
+
+
+# --- the leader's services and the runtime's maintenance ---
+class Deployment(NamedTuple):
+    """What `deploy` records of one definition: its queue and the settings other
+    processes need."""
+
+    queue: str
+    settings: dict[str, Any]
+
+
+class LocalSchedule(NamedTuple):
+    """A repeating job this process defines: its queue and when it repeats."""
+
+    queue: str
+    schedule: Schedule
+
+
+class CleanupRule(NamedTuple):
+    """Remove jobs of `queue` that ended in one of `states` over `older_than` seconds
+    ago."""
+
+    queue: str
+    states: tuple[str, ...]
+    older_than: float
+
+
+class HookTaken(NamedTuple):
+    """The job whose exhausted-attempts hook a runner now holds (as it stood before the
+    take), or None, with when the next runner's lease runs out."""
+
+    record: JobRecord | None
+    next_at: float | None
+
+
+class ExpiredLeases(NamedTuple):
+    """Running jobs whose lease ran out, and until when a lock stall keeps others from
+    rescue (None: none is kept)."""
+
+    leases: list[Expired]
+    protected_until: float | None

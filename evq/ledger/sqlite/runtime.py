@@ -17,7 +17,6 @@ from ...errors import ContextClosed, InvalidInput, LeaseLost
 from ...events import Event, event_from_row
 from ...jobs import JobRecord
 from ...outcomes import Planned
-from ...schedules import Schedule
 from .. import records
 from ..interface import OnCommit
 from . import connection, maintenance, ops, rescues, sql, trees
@@ -123,8 +122,7 @@ class RuntimeSide(EngineBase):
         await self.writer.run(functools.partial(ops.set_paused, queue=queue, paused=paused,
                                                 reason=reason))
 
-    async def deploy(self, definitions: Mapping[str, tuple[str, dict[str, Any]]]
-                     ) -> list[str]:
+    async def deploy(self, definitions: Mapping[str, records.Deployment]) -> list[str]:
         return await self.writer.run(functools.partial(maintenance.deploy,
                                                        definitions=definitions))
 
@@ -174,10 +172,10 @@ class RuntimeSide(EngineBase):
             ops.cancelled_among, job_ids_json=json.dumps(sorted(job_ids))))
 
     async def take_hook(self, names: Sequence[str], worker: str, lease: float
-                        ) -> tuple[JobRecord | None, float | None]:
+                        ) -> records.HookTaken:
         row, next_at = await self.writer.run(functools.partial(
             ops.take_hook, names_json=json.dumps(sorted(names)), worker=worker, lease=lease))
-        return (None if row is None else JobRecord.from_row(row)), next_at
+        return records.HookTaken(None if row is None else JobRecord.from_row(row), next_at)
 
     async def renew_hook(self, held: records.Attempt, lease: float) -> None:
         await self.writer.run(functools.partial(
@@ -191,9 +189,10 @@ class RuntimeSide(EngineBase):
             attempt=held.attempt, worker=held.worker, error=error))
 
     # --- rescue --------------------------------------------------------------------------------
-    async def expired_leases(self, limit: int = 500
-                             ) -> tuple[list[records.Expired], float | None]:
-        return await self.writer.run(functools.partial(rescues.expired_leases, limit=limit))
+    async def expired_leases(self, limit: int = 500) -> records.ExpiredLeases:
+        leases, kept_until = await self.writer.run(functools.partial(
+            rescues.expired_leases, limit=limit))
+        return records.ExpiredLeases(leases, kept_until)
 
     async def rescue(self, rescues_: Sequence[records.Rescue], rescuer: str) -> int:
         return await self.writer.run(functools.partial(
@@ -208,14 +207,13 @@ class RuntimeSide(EngineBase):
         await self.writer.run(functools.partial(maintenance.step_down, role=role,
                                                 holder=holder))
 
-    async def fire_schedules(self, local: Mapping[str, tuple[str, Schedule]],
+    async def fire_schedules(self, local: Mapping[str, records.LocalSchedule],
                              jobs: Mapping[str, records.NewJob | dict[str, Any]]
                              ) -> list[records.Fired]:
         return await self.writer.run(functools.partial(
             maintenance.fire_schedules, local=local, jobs=jobs))
 
-    async def cleanup(self, rules: Sequence[tuple[str, Sequence[str], float]], limit: int
-                      ) -> int:
+    async def cleanup(self, rules: Sequence[records.CleanupRule], limit: int) -> int:
         return await self.writer.run(functools.partial(maintenance.cleanup, rules=rules,
                                                        limit=limit))
 
