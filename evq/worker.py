@@ -194,6 +194,7 @@ class Worker:
             lease_for={name: d.lease for name, d in definitions.items()},
             queue_limits=limits,
             run_later=frozenset(n for n, d in definitions.items() if d.okay_to_run))
+        requests: dict[tuple[int, bool], records.ClaimRequest] = {}
         self._stopping = False
         start_count = self.jobs_done
         storage = outages.Backoff()
@@ -221,9 +222,13 @@ class Worker:
                     self._finished_since_claim = False
                     try:
                         see = runtime.clock.now() - self._seen_at >= SEEN_EVERY
-                        taken = await runtime.ledger.claim(attrs.evolve(
-                            claim, worker=self.name, limit=min(free, self.batch_size),
-                            see_names=tuple(self._names) if see else None))
+                        limit = min(free, self.batch_size)
+                        request = requests.get((limit, see))
+                        if request is None:  # a few shapes recur: built once each
+                            request = requests[limit, see] = attrs.evolve(
+                                claim, worker=self.name, limit=limit,
+                                see_names=tuple(self._names) if see else None)
+                        taken = await runtime.ledger.claim(request)
                     except LedgerUnavailable as exc:
                         # Nothing was claimed; what runs here keeps running. Try again.
                         delay = storage.after(exc)

@@ -153,9 +153,9 @@ class RuntimeSide(EngineBase):
         await self.writer.run(functools.partial(maintenance.forget_worker, name=name))
 
     async def claim(self, request: records.ClaimRequest) -> records.ClaimResult:
-        return await self.writer.run(functools.partial(_claim, request=request,
-                                                       queues_json=json.dumps(request.queues),
-                                                       names_json=json.dumps(request.names)))
+        return await self.writer.run(functools.partial(
+            _claim, request=request, queues_json=_json_list(request.queues),
+            names_json=_json_list(request.names)))
 
     async def start_run(self, held: records.Attempt) -> None:
         await self.writer.run(functools.partial(ops.start_run, held=held))
@@ -276,6 +276,12 @@ def _claim(tx: Tx, *, request: records.ClaimRequest, queues_json: str, names_jso
                   if t is not None and t > tx.now]
     return records.ClaimResult(claimed, min(candidates) if candidates else None, expired,
                                tx.now)
+
+
+@functools.lru_cache(maxsize=64)
+def _json_list(names: tuple[str, ...]) -> str:
+    """A claim's queues or job names as the JSON its statements take (they recur)."""
+    return json.dumps(names)
 
 
 def _nothing(tx: Tx) -> None:
