@@ -30,7 +30,7 @@ import attrs
 from . import files
 from .errors import InvalidInput, LedgerError, LedgerNotFound
 from .ledger import Ledger, open_ledger
-from .ledger.records import ArchiveFile, ArchiveRequest, StoredEvent
+from .ledger.audit_records import ArchiveFile, ArchiveRequest, StoredEvent
 from .transfer import FIELDS
 
 

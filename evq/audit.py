@@ -14,7 +14,7 @@ from .errors import InvalidInput, UnknownJob
 from .events import Event
 from .jobs import JobRecord
 from .ledger import Ledger
-from .ledger.records import FlowTree
+from .ledger.audit_records import FlowTree
 
 
 def short_id(job_id: str) -> str:

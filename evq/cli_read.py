@@ -27,7 +27,7 @@ from .errors import UnknownJob
 from .events import Event, EventKind
 from .jobs import JobRecord
 from .ledger import Ledger
-from .ledger.records import JobFilter
+from .ledger.audit_records import JobFilter
 
 EVENT_KINDS = tuple(str(kind) for kind in EventKind)
 

@@ -13,7 +13,7 @@ import attrs
 
 from .errors import EvqError, FlowError, InvalidInput
 from .jobs import JobDefinition
-from .ledger.records import FlowTree as FlowTree  # a flow's state as read back (re-exported)
+from .ledger.audit_records import FlowTree as FlowTree  # a flow's state as read back re-exported
 from .ledger.records import PlannedNode
 
 if TYPE_CHECKING:

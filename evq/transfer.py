@@ -15,7 +15,7 @@ from typing import Any
 from . import files
 from .errors import InvalidInput
 from .ledger import Ledger
-from .ledger.records import Exported, StoredEvent
+from .ledger.audit_records import Exported, StoredEvent
 
 FIELDS = StoredEvent._fields  # position, at, kind, job_id, queue, job, attempt, worker, data, v
 KEPT = "archived_hashes"

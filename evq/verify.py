@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from . import archive as archiving
-from .ledger import Ledger, records
+from .ledger import Ledger, audit_records
 
 
 class Outcome(enum.Enum):
@@ -30,7 +30,7 @@ class Outcome(enum.Enum):
 class Report:
     outcome: Outcome
     lines: list[str]
-    chain: records.ChainCheck | None = None
+    chain: audit_records.ChainCheck | None = None
 
 
 def verify_ledger(ledger: Ledger, expect_head: str | None = None,
@@ -60,7 +60,7 @@ def verify_ledger(ledger: Ledger, expect_head: str | None = None,
     return _passed(found)
 
 
-def _passed(found: records.ChainCheck) -> Report:
+def _passed(found: audit_records.ChainCheck) -> Report:
     holds = "holds wherever it could be recomputed (see below)" if found.blind else "holds"
     lines = [f"ok: {found.events} events ({found.seals} of them seals); the hash chain "
              f"{holds}, the ledger is append-only, and replay equals the stored state"]
@@ -92,7 +92,7 @@ def spans(ranges: Iterable[tuple[int, int]], most: int = 20) -> str:
     return text + (f" and {len(listed) - most} more ranges" if len(listed) > most else "")
 
 
-def _damaged(checked: records.LedgerCheck) -> Report:
+def _damaged(checked: audit_records.LedgerCheck) -> Report:
     lines = ["DAMAGED", f"the file is damaged: {checked.checked_by} says:"]
     lines += [f"  {line}" for line in checked.damage[:20]]
     if checked.damaged_parts:

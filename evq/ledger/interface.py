@@ -28,7 +28,7 @@ from ..errors import EvqError
 from ..events import Event
 from ..jobs import JobRecord
 from ..outcomes import Planned
-from . import records
+from . import audit_records, records
 
 OnCommit = Callable[[Sequence[records.Committed]], None]
 
@@ -224,7 +224,7 @@ class Ledger(Protocol):
         has that id; otherwise the ids that begin or end with it, matched literally, at
         most `most` of each kind, sorted."""
 
-    def job_labels(self, job_ids: Sequence[str]) -> dict[str, records.JobLabel]:
+    def job_labels(self, job_ids: Sequence[str]) -> dict[str, audit_records.JobLabel]:
         """What to call each of these jobs when people must choose between them."""
 
     def read_events(self, after: int = 0) -> Iterator[Event]:
@@ -250,23 +250,23 @@ class Ledger(Protocol):
 
     def read_job(self, job_id: str) -> JobRecord | None: ...
 
-    def find_jobs(self, wanted: records.JobFilter) -> list[JobRecord]:
+    def find_jobs(self, wanted: audit_records.JobFilter) -> list[JobRecord]:
         """Current jobs as `wanted` says, oldest first."""
 
-    def read_flow(self, job_id: str) -> records.FlowTree | None:
+    def read_flow(self, job_id: str) -> audit_records.FlowTree | None:
         """The whole flow that holds this job, from its root down; None if the job is
         not in the current state."""
 
-    def definitions(self) -> list[records.Deployed]:
+    def definitions(self) -> list[audit_records.Deployed]:
         """The deployed job definitions by name, with their schedules."""
 
     def verify(self, expect_head: str | None = None,
-               archives: Sequence[records.ArchiveFile] = ()) -> records.LedgerCheck:
+               archives: Sequence[audit_records.ArchiveFile] = ()) -> audit_records.LedgerCheck:
         """Check the storage, the append-only rules, the hash chain (with the archive
         files given; `expect_head`: a head printed earlier, which must still be a seal)
         and that replaying the events gives the stored state."""
 
-    def check_replay(self) -> records.ReplayCheck:
+    def check_replay(self) -> audit_records.ReplayCheck:
         """Replay every event apart and compare with the stored state."""
 
     def replay_into(self, target: Ledger, upto: int | None = None,
@@ -277,16 +277,16 @@ class Ledger(Protocol):
         events (position -> exported row) put back in place. `progress(done, total)`
         hears about long replays. Returns the number of events replayed."""
 
-    def export(self) -> Iterator[records.Exported]:
+    def export(self) -> Iterator[audit_records.Exported]:
         """Every event as stored, oldest first, read in short chunks."""
 
-    def import_(self, events: Iterable[records.Exported]) -> int:
+    def import_(self, events: Iterable[audit_records.Exported]) -> int:
         """Build this ledger, which must not exist yet, from exported events, through the
         same transitions as the write path, in one transaction, and check its chain: all
         of it appears, or nothing (InvalidInput names the refused line). Returns the
         count."""
 
-    def archive(self, request: records.ArchiveRequest) -> records.Moved:
+    def archive(self, request: audit_records.ArchiveRequest) -> audit_records.Moved:
         """Move the events of jobs deleted at or before `request.before` out of the
         ledger, in one transaction that keeps each one's hash and ends with an `archive`
         event and a seal; the file is written (`request.write`) before anything leaves."""

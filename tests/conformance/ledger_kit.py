@@ -16,7 +16,7 @@ import attrs
 from evq.archive import whole_flows
 from evq.clock import Clock
 from evq.events import Event
-from evq.ledger import Ledger, records
+from evq.ledger import Ledger, audit_records, records
 from evq.outcomes import Planned, RetryPolicy, after_failure
 from evq.retry import Fixed
 
@@ -141,25 +141,25 @@ class MemoryArchive:
         self.rows: dict[int, tuple[Any, ...]] = {}
         self.sha256 = ""
 
-    def write(self, events: Sequence[records.StoredEvent]) -> str:
+    def write(self, events: Sequence[audit_records.StoredEvent]) -> str:
         text = "".join(json.dumps(event._asdict()) + "\n" for event in events)
         self.rows = {event.position: tuple(event) for event in events}
         self.sha256 = hashlib.sha256(text.encode()).hexdigest()
         return self.sha256
 
-    def request(self, before: float, now: float) -> records.ArchiveRequest:
-        return records.ArchiveRequest(before, self.name, self.write, whole_flows, now)
+    def request(self, before: float, now: float) -> audit_records.ArchiveRequest:
+        return audit_records.ArchiveRequest(before, self.name, self.write, whole_flows, now)
 
-    def file(self) -> records.ArchiveFile:
-        return records.ArchiveFile(self.name, self.sha256, self.rows)
+    def file(self) -> audit_records.ArchiveFile:
+        return audit_records.ArchiveFile(self.name, self.sha256, self.rows)
 
 
-def head_of(check: records.LedgerCheck) -> str:
+def head_of(check: audit_records.LedgerCheck) -> str:
     assert check.chain is not None
     return check.chain.head
 
 
-def sound(check: records.LedgerCheck, complete: bool = True) -> None:
+def sound(check: audit_records.LedgerCheck, complete: bool = True) -> None:
     assert check.damage == () and check.rules_off == (), check
     assert check.chain is not None and check.chain.ok, check.chain
     assert check.chain.complete == complete, check.chain

@@ -24,7 +24,7 @@ from ledger_kit import (
 )
 
 import evq
-from evq.ledger import Ledger, records
+from evq.ledger import Ledger, audit_records, records
 
 
 async def some_history(ledger: Ledger, clock: evq.FakeClock) -> dict[str, str]:
@@ -96,7 +96,7 @@ async def test_export_then_import_gives_the_same_ledger(
     sound(imported)
     assert head_of(imported) == head_of(source)
     assert list(copy.read_events()) == list(ledger.read_events())
-    assert copy.find_jobs(records.JobFilter()) == ledger.find_jobs(records.JobFilter())
+    assert copy.find_jobs(audit_records.JobFilter()) == ledger.find_jobs(audit_records.JobFilter())
     assert list(copy.export()) == exported
 
 
@@ -122,7 +122,8 @@ async def test_replay_into_a_new_ledger_gives_the_same_state_and_head(
     assert count == len(await all_events(ledger))
     sound(replayed.verify())
     assert head_of(replayed.verify()) == head_of(ledger.verify())
-    assert replayed.find_jobs(records.JobFilter()) == ledger.find_jobs(records.JobFilter())
+    everything = audit_records.JobFilter()
+    assert replayed.find_jobs(everything) == ledger.find_jobs(everything)
     # Up to a position: the ledger as it stood then.
     enqueued = next(e.position for e in await ledger.history(ids["done"]) if e.kind == "enqueue")
     then = fresh(engine, tmp_path, "then")
@@ -202,11 +203,11 @@ async def test_the_readers_see_what_the_runtime_wrote(ledger: Ledger, clock: evq
     prefix = ids["done"][:-2]
     assert ids["done"] in ledger.find_job_ids(prefix, 50)
     labels = ledger.job_labels([ids["done"], ids["gone"]])
-    assert labels[ids["done"]] == records.JobLabel("n", "succeeded")
+    assert labels[ids["done"]] == audit_records.JobLabel("n", "succeeded")
     assert labels[ids["gone"]].name == "n"
-    failed = ledger.find_jobs(records.JobFilter(state="failed"))
+    failed = ledger.find_jobs(audit_records.JobFilter(state="failed"))
     assert [j.id for j in failed] == [ids["failed"]]
-    assert [j.id for j in ledger.find_jobs(records.JobFilter(limit=2))] == [
+    assert [j.id for j in ledger.find_jobs(audit_records.JobFilter(limit=2))] == [
         j.id for j in (await ledger.jobs())][-2:]
     tree = ledger.read_flow(ids["flow"])
     assert tree is not None and tree.id == ids["flow"] and tree.state == "pending"

@@ -12,7 +12,7 @@ import pytest
 from ledger_kit import EngineKit, MemoryArchive, claim, head_of, new_job, sound, success
 
 import evq
-from evq.ledger import Ledger, records
+from evq.ledger import Ledger, audit_records
 
 Built = dict[str, Any]
 
@@ -59,7 +59,7 @@ def claim_of(positions: list[int], keeps: bool) -> dict[str, Any]:
     return data
 
 
-def broken(ledger: Ledger, head: str | None = None) -> records.ChainCheck:
+def broken(ledger: Ledger, head: str | None = None) -> audit_records.ChainCheck:
     check = ledger.verify(expect_head=head)
     assert check.chain is not None and not check.chain.ok, check.chain
     return check.chain
@@ -152,7 +152,7 @@ def test_an_archive_file_whose_events_were_changed_fails(ledger: Ledger, built: 
     archive = MemoryArchive()
     ledger.archive(archive.request(clock.now(), clock.now()))
     position, row = min(archive.rows.items())
-    changed = records.ArchiveFile(archive.name, archive.sha256,
+    changed = audit_records.ArchiveFile(archive.name, archive.sha256,
                                   {**archive.rows, position: (row[0], row[1] + 1, *row[2:])})
     check = ledger.verify(archives=[changed])
     assert check.chain is not None and not check.chain.ok, check.chain

@@ -9,7 +9,7 @@ import pytest
 from ledger_kit import claim, failure, job_kinds, new_job, state, success
 
 import evq
-from evq.ledger import Ledger, records
+from evq.ledger import Ledger, audit_records, records
 from evq.outcomes import RetryPolicy, after_failure
 from evq.retry import Fixed
 from evq.schedules import Every
@@ -101,8 +101,8 @@ async def test_a_schedule_fires_once_per_due_time(ledger: Ledger, other: Ledger,
     assert fired.job_id == second.id
     assert await state(ledger, first.id) == await state(ledger, second.id) == "pending"
     assert ledger.definitions() == [
-        records.Deployed("m", "q", {}),
-        records.Deployed("n", "q", {"repeat": 60.0}, "every 60s", fired.next_at)]
+        audit_records.Deployed("m", "q", {}),
+        audit_records.Deployed("n", "q", {"repeat": 60.0}, "every 60s", fired.next_at)]
 
 
 async def test_cleanup_removes_finished_jobs_by_queue_state_and_age(

@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ...errors import InvalidInput, LedgerCorrupt, LedgerError
+from ..audit_records import ArchiveFile, LedgerCheck, ReplayCheck
 from ..interface import Ledger
-from ..records import ArchiveFile, LedgerCheck, ReplayCheck, Stopped
+from ..records import Stopped
 from . import chain, connection, ops, replay, schema, sql, stalls
 from .base import EngineBase
 from .failures import ledger_error

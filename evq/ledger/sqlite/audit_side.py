@@ -16,7 +16,7 @@ from ... import codec
 from ...errors import EvqError
 from ...events import Event, event_from_row
 from ...jobs import Child, JobRecord
-from ..records import Deployed, FlowTree, JobFilter, JobLabel
+from ..audit_records import Deployed, FlowTree, JobFilter, JobLabel
 from . import connection, sql
 from . import flows as edges
 from .base import EngineBase

@@ -22,7 +22,8 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..records import ArchiveFile, ChainCheck, Claim, Positions
+from ..audit_records import ArchiveFile, ChainCheck, Claim
+from ..records import Positions
 from . import seals, sql
 
 Span = Positions

@@ -10,7 +10,7 @@ from typing import Any
 
 from ... import files
 from ...errors import LedgerCorrupt
-from ..records import ReplayCheck
+from ..audit_records import ReplayCheck
 from . import chain, connection, seals, sql
 
 Progress = Callable[[int, int], None]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ... import files
 from ...errors import InvalidInput, LedgerError
-from ..records import ArchiveRequest, Exported, Moved, StoredEvent
+from ..audit_records import ArchiveRequest, Exported, Moved, StoredEvent
 from . import chain, connection, schema, seals, sql
 from .base import EngineBase
 from .failures import ledger_error
