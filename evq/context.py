@@ -1,5 +1,6 @@
-"""The Context: one ledger file opened by this process, the job definitions registered on
-it, enqueueing, reading jobs back, and event subscriptions."""
+"""The Context: the facade users hold. One ledger opened by this process, with the job
+definitions registered on it (the Registry), the runtime its workers and orchestrators
+share (the Runtime), enqueueing, reading jobs back, and event subscriptions."""
 
 from __future__ import annotations
 
@@ -16,11 +17,7 @@ from . import codec, enqueueing, files, flows
 from .clock import Clock, SystemClock
 from .durable import Subscription
 from .enqueueing import EnqueueRequest
-from .errors import (
-    InvalidInput,
-    InvalidTime,
-    UnknownJob,
-)
+from .errors import InvalidInput, InvalidTime, UnknownJob
 from .events import TERMINAL_KINDS, Event
 from .jobs import DEFAULT_QUEUE, Handler, JobDefinition, JobRecord
 from .ledger import Ledger, open_ledger, records
@@ -32,10 +29,10 @@ from .runtime import Runtime
 from .subscribers import EventFilter, EventHandler, Subscriber
 
 if TYPE_CHECKING:
-
     from .orchestrator import Orchestrator
     from .producer import SyncProducer
     from .worker import Worker
+
 
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -399,7 +396,7 @@ class Context:
 
     async def rescue_expired(self, rescuer: str = "evq") -> int:
         """Put back (or expire) jobs whose lease ran out; workers also do this. Takes a
-        quarter of a second more than the writes (see `evq.ledger.sqlite.stalls`)."""
+        quarter of a second more than the writes (see `evq.rescuing.SETTLE`)."""
         from .rescuing import rescue_expired
 
         return await rescue_expired(self.runtime, rescuer)

@@ -6,7 +6,7 @@ runs inside a write transaction and a lock stall costs no healthy worker its job
 2. `rescue_of`, outside any transaction, decides each one's fate: retry (the job's
    backoff gives when), or expire. A backoff that raises or returns garbage expires the
    job with reason `backoff_failed` instead of failing everybody's claims.
-3. `rescue`, in a later transaction (stalls.SETTLE seconds later), writes those fates,
+3. `rescue`, in a later transaction (`evq.rescuing.SETTLE` seconds later), writes those fates,
    each only if the lease is still the one that ran out.
 """
 

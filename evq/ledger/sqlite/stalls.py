@@ -15,8 +15,9 @@ heartbeat and another process's rescue race for the lock. The rule:
   GRACE seconds after the span's end: its holder gets that long, with the ledger
   writable again, to renew. (A lease that ran out before the span began ran out while
   the ledger could still be written.)
-- A rescue is decided in one transaction and applied in another, SETTLE real seconds
-  later, and only if the lease is still the one that ran out (see `ops.rescue`). In
+- A rescue is decided in one transaction and applied in another, `evq.rescuing.SETTLE`
+  real seconds later, and only if the lease is still the one that ran out (see
+  `rescues.rescue`). In
   between, a heartbeat that was waiting for the lock renews, and a writer that waited
   records its span. This covers the rescuer that comes fresh just as a stall ends: it
   waited for nothing, so it knows of no stall.
@@ -24,7 +25,7 @@ heartbeat and another process's rescue race for the lock. The rule:
 The spans live in `evq_meta`, not in the event log (they say nothing about any job),
 and are dropped once their grace is over. FakeClock-driven code is unaffected: without
 a real wait nothing is recorded, and a lease is rescued as soon as it has run out (plus
-SETTLE real seconds).
+`evq.rescuing.SETTLE` real seconds).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 STALL = 0.5  # seconds of waiting for the write lock that count as a stall
 GRACE = 5.0  # seconds a holder gets to renew after a stall, before its lease is rescued
-SETTLE = 0.25  # real seconds between deciding a rescue and applying it (evq.rescuing)
 META_KEY = "stalls"
 
 Span = tuple[float, float]
