@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from . import codec
 from .errors import InvalidInput, UnknownJob
 from .events import Event
 from .jobs import JobRecord
@@ -33,7 +34,7 @@ def resolve_job_id(ledger: Ledger, text: str) -> str:
     matches, InvalidInput (naming the candidates) when more than one does."""
     if not text:
         raise UnknownJob("give a job id")
-    if len(text) > MAX_ID_LENGTH or not _storable(text):
+    if len(text) > MAX_ID_LENGTH or not codec.storable(text):
         raise UnknownJob(f"no such job: no job id in this ledger is {_quoted(text)}")
     found = ledger.find_job_ids(text, CANDIDATES_SHOWN + 1)
     if len(found) == 1:
@@ -50,14 +51,6 @@ def resolve_job_id(ledger: Ledger, text: str) -> str:
         lines.append("  ... and more")
     raise InvalidInput("\n".join(lines))
 
-
-def _storable(text: str) -> bool:
-    """Whether a ledger can hold `text` (UTF-8 has no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _quoted(text: str, limit: int = 80) -> str:

@@ -153,13 +153,19 @@ def _plain_base(value: Any) -> Any:
     return list(value)
 
 
-def _check_text(text: str, what: str, path: str) -> None:
+def storable(text: str) -> bool:
+    """Whether UTF-8 can hold `text` (it has no lone surrogate), as every ledger needs."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(text: str, what: str, path: str) -> None:
+    if not storable(text):
         raise InvalidPayload(
-            f"{what} at {path}: the text holds a lone surrogate, which UTF-8 cannot store"
-        ) from None
+            f"{what} at {path}: the text holds a lone surrogate, which UTF-8 cannot store")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)

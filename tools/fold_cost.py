@@ -47,6 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evq.ledger import schema_sql
+from evq.ledger.sqlite import sql
 
 BATCH = 100
 QUEUE, NAME, WORKER = "default", "noop", "bench-host:4242:1"
@@ -57,31 +58,10 @@ CHECKPOINT_BYTES = 32 * 1024 * 1024  # as evq's writer (wal.py)
 PHASES = ("enqueue", "claim", "report")
 CLOCKS = ("wall", "cpu")
 
-# evq's connection pragmas (sql.CONNECTION_PRAGMAS) and durability PROCESS.
-PRAGMAS = (
-    "PRAGMA page_size = 1024",
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA wal_autocheckpoint = 0",
-    "PRAGMA foreign_keys = ON",
-    "PRAGMA journal_size_limit = 67108864",
-    "PRAGMA cache_size = -65536",
-    "PRAGMA mmap_size = 268435456",
-    "PRAGMA temp_store = MEMORY",
-    "PRAGMA synchronous = NORMAL",
-)
-
-# As evq writes events (sql.APPEND_EVENT, sql.APPEND_EVENTS_JSON, sql.LAST_POSITION).
-APPEND_EVENT = (
-    "INSERT INTO evq_events (at, kind, job_id, queue, job, attempt, worker, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-APPEND_EVENTS_JSON = """
-INSERT INTO evq_events (at, kind, job_id, queue, job, attempt, worker, data)
-SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-       value ->> 6
-FROM json_each(?2)
-"""
-LAST_POSITION = "SELECT max(position) FROM evq_events"
+# evq's own connection pragmas and event statements, with durability PROCESS.
+PRAGMAS = (*sql.CONNECTION_PRAGMAS, sql.SET_SYNCHRONOUS.format(level="NORMAL"))
+APPEND_EVENT, APPEND_EVENTS_JSON = sql.APPEND_EVENT, sql.APPEND_EVENTS_JSON
+LAST_POSITION = sql.LAST_POSITION
 
 # The Python fold's writes: the columns `apply` returns, in its order, then the fence.
 INSERT_JOB = (

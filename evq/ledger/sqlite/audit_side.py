@@ -47,7 +47,7 @@ class AuditSide(EngineBase):
 
     # --- job ids ---------------------------------------------------------------------------
     def find_job_ids(self, text: str, most: int) -> list[str]:
-        if not _storable(text):
+        if not codec.storable(text):
             return []
         with self._checked() as conn:
             if conn.execute(sql.JOB_ID_KNOWN, (text,)).fetchone():
@@ -166,14 +166,6 @@ def _subtree(conn: sqlite3.Connection, record: JobRecord | None, edge: Child | N
             children.append(_subtree(conn, _job(conn, child.id), child, depth + 1, child.id))
     return FlowTree(node_id, name, queue, record, edge, tuple(children))
 
-
-def _storable(text: str) -> bool:
-    """Whether SQLite can take `text` (UTF-8 has no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _glob_literal(text: str) -> str:
