@@ -59,7 +59,9 @@ class RetryPolicy:
     exhausted_hook: bool = False
 
 
-_PLUMBING = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py"),
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# evq's own frames between a caught error and the user's code that raised it.
+_PLUMBING = (os.path.join(_HERE, "attempts.py"),
              os.sep + os.path.join("concurrent", "futures") + os.sep)
 
 

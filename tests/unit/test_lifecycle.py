@@ -655,3 +655,19 @@ def test_worker_and_orchestrator_options_are_named_on_the_context():
     assert ctx.orchestrator(leader_lease=4).leader_lease == 4
     with pytest.raises(TypeError, match="concurency"):
         ctx.worker(concurency=3)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
+async def test_an_errors_traceback_starts_at_the_handler_not_in_evq(ctx, is_async):
+    def fail(payload):
+        raise ValueError("no such warehouse")
+
+    async def fail_async(payload):
+        fail(payload)
+
+    ctx.define("job", fail_async if is_async else fail, max_attempts=1)
+    job_id = await ctx.enqueue("job")
+    await ctx.drain()
+    traceback = (await ctx.get_job(job_id)).error["traceback"]
+    frames = [line for line in traceback.splitlines() if line.lstrip().startswith("File ")]
+    assert frames and all(__file__ in frame for frame in frames), traceback
