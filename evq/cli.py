@@ -58,7 +58,7 @@ from .cli_support import out as _out
 from .context import Context
 from .errors import EvqError, InvalidInput
 from .jobs import JobState
-from .ledger import Ledger, open_ledger
+from .ledger import Ledger, open_ledger, schema_sql
 from .ledger.records import Stopped
 
 
@@ -274,8 +274,11 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    # The schema of the engine --db or EVQ_DB names; with neither, the default (SQLite)
-    # engine's, read from a ledger that is never opened.
+    # The schema of --engine, or of the engine --db or EVQ_DB names; with none of them,
+    # the default (SQLite) engine's. No ledger is opened.
+    if args.engine:
+        _out(schema_sql(args.engine))
+        return EXIT_OK
     given = args.db or os.environ.get("EVQ_DB")
     _out(open_ledger(given or "evq.db").schema_text())
     return EXIT_OK
@@ -391,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long to wait for another process's write lock (default 10)")
     command("subscribers", cmd_subscribers,
             "durable event handlers: where each stands and how far behind it is")
-    command("schema", cmd_schema, "print the schema SQL")
+    p = command("schema", cmd_schema, "print the schema SQL")
+    p.add_argument("--engine", choices=("sqlite", "postgresql"),
+                   help="whose schema (default: the engine of --db, else sqlite)")
     command("migrate", cmd_migrate, "create or upgrade the schema of a ledger file")
     return parser
 

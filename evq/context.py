@@ -355,8 +355,9 @@ class Context:
         run_at: datetime | str | float | None = None,
         priority: int | None = None,
     ) -> str:
-        """Enqueue inside the caller's own open transaction on the same file (a plain
-        `sqlite3.Connection`): the job commits or rolls back with the caller's own rows.
+        """Enqueue inside the caller's own open transaction on the ledger (a plain
+        `sqlite3.Connection` on the same file; on PostgreSQL a psycopg `Connection` to
+        the same database): the job commits or rolls back with the caller's own rows.
 
         The file must already be an evq ledger (open a Context on it once, or run `evq
         migrate`): enqueue_in never creates the schema inside someone else's transaction.
@@ -366,6 +367,27 @@ class Context:
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
         reasons = enqueueing.refusals_now(self.registry, [new], "enqueue_in")
         self.ledger.enqueue_in(conn, new, reasons, self.clock.now)
+        if reasons:
+            raise enqueueing.rejected(
+                [new], reasons, "the `reject` event commits with your transaction")
+        return new.id
+
+    async def enqueue_in_async(
+        self,
+        conn: object,
+        job: str | JobDefinition[Any],
+        payload: Any = None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | str | float | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """`enqueue_in` on an async connection: inside the caller's open transaction on
+        a psycopg `AsyncConnection` to a PostgreSQL ledger's database, so the job commits
+        or rolls back with the caller's own rows."""
+        new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
+        reasons = enqueueing.refusals_now(self.registry, [new], "enqueue_in_async")
+        await self.ledger.enqueue_in_async(conn, new, reasons, self.clock.now)
         if reasons:
             raise enqueueing.rejected(
                 [new], reasons, "the `reject` event commits with your transaction")

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh ledger path and an open Context on a fake clock."""
+"""Shared fixtures: a fresh ledger path and an open Context on a fake clock; the
+PostgreSQL server of the tests (`postgres_url`, see pg_server.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pg_server import postgres_url as postgres_url  # the fixture, for every test
+from pg_server import pytest_runtest_makereport as pytest_runtest_makereport
 
 import evq
 

@@ -202,6 +202,12 @@ class Ledger(Protocol):
         caller's rows. `now()` is read once the write lock is held. Never creates the
         schema; leaves the caller's transaction as it was on any failure."""
 
+    async def enqueue_in_async(self, conn: object, job: records.NewJob,
+                               reasons: Mapping[str, str], now: Callable[[], float]
+                               ) -> None:
+        """`enqueue_in` on a caller's async connection (PostgreSQL: a psycopg
+        AsyncConnection); an engine whose driver has none refuses with InvalidInput."""
+
     def producer(self, clock: Clock) -> records.ProducerSession:
         """A synchronous session for code without an event loop (Context.sync()): its
         own connection, creating or upgrading the schema; needs no runtime."""

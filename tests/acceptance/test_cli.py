@@ -329,8 +329,9 @@ def test_every_command_takes_a_sqlite_url_for_its_ledger(demo, tmp_path: Path):
     assert fresh.is_file()
 
 
-def test_a_ledger_url_of_an_engine_this_evq_lacks_is_a_user_error():
-    result = evq("jobs", "--db", "postgresql://evq:secret@localhost/test")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "PostgreSQL ledgers are not available" in result.stderr
-    assert "secret" not in result.stderr
+def test_a_postgresql_server_that_cannot_be_reached_is_a_typed_error_without_password():
+    result = evq("jobs", "--db", "postgresql://evq:secret@127.0.0.1:1/test?connect_timeout=2")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "cannot be reached" in result.stderr
+    assert "postgresql://evq:***@127.0.0.1:1/test" in result.stderr
+    assert "secret" not in result.stderr + result.stdout

@@ -1,16 +1,22 @@
 """The engines the conformance suite runs on, and its fixtures. Every test takes a
 `ledger` (open on a fake clock) and speaks to it through the `Ledger` interface alone;
 an engine joins the suite with one entry in ENGINES (a place for a fresh ledger, a
-handle on it, a user's own connection, a forger), and no test changes."""
+handle on it, a user's own connection, a forger), and no test changes. The PostgreSQL
+engine's tests need a server (see tests/pg_server.py): without one they are skipped."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import pg_server
+import psycopg
 import pytest
 from ledger_kit import CallerConnection, Commits, EngineKit
+from pg_forger import PgForger
+from psycopg import sql
 from sqlite_forger import SqliteForger
 
 import evq
@@ -40,15 +46,56 @@ class SqliteCaller:
         self.conn.close()
 
 
+class PgCaller:
+    """A user's own psycopg connection to the ledger's database, on its schema, as their
+    code holds it (not in autocommit mode: its first statement opens a transaction)."""
+
+    def __init__(self, place: str) -> None:
+        url, schema = pg_server.split_place(place)
+        self.conn: psycopg.Connection[Any] = psycopg.connect(url, autocommit=True,
+                                                             connect_timeout=10)
+        self.conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        self.conn.autocommit = False
+
+    def begin(self) -> None:
+        self.conn.execute("SELECT 1")
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 ENGINES = {
     "sqlite": EngineKit("sqlite", place=lambda tmp: str(tmp / "ledger.db"),
                         handle=open_ledger, caller=SqliteCaller, forger=SqliteForger),
+    # Each place is a fresh schema on the test server, dropped after the test.
+    "postgresql": EngineKit("postgresql", place=lambda tmp: pg_server.new_place(),
+                            handle=open_ledger, caller=PgCaller, forger=PgForger),
 }
 
 
 @pytest.fixture(params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest) -> EngineKit:
-    return ENGINES[request.param]
+def engine(request: pytest.FixtureRequest) -> Iterator[EngineKit]:
+    kit = ENGINES[request.param]
+    if kit.name != "postgresql":
+        yield kit
+        return
+    request.getfixturevalue("postgres_url")  # skips (or fails) when there is no server
+    try:
+        yield kit
+    finally:
+        # Every fixture that holds a handle depends on `engine`, so all are closed by
+        # now, including those of places a test made itself with `engine.place`.
+        pg_server.drop_handed_out()
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ async def test_a_path_and_a_sqlite_url_are_the_same_ledger(tmp_path: Path, clock
 
 
 @pytest.mark.parametrize(("url", "says"), [
-    ("postgresql://evq@localhost/test", "PostgreSQL ledgers are not available"),
-    ("postgres://evq@localhost/test", "PostgreSQL ledgers are not available"),
+    ("postgresql://evq@localhost/test?schema=Bad-Name", "schema 'Bad-Name'"),
+    ("postgresql://evq:secret@localhost/test?schema=1x", "postgresql://evq:\\*\\*\\*@"),
     ("redis://localhost:6379/0", "unknown ledger URL scheme 'redis'"),
     ("sqlite:///", "the ledger path is empty"),
 ])
@@ -32,3 +32,12 @@ def test_what_cannot_be_a_ledger_is_refused_by_name(url: str, says: str):
         open_ledger(url)
     with pytest.raises(evq.InvalidInput, match=says):
         evq.Context(url)
+
+
+def test_a_postgresql_url_names_its_server_and_schema_and_never_shows_the_password():
+    ledger = open_ledger("postgresql://evq:s3cret@db.example:5433/app?schema=jobs"
+                         "&sslmode=disable")
+    assert ledger.location == "postgresql://evq:***@db.example:5433/app?schema=jobs&sslmode=disable"
+    assert "s3cret" not in repr(vars(ledger).get("location"))
+    default = open_ledger("postgres://evq@db.example/app")
+    assert default.location == "postgres://evq@db.example/app"

@@ -69,7 +69,7 @@ def enqueue_alone(conn: sqlite3.Connection, job: NewJob, now: float,
             first, now, job.id, job.queue, job.name, text,
             first + 1, now, seals.data_text(first, sealed), seals.SCHEME, last.position))
     except sqlite3.IntegrityError as exc:
-        raise refusal(exc, "enqueue", job.id, None) from None
+        raise refusal(str(exc), "enqueue", job.id, None) from None
     except sqlite3.OperationalError as exc:
         if connection.is_busy(exc):
             return False
@@ -238,6 +238,17 @@ def start_run(tx: Tx, held: Attempt) -> None:
     """The handler of a job claimed with its dequeue alone starts now: its `run` event
     (refused, LeaseLost, if the attempt is no longer held)."""
     tx.append("run", held.job_id, held.queue, held.name, held.attempt, held.worker, {})
+
+
+def holds(tx: Tx, held: Attempt) -> bool:
+    """Whether `held` is the job's running attempt, as the ledger's guard checks before
+    any report on it."""
+    row = tx.one(sql.GET_JOB, (held.job_id,))
+    return (row is not None and row[_STATE] == "running" and row[_ATTEMPT] == held.attempt
+            and row[_WORKER] == held.worker)
+
+
+_STATE, _ATTEMPT, _WORKER = (sql.JOB_FIELD[name] for name in ("state", "attempt", "worker"))
 
 
 def report(tx: Tx, held: Attempt, planned: Sequence[Planned]) -> list[Planned]:

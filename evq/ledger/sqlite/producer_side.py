@@ -105,6 +105,14 @@ class ProducerSide(EngineBase):
             raise error from exc
 
 
+    async def enqueue_in_async(self, conn: object, job: NewJob, reasons: Mapping[str, str],
+                               now: Callable[[], float]) -> None:
+        raise InvalidInput(
+            "enqueue_in_async is for PostgreSQL ledgers (a psycopg AsyncConnection); on "
+            f"the SQLite ledger {self.path}, use ctx.enqueue_in with a sqlite3 connection "
+            "on the same file")
+
+
 class SqliteProducer:
     """A producer's own connection to the file (see evq.ledger.records.ProducerSession).
     Thread-safe: one call at a time holds the connection."""

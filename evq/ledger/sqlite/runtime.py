@@ -292,6 +292,11 @@ def _heartbeat(tx: Tx, *, beats: Sequence[records.Beat]) -> list[float | None]:
     renewed: list[float | None] = []
     for beat in beats:
         lease_until = tx.now + beat.lease
+        # Read first: on PostgreSQL a refused append aborts the whole transaction, and
+        # one lost attempt must not cost the others their renewal.
+        if not ops.holds(tx, beat.held):
+            renewed.append(None)
+            continue
         try:
             ops.report(tx, beat.held, [Planned("heartbeat", {"lease_until": lease_until})])
         except LeaseLost:

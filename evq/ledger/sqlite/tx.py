@@ -100,7 +100,7 @@ class Tx:
                 (self.now, kind, job_id, queue, job, attempt, worker, stored),
             )
         except sqlite3.IntegrityError as exc:
-            raise refusal(exc, kind, job_id, attempt) from None
+            raise refusal(str(exc), kind, job_id, attempt) from None
         position = cursor.lastrowid
         assert position is not None
         self.appended.append(_committed((position, self.now, kind, job_id, queue, job,
@@ -128,7 +128,7 @@ class Tx:
             for kind, job_id, queue, job, attempt, worker, data, text in events:
                 self.append(kind, job_id, queue, job, attempt, worker, data, text)
             first = events[0]
-            raise refusal(exc, first[0], first[1], first[4]) from None
+            raise refusal(str(exc), first[0], first[1], first[4]) from None
         last = self.conn.execute(sql.LAST_POSITION).fetchone()[0]
         first_position = last - len(events) + 1
         self.appended.extend(
@@ -146,10 +146,9 @@ class Tx:
         return self.conn.execute(query, tuple(params)).fetchone()
 
 
-def refusal(exc: sqlite3.IntegrityError, kind: str, job_id: str | None,
-            attempt: int | None) -> Exception:
-    """Turn a trigger's refusal into the typed error a caller can act on."""
-    text = str(exc)
+def refusal(text: str, kind: str, job_id: str | None, attempt: int | None) -> Exception:
+    """Turn a trigger's refusal (its error text) into the typed error a caller can act
+    on."""
     if schema.STALE in text:
         return LeaseLost(
             f"{kind} refused for job {job_id} attempt {attempt}: this worker no longer "

@@ -1,0 +1,143 @@
+"""A write transaction on a PostgreSQL ledger, as the shared operations see it (the
+SQLite engine's `Tx`: append events, run named queries), with what PostgreSQL does
+differently: the transaction holds the ledger's append lock before it reads anything, so
+it hands out positions itself, gap-free and in commit order; and an append goes through
+A refused append aborts the whole PostgreSQL transaction (SQLite undoes only the refused
+statement): the operation fails with the typed refusal, and the writer redoes its batch
+with a savepoint per operation, so only that operation's writes go."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from hashlib import sha256
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg
+
+from ...codec import dumps
+from ..records import Committed
+from ..sqlite import seals
+from ..sqlite.tx import NewEvent, Tx, refusal
+from . import sql
+from .dialect import Dialect
+
+_committed = Committed._make
+
+
+class PgTx(Tx):
+    """Appends events inside a transaction that holds the ledger's append lock; make it
+    with `PgTx.locked`."""
+
+    __slots__ = ("next_position",)
+
+    conn: Dialect  # type: ignore[assignment]
+
+    def __init__(self, conn: Dialect, now: float, last_at: float | None,
+                 next_position: int) -> None:
+        super().__init__(conn, now, last_at)  # type: ignore[arg-type]
+        self.next_position = next_position
+
+    @classmethod
+    def locked(cls, conn: Dialect, clock_now: float) -> PgTx:  # type: ignore[override]
+        """A transaction on `conn`, which holds the append lock: its time is the clock
+        read after the lock, or the newest event's `at` if later."""
+        row = conn.raw.execute(sql.NEWEST_EVENT).fetchone()
+        if row is None:
+            return cls(conn, clock_now, None, 1)
+        last_at = float(row[1])
+        return cls(conn, max(clock_now, last_at), last_at, int(row[0]) + 1)
+
+    def forget_after(self, mark: int) -> None:
+        if mark < len(self.appended):
+            self.next_position = self.appended[mark][0]
+        super().forget_after(mark)
+
+    def seal(self, last: seals.LastSeal | None = None) -> None:
+        super().seal(last)
+        if self.appended:
+            self.next_position = self.appended[-1][0] + 1
+
+    def append(
+        self,
+        kind: str,
+        job_id: str | None = None,
+        queue: str | None = None,
+        job: str | None = None,
+        attempt: int | None = None,
+        worker: str | None = None,
+        data: dict[str, Any] | None = None,
+        text: str | None = None,
+    ) -> int:
+        body = data if data is not None else {}
+        stored = text if text is not None else dumps(body) if body else "{}"
+        position = self.next_position
+        try:
+            self.conn.raw.execute(sql.APPEND, (
+                position, self.now, kind, job_id, queue, job, attempt, worker, stored))
+        except psycopg.Error as exc:
+            refused = refusal_text(exc)
+            if refused is None:
+                raise
+            raise refusal(refused, kind, job_id, attempt) from None
+        self.next_position = position + 1
+        self.appended.append(_committed((position, self.now, kind, job_id, queue, job,
+                                         attempt, worker, body, 1)))
+        self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
+                                              attempt, worker, stored)).digest())
+        return position
+
+    def append_many(self, events: Sequence[NewEvent]) -> None:
+        """Append many events in one statement; all or none (a refused one refuses the
+        lot, and is named)."""
+        if not events:
+            return
+        now, first_position = self.now, self.next_position
+        rows = [(kind, job_id, queue, job, attempt, worker,
+                 text if text is not None else dumps(data) if data else "{}")
+                for kind, job_id, queue, job, attempt, worker, data, text in events]
+        try:
+            self.conn.raw.execute(sql.APPEND_MANY, (first_position, now, dumps(rows)))
+        except psycopg.Error as exc:
+            refused = refusal_text(exc)
+            if refused is None:
+                raise
+            event = _refused_event(exc, events, first_position)
+            raise refusal(refused, event[0], event[1], event[4]) from None
+        self.next_position = first_position + len(events)
+        self.appended.extend(
+            _committed((first_position + i, now, kind, job_id, queue, job, attempt, worker,
+                        data, 1))
+            for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
+        line = seals.line
+        self.digests.extend(sha256(line(first_position + i, now, *row)).digest()
+                            for i, row in enumerate(rows))
+
+
+def refusal_text(exc: psycopg.Error) -> str | None:
+    """The refusal a trigger (or the job id's uniqueness) made, as the SQLite engine's
+    text, or None if `exc` is not a refusal."""
+    if isinstance(exc, pg.RaiseException):
+        return exc.diag.message_primary or str(exc)
+    if isinstance(exc, pg.UniqueViolation) and exc.diag.constraint_name == "evq_jobs_pkey":
+        return "UNIQUE constraint failed: evq_jobs.id"
+    return None
+
+
+def refused_position(exc: psycopg.Error) -> int | None:
+    """The position of the event a trigger refused (its DETAIL), if it said."""
+    detail = exc.diag.message_detail or ""
+    return int(detail) if detail.isdigit() else None
+
+
+def _refused_event(exc: psycopg.Error, events: Sequence[NewEvent], first: int) -> NewEvent:
+    """Which of a statement's events (the first at position `first`) was refused: the
+    trigger names its position; a job id's uniqueness names the id."""
+    at = refused_position(exc)
+    if at is not None and 0 <= at - first < len(events):
+        return events[at - first]
+    detail = exc.diag.message_detail or ""
+    for event in events:
+        if event[1] is not None and f"=({event[1]})" in detail:
+            return event
+    return events[0]

@@ -1,0 +1,211 @@
+"""The process's one writer on a PostgreSQL ledger: group commit on a dedicated thread.
+
+As on SQLite, coroutines hand it operations (functions of a transaction), and every
+operation waiting at that moment commits in one transaction, each inside a savepoint
+only when one of them is refused. The transaction first takes the ledger's append lock
+(`pg_advisory_xact_lock`, held to the commit): writers of every process take turns, so
+positions are handed out gap-free in commit order and the hash chain is one line, and a
+commit's NOTIFY wakes the other processes' workers.
+
+A connection found dropped before the batch's COMMIT was sent (the server restarted or
+ended the session while it sat idle) is replaced, and the batch redone on the new one,
+once; one that drops after (a lost answer), or a server that cannot be reached, fails
+the batch with LedgerUnavailable, and the next batch connects again. A commit whose
+answer was lost may or may not have landed; the ledger's fencing makes a retried report
+harmless (a second outcome for one attempt is refused), so nothing succeeds twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+
+from ...clock import Clock
+from ...errors import ContextClosed
+from ...logs import get_logger
+from ..records import Committed
+from ..sqlite import seals
+from . import connection, failures, sql
+from .dialect import Dialect
+from .tx import PgTx
+from .url import Target
+
+T = TypeVar("T")
+Op = Callable[[PgTx], Any]
+OnCommit = Callable[[list[Committed]], None]
+
+_log = get_logger("evq.writer")
+
+
+class _Refused(Exception):
+    """An operation of an optimistic batch raised: redo the batch op by op."""
+
+
+class Writer:
+    def __init__(self, target: Target, clock: Clock, on_commit: OnCommit) -> None:
+        self._target = target
+        self._clock = clock
+        self._on_commit = on_commit
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
+        self._conn: Dialect | None = None
+        self._last_seal = seals.LastSeal()
+        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._sent_commit = False  # whether the batch being committed got to its COMMIT
+        self._begin = sql.BEGIN_LOCKED.format(key=target.lock_key)
+        self._commit_text = sql.NOTIFY_COMMIT.format(channel=sql.channel(target.schema))
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of the writer's connection (its own NOTIFYs come from it)."""
+        return None if self._conn is None else self._conn.raw.info.backend_pid
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._executor, self._connect)
+        self._task = loop.create_task(self._loop(), name="evq-writer")
+
+    def _connect(self) -> Dialect:
+        return connection.connect(self._target, "writing to")
+
+    async def run(self, op: Callable[[PgTx], T], weight: int = 1) -> T:
+        """Run `op` in the next group commit and return its result once committed. If
+        the caller is cancelled while waiting, the operation still commits."""
+        if self._closing or self._task is None:
+            raise ContextClosed("the evq context is closed; open it with `async with`")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Commit everything already handed over, then close the connection."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._task = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            batch, self._queue = self._queue, []
+            ops = [op for op, _ in batch]
+            try:
+                results, appended = await loop.run_in_executor(self._executor, self._commit,
+                                                               ops)
+            except BaseException as exc:  # the commit itself failed: nobody's op landed
+                failure = self._typed(exc)
+                _log.error("evq.commit_failed", error=str(failure),
+                           kind=type(failure).__name__, ops=len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                continue
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(self._typed(value))
+            if appended:
+                self._on_commit(appended)
+
+    def _typed(self, exc: BaseException) -> Exception:
+        if isinstance(exc, psycopg.Error):
+            return failures.ledger_error(exc, self._target.shown, "writing to")
+        return exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+
+    def _commit(self, ops: list[Op]) -> tuple[list[tuple[bool, Any]], list[Committed]]:
+        """Commit a batch: first without savepoints; if an operation is refused, roll
+        back and redo it with a savepoint per operation, so that the refusal takes only
+        that operation's writes with it."""
+        while True:
+            fresh = self._conn is None
+            if self._conn is None:
+                self._conn = self._connect()
+            conn = self._conn
+            self._sent_commit = False
+            try:
+                try:
+                    return self._run_batch(conn, ops, isolate=False)
+                except _Refused:
+                    return self._run_batch(conn, ops, isolate=True)
+            except BaseException as exc:
+                gone = failures.is_disconnect(exc) or conn.raw.closed
+                if gone:
+                    self._conn = None
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                # A session the server ended while it sat idle (a restart,
+                # pg_terminate_backend) is found dead only by the next statement. If
+                # the COMMIT was not sent, nothing of the batch landed: redo it once on a
+                # new connection instead of failing writes the server would now take. A
+                # new connection failing too, or a lost answer to the COMMIT (which may
+                # have landed), is the callers' LedgerUnavailable.
+                if gone and not fresh and not self._sent_commit:
+                    _log.info("evq.reconnected", reason=str(self._typed(exc)))
+                    continue
+                raise
+
+    def _run_batch(self, conn: Dialect, ops: list[Op], *, isolate: bool
+                   ) -> tuple[list[tuple[bool, Any]], list[Committed]]:
+        raw = conn.raw
+        results: list[tuple[bool, Any]] = []
+        try:
+            # Inside the try: a lock wait cut short (statement_timeout, lock_timeout)
+            # fails this statement with the transaction open, and it must be rolled back,
+            # or every later batch on this connection would find it aborted.
+            raw.execute(self._begin)
+            tx = PgTx.locked(conn, self._clock.now())
+            for op in ops:
+                if not isolate:
+                    try:
+                        results.append((True, op(tx)))
+                    except Exception as exc:
+                        if failures.is_disconnect(exc):
+                            raise
+                        raise _Refused from exc
+                    continue
+                mark = tx.mark()
+                raw.execute(sql.SAVEPOINT)
+                try:
+                    value = op(tx)
+                except Exception as exc:
+                    if failures.is_disconnect(exc):
+                        raise
+                    raw.execute(sql.ROLLBACK_TO)
+                    raw.execute(sql.RELEASE)
+                    tx.forget_after(mark)
+                    results.append((False, exc))
+                else:
+                    raw.execute(sql.RELEASE)
+                    results.append((True, value))
+            tx.seal(self._last_seal)
+            self._sent_commit = True
+            raw.execute(self._commit_text if tx.appended else sql.COMMIT)
+        except BaseException:
+            self._last_seal = seals.LastSeal()
+            if not raw.closed and conn.in_transaction:
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute(sql.ROLLBACK)
+            raise
+        return results, tx.appended
