@@ -25,8 +25,12 @@ def _search_path(target: Target) -> pgsql.Composed:
     return pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(target.schema))
 
 
-def connect(target: Target, doing: str = "connecting to") -> Dialect:
-    """A new autocommit connection (evq opens its transactions explicitly)."""
+def connect(target: Target, doing: str = "connecting to",
+            busy_timeout_ms: int | None = None) -> Dialect:
+    """A new autocommit connection (evq opens its transactions explicitly). With
+    `busy_timeout_ms`, a wait for a lock another session holds (the append lock, a table
+    lock) ends after that long with LedgerLocked, as on SQLite, unless the URL set its
+    own lock_timeout (`options=-c lock_timeout=...`)."""
     try:
         raw = psycopg.connect(target.conninfo, autocommit=True,
                               application_name=APPLICATION)
@@ -34,14 +38,20 @@ def connect(target: Target, doing: str = "connecting to") -> Dialect:
         raise ledger_error(exc, target.shown, doing) from None
     try:
         raw.execute(_search_path(target))
+        if busy_timeout_ms is not None:
+            raw.execute(sql.LOCK_TIMEOUT_UNLESS_SET, (_lock_timeout(busy_timeout_ms),))
     except psycopg.Error as exc:
         raw.close()
         raise ledger_error(exc, target.shown, doing) from None
     return Dialect(raw)
 
 
-async def connect_async(target: Target, doing: str = "connecting to"
-                        ) -> psycopg.AsyncConnection[Any]:
+def _lock_timeout(busy_timeout_ms: int) -> str:
+    return f"{max(busy_timeout_ms, 1)}ms"  # 0 would mean "wait forever"
+
+
+async def connect_async(target: Target, doing: str = "connecting to",
+                        busy_timeout_ms: int | None = None) -> psycopg.AsyncConnection[Any]:
     try:
         conn = await psycopg.AsyncConnection.connect(
             target.conninfo, autocommit=True, application_name=APPLICATION)
@@ -49,6 +59,8 @@ async def connect_async(target: Target, doing: str = "connecting to"
         raise ledger_error(exc, target.shown, doing) from None
     try:
         await conn.execute(_search_path(target))
+        if busy_timeout_ms is not None:
+            await conn.execute(sql.LOCK_TIMEOUT_UNLESS_SET, (_lock_timeout(busy_timeout_ms),))
     except psycopg.Error as exc:
         await conn.close()
         raise ledger_error(exc, target.shown, doing) from None

@@ -34,7 +34,12 @@ def ledger_error(exc: BaseException, shown: str, doing: str = "using") -> Ledger
             f"{where}: a statement ran past its time limit ({text}); nothing of it was "
             "written. Look for a long transaction holding the ledger, or raise "
             "statement_timeout")
-    if isinstance(exc, pg.LockNotAvailable | pg.DeadlockDetected | pg.SerializationFailure):
+    if isinstance(exc, pg.LockNotAvailable):
+        return LedgerLocked(
+            f"{where}: another session held a lock the ledger needs for longer than "
+            f"lock_timeout (the context's busy_timeout) ({text}); nothing was written. "
+            "Try again; if it lasts, look for a long transaction holding the ledger")
+    if isinstance(exc, pg.DeadlockDetected | pg.SerializationFailure):
         return LedgerLocked(f"{where}: {text}; nothing was written, try again")
     if isinstance(exc, pg.DiskFull | pg.OutOfMemory):
         return LedgerFull(f"{where}: the server is out of space ({text}); nothing was "
@@ -60,10 +65,25 @@ def ledger_error(exc: BaseException, shown: str, doing: str = "using") -> Ledger
 
 
 def is_disconnect(exc: BaseException) -> bool:
-    """Whether `exc` says the connection is gone (a new one may work)."""
+    """Whether `exc` says the connection is gone (a new one may work). An error the
+    server sent has a SQLSTATE, and only classes 08 (connection) and 57P (the session
+    ended: shutdown, pg_terminate_backend) mean the session is gone: a lock or statement
+    timeout, a full disk, are OperationalErrors too, but the connection is still good.
+    One with no SQLSTATE is libpq finding the connection broken."""
     state = getattr(exc, "sqlstate", None) or ""
-    return (isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-            and not isinstance(exc, pg.QueryCanceled)) or state.startswith(("08", "57P"))
+    if state:
+        return state.startswith(("08", "57P"))
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def fails_the_batch(exc: BaseException) -> bool:
+    """Whether `exc`, raised by one operation of a group commit, is the server's or the
+    connection's trouble (gone, a lock or statement timeout, a deadlock, out of space:
+    psycopg's OperationalError family), not that operation's: the whole batch fails
+    with it at once, rather than being redone operation by operation (which would wait
+    out the same timeout again for nothing). A refusal or a bad value is the
+    operation's own, and fails only it."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -35,7 +35,7 @@ class PgProducerSide(ProducerSide, PgBase):
     """Synchronous producers and enqueue in a caller's psycopg transaction."""
 
     def producer(self, clock: Clock) -> PgProducer:  # type: ignore[override]
-        return PgProducer(self.target, clock)
+        return PgProducer(self.target, clock, self.busy_timeout_ms)
 
     def check_callers_transaction(self, conn: object) -> None:
         if not isinstance(conn, psycopg.Connection):
@@ -191,12 +191,14 @@ class PgProducer:
     one transaction. Thread-safe: one call at a time holds the connection. A dropped
     connection fails that call with LedgerUnavailable; the next connects again."""
 
-    def __init__(self, target: Target, clock: Clock) -> None:
+    def __init__(self, target: Target, clock: Clock, busy_timeout_ms: int) -> None:
         self._target = target
+        self._busy_timeout_ms = busy_timeout_ms
         self._clock = clock
         self._lock = threading.Lock()
         connection.migrate(target)
-        self._conn: Dialect | None = connection.connect(target, "writing to")
+        self._conn: Dialect | None = connection.connect(target, "writing to",
+                                                        busy_timeout_ms)
         self._closed = False
         self._last_seal = seals.LastSeal()
         self._begin = sql.BEGIN_LOCKED.format(key=target.lock_key)
@@ -227,7 +229,8 @@ class PgProducer:
             if self._closed:
                 raise ContextClosed("this SyncProducer is closed")
             if self._conn is None:
-                self._conn = connection.connect(self._target, "writing to")
+                self._conn = connection.connect(self._target, "writing to",
+                                                self._busy_timeout_ms)
             conn = self._conn
             try:
                 return write_locked(conn, write, self._clock.now, self._begin,

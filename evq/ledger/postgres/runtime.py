@@ -35,11 +35,12 @@ class PgRuntime(RuntimeSide, PgBase):
         if self._writer is not None:
             return
         await asyncio.to_thread(connection.migrate, self.target)
-        writer = Writer(self.target, clock, on_commit)
+        writer = Writer(self.target, clock, on_commit, self.busy_timeout_ms)
         try:
             await writer.open()
             self._writer = writer
-            self._reader = await connection.connect_async(self.target)
+            self._reader = await connection.connect_async(self.target, "reading",
+                                                          self.busy_timeout_ms)
             self._reading = asyncio.Lock()
         except BaseException:
             self._writer = None
@@ -72,7 +73,8 @@ class PgRuntime(RuntimeSide, PgBase):
                 reader = self._reader
                 fresh = reader is None or reader.closed
                 if reader is None or reader.closed:
-                    reader = self._reader = await connection.connect_async(self.target)
+                    reader = self._reader = await connection.connect_async(
+                        self.target, "reading", self.busy_timeout_ms)
                 try:
                     cursor = await reader.execute(translate(query), tuple(params))
                     return await cursor.fetchall()

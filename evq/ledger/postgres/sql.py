@@ -597,3 +597,7 @@ BEGIN_WRITE = "BEGIN"
 # The scratch ledger replay folds into: its schema version (once its table exists).
 SCRATCH_VERSION = (
     "SELECT value FROM evq_scratch_replay.evq_meta WHERE key = 'schema_version'")
+# A session's lock_timeout from the context's busy_timeout, unless the URL set one.
+LOCK_TIMEOUT_UNLESS_SET = (
+    "SELECT set_config('lock_timeout', %s, false) "
+    "WHERE current_setting('lock_timeout') IN ('0', '0ms')")

@@ -16,7 +16,7 @@ from ...errors import InvalidInput, LedgerError
 from ..audit_records import ArchiveRequest, Exported, Moved, StoredEvent
 from ..sqlite import chain, seals
 from ..sqlite import sql as named
-from ..sqlite.transfer_side import _KEEP, TransferSide, _ranges
+from ..sqlite.transfer_side import _KEEP, TransferSide, _ranges, exported
 from . import connection, sql
 from .base import PgBase
 from .dialect import Dialect, scalar
@@ -28,7 +28,7 @@ class PgTransferSide(TransferSide, PgBase):
 
     def export(self) -> Iterator[Exported]:
         with self._checked("exporting") as conn:
-            yield from _exported(conn)
+            yield from exported(conn)  # type: ignore[arg-type]
 
     def import_(self, events: Iterable[Exported]) -> int:
         return self.load(events, check_chain=True)
@@ -75,21 +75,6 @@ class PgTransferSide(TransferSide, PgBase):
                     raw.execute(sql.ROLLBACK)
                 raise
         return moved
-
-
-def _exported(conn: Dialect) -> Iterator[Exported]:
-    after = 0
-    while True:
-        rows = conn.execute(named.EVENTS_AFTER, (after, 2000)).fetchall()
-        for row in rows:
-            event = StoredEvent._make(row)
-            kept = () if event.kind != "archive" else tuple(
-                (position, digest) for position, digest in
-                conn.execute(named.KEPT_HASHES_OF_ARCHIVE, (event.position,)))
-            yield Exported(event, kept)
-        if len(rows) < 2000:
-            return
-        after = rows[-1][0]
 
 
 def _load(raw: psycopg.Connection[Any], events: Iterable[Exported]) -> int:

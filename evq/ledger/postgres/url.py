@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 
@@ -52,8 +52,8 @@ def redact(url: str) -> str:
         netloc = f"{userinfo}@{host}"
     query = [(k, "***" if k.lower() == "password" else v)
              for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"),
-                       parts.fragment))
+    shown_query = urlencode(query, safe="*", quote_via=quote)
+    return urlunsplit((parts.scheme, netloc, parts.path, shown_query, parts.fragment))
 
 
 def parse(url: str) -> Target:
@@ -72,6 +72,7 @@ def parse(url: str) -> Target:
             f"schema {schema!r} in {shown} is not a schema name evq uses: give lower-case "
             "letters, digits and underscores, starting with a letter (default 'evq'; "
             f"{RESERVED!r} is evq's own)")
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    rest = urlencode([(key, value) for key, value in query if key != "schema"],
+                     quote_via=quote)
     conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
     return Target(conninfo, schema, shown)

@@ -46,8 +46,10 @@ class _Refused(Exception):
 
 
 class Writer:
-    def __init__(self, target: Target, clock: Clock, on_commit: OnCommit) -> None:
+    def __init__(self, target: Target, clock: Clock, on_commit: OnCommit,
+                 busy_timeout_ms: int = 10_000) -> None:
         self._target = target
+        self._busy_timeout_ms = busy_timeout_ms
         self._clock = clock
         self._on_commit = on_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="evq-writer")
@@ -72,7 +74,7 @@ class Writer:
         self._task = loop.create_task(self._loop(), name="evq-writer")
 
     def _connect(self) -> Dialect:
-        return connection.connect(self._target, "writing to")
+        return connection.connect(self._target, "writing to", self._busy_timeout_ms)
 
     async def run(self, op: Callable[[PgTx], T], weight: int = 1) -> T:
         """Run `op` in the next group commit and return its result once committed. If
@@ -181,7 +183,7 @@ class Writer:
                     try:
                         results.append((True, op(tx)))
                     except Exception as exc:
-                        if failures.is_disconnect(exc):
+                        if failures.fails_the_batch(exc):
                             raise
                         raise _Refused from exc
                     continue
@@ -190,7 +192,7 @@ class Writer:
                 try:
                     value = op(tx)
                 except Exception as exc:
-                    if failures.is_disconnect(exc):
+                    if failures.fails_the_batch(exc):
                         raise
                     raw.execute(sql.ROLLBACK_TO)
                     raw.execute(sql.RELEASE)

@@ -29,18 +29,7 @@ class TransferSide(EngineBase):
     def export(self) -> Iterator[Exported]:
         with self.reading() as conn:
             connection.require_schema(conn, self.path)
-            after = 0
-            while True:
-                rows = conn.execute(sql.EVENTS_AFTER, (after, _CHUNK)).fetchall()
-                for row in rows:
-                    event = StoredEvent._make(row)
-                    kept = () if event.kind != "archive" else tuple(
-                        (position, digest) for position, digest in
-                        conn.execute(sql.KEPT_HASHES_OF_ARCHIVE, (event.position,)))
-                    yield Exported(event, kept)
-                if len(rows) < _CHUNK:
-                    return
-                after = rows[-1][0]
+            yield from exported(conn)
 
     def import_(self, events: Iterable[Exported]) -> int:
         try:
@@ -81,6 +70,23 @@ class TransferSide(EngineBase):
             raise ledger_error(exc, self.path, "archiving events of",
                                self.busy_timeout) from exc
         return moved
+
+
+def exported(conn: sqlite3.Connection) -> Iterator[Exported]:
+    """Every event of the ledger on `conn` as stored, in order, read in short chunks, an
+    archive event with the hashes it kept."""
+    after = 0
+    while True:
+        rows = conn.execute(sql.EVENTS_AFTER, (after, _CHUNK)).fetchall()
+        for row in rows:
+            event = StoredEvent._make(row)
+            kept = () if event.kind != "archive" else tuple(
+                (position, digest) for position, digest in
+                conn.execute(sql.KEPT_HASHES_OF_ARCHIVE, (event.position,)))
+            yield Exported(event, kept)
+        if len(rows) < _CHUNK:
+            return
+        after = rows[-1][0]
 
 
 def _load(conn: sqlite3.Connection, events: Iterable[Exported]) -> int:
