@@ -89,6 +89,9 @@ class Context:
         self.ledger: Ledger = open_ledger(path, busy_timeout=self.busy_timeout,
                                           durability=self.durability,
                                           file_mode=self.file_mode)
+        # Where the ledger is, as people are shown it: a file path, or a PostgreSQL URL
+        # with its password replaced. `path` is the file of a SQLite ledger.
+        self.location: str = self.ledger.location
         self.path = Path(self.ledger.location)
         self.registry = Registry(self.clock, self.max_payload_bytes, self)
         self.runtime = Runtime(

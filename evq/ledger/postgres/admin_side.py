@@ -88,6 +88,6 @@ class PgAdminSide(AdminSide, PgBase):
     def _act(self, op: Callable[[PgTx], T]) -> T:
         with self._checked("writing to") as conn:
             return write_locked(conn, op, time.time,
-                                sql.BEGIN_LOCKED.format(key=self.target.lock_key),
+                                sql.BEGIN_LOCKED_NEWEST.format(key=self.target.lock_key),
                                 sql.NOTIFY_COMMIT.format(
                                     channel=sql.channel(self.target.schema)))

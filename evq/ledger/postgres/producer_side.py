@@ -201,7 +201,7 @@ class PgProducer:
                                                         busy_timeout_ms)
         self._closed = False
         self._last_seal = seals.LastSeal()
-        self._begin = sql.BEGIN_LOCKED.format(key=target.lock_key)
+        self._begin = sql.BEGIN_LOCKED_NEWEST.format(key=target.lock_key)
         self._commit = sql.NOTIFY_COMMIT.format(channel=sql.channel(target.schema))
 
     def close(self) -> None:
@@ -250,14 +250,13 @@ class PgProducer:
 def write_locked(conn: Dialect, write: Callable[[PgTx], T], now: Callable[[], float],
                  begin: str, commit: str, last: seals.LastSeal | None = None) -> T:
     """`write` in one transaction of its own under the append lock, sealed, committed
-    (and the ledger's channel notified); rolled back if anything raises."""
+    (and the ledger's channel notified); rolled back if anything raises. `begin` is
+    the ledger's sql.BEGIN_LOCKED_NEWEST, `commit` its sql.NOTIFY_COMMIT."""
     raw = conn.raw
-    raw.execute(begin)
     try:
-        tx = PgTx.locked(conn, now())
+        tx = PgTx.begin(conn, begin, now)
         written = write(tx)
-        tx.seal(last)
-        raw.execute(commit if tx.appended else sql.COMMIT)
+        raw.execute(tx.commit_text(commit, last))
     except BaseException:
         if not raw.closed and conn.in_transaction:
             with contextlib.suppress(psycopg.Error):

@@ -601,3 +601,12 @@ SCRATCH_VERSION = (
 LOCK_TIMEOUT_UNLESS_SET = (
     "SELECT set_config('lock_timeout', %s, false) "
     "WHERE current_setting('lock_timeout') IN ('0', '0ms')")
+# One round trip to open a write transaction: BEGIN, the append lock (`key`), and,
+# once it is held, the newest event (position, at).
+BEGIN_LOCKED_NEWEST = (
+    "BEGIN; SELECT pg_advisory_xact_lock({key:d}); "
+    "SELECT position, at FROM evq_events ORDER BY position DESC LIMIT 1")
+# A commit's seal event as literals, followed by NOTIFY_COMMIT: sealed, committed and
+# announced in one round trip.
+SEAL_THEN = ("INSERT INTO evq_events (position, at, kind, data, v) "
+             "VALUES ({}, {}, 'seal', {}, {}); ")

@@ -8,12 +8,13 @@ with a savepoint per operation, so only that operation's writes go."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg
+from psycopg import sql as pgsql
 
 from ...codec import dumps
 from ..records import Committed
@@ -39,14 +40,36 @@ class PgTx(Tx):
         self.next_position = next_position
 
     @classmethod
-    def locked(cls, conn: Dialect, clock_now: float) -> PgTx:  # type: ignore[override]
+    def locked(cls, conn: Dialect, clock_now: float,  # type: ignore[override]
+               newest: Any = None) -> PgTx:
         """A transaction on `conn`, which holds the append lock: its time is the clock
-        read after the lock, or the newest event's `at` if later."""
-        row = conn.raw.execute(sql.NEWEST_EVENT).fetchone()
+        read after the lock, or the newest event's `at` if later. `newest` is the cursor
+        that read the newest event under the lock (see `begin`), or None to read it."""
+        row = (conn.raw.execute(sql.NEWEST_EVENT) if newest is None else newest).fetchone()
         if row is None:
             return cls(conn, clock_now, None, 1)
         last_at = float(row[1])
         return cls(conn, max(clock_now, last_at), last_at, int(row[0]) + 1)
+
+    @classmethod
+    def begin(cls, conn: Dialect, begin_newest: str, now: Callable[[], float]) -> PgTx:
+        """Open a write transaction on `conn` that takes the append lock and reads the
+        newest event, in one round trip (`begin_newest`: sql.BEGIN_LOCKED_NEWEST for
+        the ledger); `now()` is read once the lock is held."""
+        cursor = conn.raw.execute(begin_newest)
+        while cursor.nextset():  # BEGIN, the lock, then the newest event
+            pass
+        return cls.locked(conn, now(), cursor)
+
+    def commit_text(self, notify_commit: str, last: seals.LastSeal | None = None
+                    ) -> pgsql.SQL | pgsql.Composed:
+        """Seal what this transaction appended and commit, notifying the ledger's channel,
+        as one round trip (`notify_commit`: sql.NOTIFY_COMMIT for the ledger)."""
+        row = self.seal_row(last)
+        if row is None:
+            return pgsql.SQL(sql.COMMIT)
+        return pgsql.SQL(sql.SEAL_THEN).format(*map(pgsql.Literal, row)) + pgsql.SQL(
+            notify_commit)
 
     def forget_after(self, mark: int) -> None:
         if mark < len(self.appended):

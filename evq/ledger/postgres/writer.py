@@ -60,7 +60,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._sent_commit = False  # whether the batch being committed got to its COMMIT
-        self._begin = sql.BEGIN_LOCKED.format(key=target.lock_key)
+        self._begin = sql.BEGIN_LOCKED_NEWEST.format(key=target.lock_key)
         self._commit_text = sql.NOTIFY_COMMIT.format(channel=sql.channel(target.schema))
 
     @property
@@ -176,8 +176,7 @@ class Writer:
             # Inside the try: a lock wait cut short (statement_timeout, lock_timeout)
             # fails this statement with the transaction open, and it must be rolled back,
             # or every later batch on this connection would find it aborted.
-            raw.execute(self._begin)
-            tx = PgTx.locked(conn, self._clock.now())
+            tx = PgTx.begin(conn, self._begin, self._clock.now)
             for op in ops:
                 if not isolate:
                     try:
@@ -201,9 +200,9 @@ class Writer:
                 else:
                     raw.execute(sql.RELEASE)
                     results.append((True, value))
-            tx.seal(self._last_seal)
+            commit = tx.commit_text(self._commit_text, self._last_seal)
             self._sent_commit = True
-            raw.execute(self._commit_text if tx.appended else sql.COMMIT)
+            raw.execute(commit)
         except BaseException:
             self._last_seal = seals.LastSeal()
             if not raw.closed and conn.in_transaction:

@@ -66,18 +66,26 @@ class Tx:
         """Seal what this transaction appended with a `seal` event (call it once, just
         before commit). `last`, kept by a long-lived writer, spares finding the previous
         seal when that writer wrote it; it is updated (commit, or forget it)."""
+        row = self.seal_row(last)
+        if row is not None:
+            self.conn.execute(sql.APPEND_SEAL, row)
+
+    def seal_row(self, last: seals.LastSeal | None = None
+                 ) -> tuple[int, float, str, int] | None:
+        """The seal event `seal` writes (position, at, data, v), counted as appended,
+        for a caller that writes it itself (None: nothing to seal)."""
         if not self.appended:
-            return
+            return None
         first, position = self.appended[0][0], self.appended[-1][0] + 1
         sealed = seals.seal_hash(seals.previous_hash(self.conn, first, last), self.digests,
                                  seals.seal_line(position, self.now, first))
-        self.conn.execute(sql.APPEND_SEAL, (position, self.now,
-                                            seals.data_text(first, sealed), seals.SCHEME))
+        row = (position, self.now, seals.data_text(first, sealed), seals.SCHEME)
         self.appended.append(_committed((position, self.now, seals.SEAL, None, None, None,
                                          None, None, {"first": first, "hash": sealed},
                                          seals.SCHEME)))
         if last is not None:
             last.position, last.hash, last.at = position, sealed, self.now
+        return row
 
     def append(
         self,
