@@ -610,3 +610,6 @@ BEGIN_LOCKED_NEWEST = (
 # announced in one round trip.
 SEAL_THEN = ("INSERT INTO evq_events (position, at, kind, data, v) "
              "VALUES ({}, {}, 'seal', {}, {}); ")
+# Whether any flow edge is unsettled (open, or failed and blocking its parent).
+ANY_UNSETTLED_EDGE = (
+    "SELECT EXISTS (SELECT 1 FROM evq_dependencies WHERE state = 'open' OR state = 'failed')")

@@ -8,7 +8,7 @@ with a savepoint per operation, so only that operation's writes go."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from hashlib import sha256
 from typing import Any
 
@@ -19,18 +19,20 @@ from psycopg import sql as pgsql
 from ...codec import dumps
 from ..records import Committed
 from ..sqlite import seals
+from ..sqlite import sql as named
 from ..sqlite.tx import NewEvent, Tx, refusal
 from . import sql
-from .dialect import Dialect
+from .dialect import Dialect, scalar
 
 _committed = Committed._make
+_EDGE_LOOKUPS = frozenset((named.OPEN_EDGE_OF_CHILD, named.FAILED_EDGE_OF_CHILD))
 
 
 class PgTx(Tx):
     """Appends events inside a transaction that holds the ledger's append lock; make it
     with `PgTx.locked`."""
 
-    __slots__ = ("next_position",)
+    __slots__ = ("next_position", "unsettled")
 
     conn: Dialect  # type: ignore[assignment]
 
@@ -38,6 +40,18 @@ class PgTx(Tx):
                  next_position: int) -> None:
         super().__init__(conn, now, last_at)  # type: ignore[arg-type]
         self.next_position = next_position
+        # Whether any flow edge is open or failed (None: not read yet). Every job that
+        # ends looks up its edge to a waiting parent; while no edge is unsettled, the
+        # answer is known without a round trip. Only a `wait` event opens edges.
+        self.unsettled: bool | None = None
+
+    def one(self, query: str, params: Iterable[Any] = ()) -> Any:
+        if query in _EDGE_LOOKUPS:
+            if self.unsettled is None:
+                self.unsettled = bool(scalar(self.conn.raw.execute(sql.ANY_UNSETTLED_EDGE)))
+            if not self.unsettled:
+                return None
+        return super().one(query, params)
 
     @classmethod
     def locked(cls, conn: Dialect, clock_now: float,  # type: ignore[override]
@@ -104,6 +118,8 @@ class PgTx(Tx):
                 raise
             raise refusal(refused, kind, job_id, attempt) from None
         self.next_position = position + 1
+        if kind == "wait":
+            self.unsettled = True
         self.appended.append(_committed((position, self.now, kind, job_id, queue, job,
                                          attempt, worker, body, 1)))
         self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
@@ -128,6 +144,8 @@ class PgTx(Tx):
             event = _refused_event(exc, events, first_position)
             raise refusal(refused, event[0], event[1], event[4]) from None
         self.next_position = first_position + len(events)
+        if any(event[0] == "wait" for event in events):
+            self.unsettled = True
         self.appended.extend(
             _committed((first_position + i, now, kind, job_id, queue, job, attempt, worker,
                         data, 1))
