@@ -370,10 +370,7 @@ class Context:
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
         reasons = enqueueing.refusals_now(self.registry, [new], "enqueue_in")
         self.ledger.enqueue_in(conn, new, reasons, self.clock.now)
-        if reasons:
-            raise enqueueing.rejected(
-                [new], reasons, "the `reject` event commits with your transaction")
-        return new.id
+        return enqueueing.in_callers_transaction(new, reasons)
 
     async def enqueue_in_async(
         self,
@@ -391,10 +388,7 @@ class Context:
         new = self.prepare(job, payload, delay=delay, run_at=run_at, priority=priority)
         reasons = enqueueing.refusals_now(self.registry, [new], "enqueue_in_async")
         await self.ledger.enqueue_in_async(conn, new, reasons, self.clock.now)
-        if reasons:
-            raise enqueueing.rejected(
-                [new], reasons, "the `reject` event commits with your transaction")
-        return new.id
+        return enqueueing.in_callers_transaction(new, reasons)
 
     def _check_connection(self, conn: object) -> None:
         """enqueue_in's connection: the engine's driver's (plain sqlite3), open, in a

@@ -247,3 +247,11 @@ def rejected(jobs: Sequence[NewJob], reasons: dict[str, str], note: str) -> JobR
     return JobRejected(
         f"on_before_add refused {len(reasons)} job(s) of {names}: "
         + "; ".join(sorted(set(reasons.values()))) + f"; {note}", reasons)
+
+
+def in_callers_transaction(new: NewJob, reasons: dict[str, str]) -> str:
+    """After an enqueue inside the caller's own transaction: the job's id, or for a job
+    refused at enqueue the rejection (its `reject` event commits with that transaction)."""
+    if reasons:
+        raise rejected([new], reasons, "the `reject` event commits with your transaction")
+    return new.id

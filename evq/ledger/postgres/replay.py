@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,7 +23,6 @@ from . import schema, sql
 from .dialect import Dialect, scalar
 from .tx import refusal_text, refused_position
 
-Progress = Callable[[int, int], None]
 _CHUNK = 20_000
 SCRATCH = "evq_scratch_replay"
 
@@ -55,15 +53,14 @@ _SCRATCH_KEY = int.from_bytes(hashlib.sha256(b"evq:scratch-replay").digest()[:8]
                               signed=True)
 
 
-def check(conn: Dialect, source: str, upto: int | None = None,
-          progress: Progress | None = None) -> ReplayCheck:
+def check(conn: Dialect, source: str) -> ReplayCheck:
     """Replay every event of the ledger in schema `source` and compare projections."""
     raw = conn.raw
     _make_scratch(conn)
     raw.execute(sql.BEGIN_SNAPSHOT)
     try:
         raw.execute(sql.SET_LOCAL_SEARCH_PATH, (SCRATCH,))
-        last = upto if upto is not None else 2**62
+        last = 2**62  # the statements take an upper bound: here, every event
         src = pgsql.Identifier(source)
         head = int(scalar(raw.execute(pgsql.SQL(sql.REPLAY_HEAD).format(source=src),
                                       (last,))))
@@ -79,8 +76,6 @@ def check(conn: Dialect, source: str, upto: int | None = None,
                     raise
                 return ReplayCheck(0, [], [], refused_position(exc), refused)
             done = upper
-            if progress is not None:
-                progress(done, head)
         raw.execute(pgsql.SQL(sql.COPY_KEPT_HASHES_FROM).format(source=src), (last,))
         rebuilt_only: list[tuple[Any, ...]] = []
         stored_only: list[tuple[Any, ...]] = []

@@ -9,7 +9,6 @@ with a savepoint per operation, so only that operation's writes go."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from hashlib import sha256
 from typing import Any
 
 import psycopg
@@ -20,7 +19,7 @@ from ...codec import dumps
 from ..records import Committed
 from ..sqlite import seals
 from ..sqlite import sql as named
-from ..sqlite.tx import NewEvent, Tx, refusal
+from ..sqlite.tx import NewEvent, Tx, refusal, stored_rows
 from . import sql
 from .dialect import Dialect, scalar
 
@@ -120,10 +119,7 @@ class PgTx(Tx):
         self.next_position = position + 1
         if kind == "wait":
             self.unsettled = True
-        self.appended.append(_committed((position, self.now, kind, job_id, queue, job,
-                                         attempt, worker, body, 1)))
-        self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
-                                              attempt, worker, stored)).digest())
+        self.record(position, kind, job_id, queue, job, attempt, worker, body, stored)
         return position
 
     def append_many(self, events: Sequence[NewEvent]) -> None:
@@ -131,12 +127,10 @@ class PgTx(Tx):
         lot, and is named)."""
         if not events:
             return
-        now, first_position = self.now, self.next_position
-        rows = [(kind, job_id, queue, job, attempt, worker,
-                 text if text is not None else dumps(data) if data else "{}")
-                for kind, job_id, queue, job, attempt, worker, data, text in events]
+        first_position = self.next_position
+        rows = stored_rows(events)
         try:
-            self.conn.raw.execute(sql.APPEND_MANY, (first_position, now, dumps(rows)))
+            self.conn.raw.execute(sql.APPEND_MANY, (first_position, self.now, dumps(rows)))
         except psycopg.Error as exc:
             refused = refusal_text(exc)
             if refused is None:
@@ -146,13 +140,7 @@ class PgTx(Tx):
         self.next_position = first_position + len(events)
         if any(event[0] == "wait" for event in events):
             self.unsettled = True
-        self.appended.extend(
-            _committed((first_position + i, now, kind, job_id, queue, job, attempt, worker,
-                        data, 1))
-            for i, (kind, job_id, queue, job, attempt, worker, data, _) in enumerate(events))
-        line = seals.line
-        self.digests.extend(sha256(line(first_position + i, now, *row)).digest()
-                            for i, row in enumerate(rows))
+        self.record_many(first_position, events, rows)
 
 
 def refusal_text(exc: psycopg.Error) -> str | None:

@@ -29,6 +29,7 @@ from ...errors import ContextClosed
 from ...logs import get_logger
 from ..records import Committed
 from ..sqlite import seals
+from ..sqlite.writer import fail_batch, hand_back
 from . import connection, failures, sql
 from .dialect import Dialect
 from .tx import PgTx
@@ -114,20 +115,9 @@ class Writer:
                 results, appended = await loop.run_in_executor(self._executor, self._commit,
                                                                ops)
             except BaseException as exc:  # the commit itself failed: nobody's op landed
-                failure = self._typed(exc)
-                _log.error("evq.commit_failed", error=str(failure),
-                           kind=type(failure).__name__, ops=len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(failure)
+                fail_batch(batch, self._typed(exc))
                 continue
-            for (_, future), (ok, value) in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(self._typed(value))
+            hand_back(batch, results, self._typed)
             if appended:
                 self._on_commit(appended)
 

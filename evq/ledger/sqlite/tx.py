@@ -111,11 +111,18 @@ class Tx:
             raise refusal(str(exc), kind, job_id, attempt) from None
         position = cursor.lastrowid
         assert position is not None
+        self.record(position, kind, job_id, queue, job, attempt, worker, body, stored)
+        return position
+
+    def record(self, position: int, kind: str, job_id: str | None, queue: str | None,
+               job: str | None, attempt: int | None, worker: str | None,
+               body: dict[str, Any], stored: str) -> None:
+        """Count an event written at `position` (`stored`: its data as written) as this
+        transaction's, for its seal and for the subscribers after the commit."""
         self.appended.append(_committed((position, self.now, kind, job_id, queue, job,
                                          attempt, worker, body, 1)))
         self.digests.append(sha256(seals.line(position, self.now, kind, job_id, queue, job,
                                               attempt, worker, stored)).digest())
-        return position
 
     def append_many(self, events: Sequence[NewEvent]) -> None:
         """Append many events in one statement (kind, job_id, queue, job, attempt, worker,
@@ -124,12 +131,9 @@ class Tx:
         learns its position."""
         if not events:
             return
-        now = self.now
-        rows = [(kind, job_id, queue, job, attempt, worker,
-                 text if text is not None else dumps(data) if data else "{}")
-                for kind, job_id, queue, job, attempt, worker, data, text in events]
+        rows = stored_rows(events)
         try:
-            self.conn.execute(sql.APPEND_EVENTS_JSON, (now, dumps(rows)))
+            self.conn.execute(sql.APPEND_EVENTS_JSON, (self.now, dumps(rows)))
         except sqlite3.IntegrityError as exc:
             # The refused statement left nothing behind; one at a time, the refusal names
             # the event it was about (the caller rolls back what these append).
@@ -138,7 +142,13 @@ class Tx:
             first = events[0]
             raise refusal(str(exc), first[0], first[1], first[4]) from None
         last = self.conn.execute(sql.LAST_POSITION).fetchone()[0]
-        first_position = last - len(events) + 1
+        self.record_many(last - len(events) + 1, events, rows)
+
+    def record_many(self, first_position: int, events: Sequence[NewEvent],
+                    rows: Sequence[tuple[Any, ...]]) -> None:
+        """`record` for events written at consecutive positions from `first_position`
+        (`rows`: each as written, see `stored_rows`)."""
+        now = self.now
         self.appended.extend(
             _committed((first_position + i, now, kind, job_id, queue, job, attempt, worker,
                         data, 1))
@@ -152,6 +162,13 @@ class Tx:
 
     def one(self, query: str, params: Iterable[Any] = ()) -> Any:
         return self.conn.execute(query, tuple(params)).fetchone()
+
+
+def stored_rows(events: Sequence[NewEvent]) -> list[tuple[Any, ...]]:
+    """Each event as it is written: its data encoded (the text given, if any)."""
+    return [(kind, job_id, queue, job, attempt, worker,
+             text if text is not None else dumps(data) if data else "{}")
+            for kind, job_id, queue, job, attempt, worker, data, text in events]
 
 
 def refusal(text: str, kind: str, job_id: str | None, attempt: int | None) -> Exception:

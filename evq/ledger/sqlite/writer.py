@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +51,30 @@ class _Refused(Exception):
 
 class _Busy(Exception):
     """The inline connection could not take the write lock at once: use the thread."""
+
+
+def fail_batch(batch: Sequence[tuple[object, asyncio.Future[Any]]], failure: Exception
+               ) -> None:
+    """A commit failed: every caller of the batch gets `failure` (nobody's op landed)."""
+    _log.error("evq.commit_failed", error=str(failure), kind=type(failure).__name__,
+               ops=len(batch))
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(failure)
+
+
+def hand_back(batch: Sequence[tuple[object, asyncio.Future[Any]]],
+              results: list[tuple[bool, Any]],
+              typed: Callable[[BaseException], Exception]) -> None:
+    """A batch committed: each caller gets its op's result, or its refusal as `typed`
+    says (a caller that gave up meanwhile gets nothing; its op committed anyway)."""
+    for (_, future), (ok, value) in zip(batch, results, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(typed(value))
 
 
 class Writer:
@@ -154,20 +178,9 @@ class Writer:
                     done = await loop.run_in_executor(self._executor, self._commit, ops)
                 results, appended = done
             except BaseException as exc:  # the commit itself failed: nobody's op landed
-                failure = self._typed(exc)
-                _log.error("evq.commit_failed", error=str(failure), kind=type(failure).__name__,
-                           ops=len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(failure)
+                fail_batch(batch, self._typed(exc))
                 continue
-            for (_, future), (ok, value) in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(self._typed(value))
+            hand_back(batch, results, self._typed)
             if appended:
                 self._on_commit(appended)
 
