@@ -19,6 +19,7 @@ from ledger_kit import (
     kinds,
     new_job,
     request,
+    sound,
     state,
     success,
 )
@@ -191,6 +192,29 @@ async def test_a_bulk_enqueue_commits_all_or_nothing(ledger: Ledger, clock: evq.
     ids = await ledger.enqueue(batch[:2])  # the same jobs, without the clash, go in
     assert ids == [batch[0].id, batch[1].id]
     assert len(commits) == seen + 1 and kinds(commits[-1]) == ["enqueue", "enqueue", "seal"]
+
+
+async def test_a_refused_write_handed_over_with_others_fails_alone(
+        ledger: Ledger, clock: evq.FakeClock, commits: Commits) -> None:
+    # Handed over together, they commit together (one group commit); the clash, found
+    # only when the engine writes, must take nothing of the others with it.
+    taken = new_job(clock)
+    await ledger.enqueue([taken])
+    seen = len(commits)
+    others = [new_job(clock) for _ in range(4)]
+    clash = new_job(clock, id=taken.id)
+    handed = [asyncio.ensure_future(ledger.enqueue([job])) for job in others[:2]]
+    handed.append(asyncio.ensure_future(ledger.enqueue([clash])))
+    handed += [asyncio.ensure_future(ledger.enqueue([job])) for job in others[2:]]
+    outcomes = await asyncio.gather(*handed, return_exceptions=True)
+    refused = outcomes.pop(2)
+    assert isinstance(refused, evq.JobStateConflict) and taken.id in str(refused)
+    assert outcomes == [[job.id] for job in others]
+    assert sorted(j.id for j in await ledger.jobs()) == sorted([taken.id] + [
+        job.id for job in others])
+    landed = [e for commit in commits[seen:] for e in commit if e.kind == "enqueue"]
+    assert [e.job_id for e in landed] == [job.id for job in others]
+    sound(ledger.verify())
 
 
 async def test_a_streamed_bulk_enqueue_commits_all_or_nothing(ledger: Ledger,

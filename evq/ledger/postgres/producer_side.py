@@ -254,7 +254,7 @@ def write_locked(conn: Dialect, write: Callable[[PgTx], T], now: Callable[[], fl
     the ledger's sql.BEGIN_LOCKED_NEWEST, `commit` its sql.NOTIFY_COMMIT."""
     raw = conn.raw
     try:
-        tx = PgTx.begin(conn, begin, now)
+        tx = PgTx.begin(conn, begin, now, last)
         written = write(tx)
         raw.execute(tx.commit_text(commit, last))
     except BaseException:

@@ -601,11 +601,8 @@ SCRATCH_VERSION = (
 LOCK_TIMEOUT_UNLESS_SET = (
     "SELECT set_config('lock_timeout', %s, false) "
     "WHERE current_setting('lock_timeout') IN ('0', '0ms')")
-# One round trip to open a write transaction: BEGIN, the append lock (`key`), and,
-# once it is held, the newest event (position, at).
-BEGIN_LOCKED_NEWEST = (
-    "BEGIN; SELECT pg_advisory_xact_lock({key:d}); "
-    "SELECT position, at FROM evq_events ORDER BY position DESC LIMIT 1")
+# APPEND_MANY with its three parameters as literals, for a commit's last round trip.
+APPEND_MANY_THEN = APPEND_MANY.replace("%s", "{}").strip() + "; "
 # A commit's seal event as literals, followed by NOTIFY_COMMIT: sealed, committed and
 # announced in one round trip.
 SEAL_THEN = ("INSERT INTO evq_events (position, at, kind, data, v) "
@@ -613,3 +610,10 @@ SEAL_THEN = ("INSERT INTO evq_events (position, at, kind, data, v) "
 # Whether any flow edge is unsettled (open, or failed and blocking its parent).
 ANY_UNSETTLED_EDGE = (
     "SELECT EXISTS (SELECT 1 FROM evq_dependencies WHERE state = 'open' OR state = 'failed')")
+# One round trip to open a write transaction: BEGIN, the append lock (`key`), and,
+# once it is held, the newest event (position, at, kind, data: a commit's last event is
+# its seal, whose hash the next commit chains to) and whether any flow edge is unsettled.
+BEGIN_LOCKED_NEWEST = (
+    "BEGIN; SELECT pg_advisory_xact_lock({key:d}); "
+    "SELECT position, at, kind, data FROM evq_events ORDER BY position DESC LIMIT 1; "
+    + ANY_UNSETTLED_EDGE)

@@ -1,13 +1,19 @@
 """A write transaction on a PostgreSQL ledger, as the shared operations see it (the
 SQLite engine's `Tx`: append events, run named queries), with what PostgreSQL does
 differently: the transaction holds the ledger's append lock before it reads anything, so
-it hands out positions itself, gap-free and in commit order; and an append goes through
+it hands out positions itself, gap-free and in commit order; and a writer that commits
+with `commit_text` may hold appends back (`hold_back`): they are written in one statement
+just before the next statement of the transaction, or with the seal in the commit's own
+round trip, instead of a round trip each.
+
 A refused append aborts the whole PostgreSQL transaction (SQLite undoes only the refused
 statement): the operation fails with the typed refusal, and the writer redoes its batch
-with a savepoint per operation, so only that operation's writes go."""
+with a savepoint per operation (and nothing held back), so only that operation's writes
+go."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,24 +31,48 @@ from .dialect import Dialect, scalar
 
 _committed = Committed._make
 _EDGE_LOOKUPS = frozenset((named.OPEN_EDGE_OF_CHILD, named.FAILED_EDGE_OF_CHILD))
+_HOLD_AT_MOST = 1000  # appends held back before they are written anyway (a long stream)
+
+
+class _Flushing(Dialect):
+    """The transaction's connection as operations see it: a statement first writes the
+    appends held back, so that it sees them (and their fold)."""
+
+    __slots__ = ("flush",)
+
+    def __init__(self, raw: psycopg.Connection[Any], flush: Callable[[], None]) -> None:
+        super().__init__(raw)
+        self.flush = flush
+
+    def execute(self, query: str, params: Iterable[Any] = ()) -> psycopg.Cursor[Any]:
+        self.flush()
+        return super().execute(query, params)
 
 
 class PgTx(Tx):
     """Appends events inside a transaction that holds the ledger's append lock; make it
     with `PgTx.locked`."""
 
-    __slots__ = ("next_position", "unsettled")
+    __slots__ = ("held_back", "hold_back", "next_position", "unsettled")
 
     conn: Dialect  # type: ignore[assignment]
 
     def __init__(self, conn: Dialect, now: float, last_at: float | None,
                  next_position: int) -> None:
-        super().__init__(conn, now, last_at)  # type: ignore[arg-type]
+        super().__init__(_Flushing(conn.raw, self.flush), now, last_at)  # type: ignore[arg-type]
         self.next_position = next_position
+        # Whether appends wait to be written until the next statement or the commit
+        # (only for a writer that commits with `commit_text`), and those waiting, as
+        # stored rows at the positions just before `next_position`.
+        self.hold_back = False
+        self.held_back: list[tuple[Any, ...]] = []
         # Whether any flow edge is open or failed (None: not read yet). Every job that
         # ends looks up its edge to a waiting parent; while no edge is unsettled, the
         # answer is known without a round trip. Only a `wait` event opens edges.
         self.unsettled: bool | None = None
+
+    def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self.conn.execute(query, params).fetchall()
 
     def one(self, query: str, params: Iterable[Any] = ()) -> Any:
         if query in _EDGE_LOOKUPS:
@@ -50,39 +80,75 @@ class PgTx(Tx):
                 self.unsettled = bool(scalar(self.conn.raw.execute(sql.ANY_UNSETTLED_EDGE)))
             if not self.unsettled:
                 return None
-        return super().one(query, params)
+        return self.conn.execute(query, params).fetchone()
 
     @classmethod
-    def locked(cls, conn: Dialect, clock_now: float,  # type: ignore[override]
-               newest: Any = None) -> PgTx:
+    def locked(cls, conn: Dialect, clock_now: float) -> PgTx:  # type: ignore[override]
         """A transaction on `conn`, which holds the append lock: its time is the clock
-        read after the lock, or the newest event's `at` if later. `newest` is the cursor
-        that read the newest event under the lock (see `begin`), or None to read it."""
-        row = (conn.raw.execute(sql.NEWEST_EVENT) if newest is None else newest).fetchone()
-        if row is None:
-            return cls(conn, clock_now, None, 1)
-        last_at = float(row[1])
-        return cls(conn, max(clock_now, last_at), last_at, int(row[0]) + 1)
+        read after the lock, or the newest event's `at` if later."""
+        return cls._after(conn, clock_now, conn.raw.execute(sql.NEWEST_EVENT).fetchone())
 
     @classmethod
-    def begin(cls, conn: Dialect, begin_newest: str, now: Callable[[], float]) -> PgTx:
+    def _after(cls, conn: Dialect, clock_now: float, newest: Any) -> PgTx:
+        """The transaction whose newest event so far is `newest` (position, at, ...)."""
+        if newest is None:
+            return cls(conn, clock_now, None, 1)
+        last_at = float(newest[1])
+        return cls(conn, max(clock_now, last_at), last_at, int(newest[0]) + 1)
+
+    @classmethod
+    def begin(cls, conn: Dialect, begin_newest: str, now: Callable[[], float],
+              last: seals.LastSeal | None = None) -> PgTx:
         """Open a write transaction on `conn` that takes the append lock and reads the
-        newest event, in one round trip (`begin_newest`: sql.BEGIN_LOCKED_NEWEST for
-        the ledger); `now()` is read once the lock is held."""
+        newest event and whether any flow edge is unsettled, in one round trip
+        (`begin_newest`: sql.BEGIN_LOCKED_NEWEST for the ledger); `now()` is read once
+        the lock is held. A newest event that is a seal (the end of every commit) is
+        remembered in `last`, so the commit's seal chains to it without a query."""
         cursor = conn.raw.execute(begin_newest)
-        while cursor.nextset():  # BEGIN, the lock, then the newest event
-            pass
-        return cls.locked(conn, now(), cursor)
+        cursor.nextset()  # past BEGIN, to the lock
+        cursor.nextset()
+        newest = cursor.fetchone()
+        cursor.nextset()
+        unsettled = bool(scalar(cursor))
+        tx = cls._after(conn, now(), newest)
+        if last is not None and newest is not None and newest[2] == seals.SEAL:
+            last.position, last.at = int(newest[0]), float(newest[1])
+            last.hash = str(json.loads(newest[3])["hash"])
+        tx.unsettled = unsettled
+        return tx
 
     def commit_text(self, notify_commit: str, last: seals.LastSeal | None = None
                     ) -> pgsql.SQL | pgsql.Composed:
-        """Seal what this transaction appended and commit, notifying the ledger's channel,
-        as one round trip (`notify_commit`: sql.NOTIFY_COMMIT for the ledger)."""
+        """Write what is held back, seal what this transaction appended and commit,
+        notifying the ledger's channel, as one round trip (`notify_commit`:
+        sql.NOTIFY_COMMIT for the ledger)."""
         row = self.seal_row(last)
         if row is None:
             return pgsql.SQL(sql.COMMIT)
-        return pgsql.SQL(sql.SEAL_THEN).format(*map(pgsql.Literal, row)) + pgsql.SQL(
+        text = pgsql.SQL(sql.SEAL_THEN).format(*map(pgsql.Literal, row)) + pgsql.SQL(
             notify_commit)
+        rows, self.held_back = self.held_back, []
+        if not rows:
+            return text
+        first = self.next_position - len(rows)
+        return pgsql.SQL(sql.APPEND_MANY_THEN).format(
+            pgsql.Literal(first), pgsql.Literal(self.now), pgsql.Literal(dumps(rows))) + text
+
+    def flush(self) -> None:
+        """Write the appends held back, in one statement."""
+        rows, self.held_back = self.held_back, []
+        if rows:
+            self._write_many(self.next_position - len(rows), rows)
+
+    def _write_many(self, first: int, rows: Sequence[tuple[Any, ...]]) -> None:
+        try:
+            self.conn.raw.execute(sql.APPEND_MANY, (first, self.now, dumps(rows)))
+        except psycopg.Error as exc:
+            refused = refusal_text(exc)
+            if refused is None:
+                raise
+            event = _refused_event(exc, rows, first)
+            raise refusal(refused, event[0], event[1], event[4]) from None
 
     def forget_after(self, mark: int) -> None:
         if mark < len(self.appended):
@@ -108,14 +174,19 @@ class PgTx(Tx):
         body = data if data is not None else {}
         stored = text if text is not None else dumps(body) if body else "{}"
         position = self.next_position
-        try:
-            self.conn.raw.execute(sql.APPEND, (
-                position, self.now, kind, job_id, queue, job, attempt, worker, stored))
-        except psycopg.Error as exc:
-            refused = refusal_text(exc)
-            if refused is None:
-                raise
-            raise refusal(refused, kind, job_id, attempt) from None
+        if self.hold_back:
+            if len(self.held_back) >= _HOLD_AT_MOST:
+                self.flush()
+            self.held_back.append((kind, job_id, queue, job, attempt, worker, stored))
+        else:
+            try:
+                self.conn.raw.execute(sql.APPEND, (
+                    position, self.now, kind, job_id, queue, job, attempt, worker, stored))
+            except psycopg.Error as exc:
+                refused = refusal_text(exc)
+                if refused is None:
+                    raise
+                raise refusal(refused, kind, job_id, attempt) from None
         self.next_position = position + 1
         if kind == "wait":
             self.unsettled = True
@@ -129,14 +200,12 @@ class PgTx(Tx):
             return
         first_position = self.next_position
         rows = stored_rows(events)
-        try:
-            self.conn.raw.execute(sql.APPEND_MANY, (first_position, self.now, dumps(rows)))
-        except psycopg.Error as exc:
-            refused = refusal_text(exc)
-            if refused is None:
-                raise
-            event = _refused_event(exc, events, first_position)
-            raise refusal(refused, event[0], event[1], event[4]) from None
+        if self.hold_back:
+            if len(self.held_back) >= _HOLD_AT_MOST:
+                self.flush()
+            self.held_back.extend(rows)
+        else:
+            self._write_many(first_position, rows)
         self.next_position = first_position + len(events)
         if any(event[0] == "wait" for event in events):
             self.unsettled = True
@@ -159,9 +228,11 @@ def refused_position(exc: psycopg.Error) -> int | None:
     return int(detail) if detail.isdigit() else None
 
 
-def _refused_event(exc: psycopg.Error, events: Sequence[NewEvent], first: int) -> NewEvent:
-    """Which of a statement's events (the first at position `first`) was refused: the
-    trigger names its position; a job id's uniqueness names the id."""
+def _refused_event(exc: psycopg.Error, events: Sequence[tuple[Any, ...]], first: int
+                   ) -> tuple[Any, ...]:
+    """Which of a statement's events (the first at position `first`; each a NewEvent or
+    a stored row, which begin alike) was refused: the trigger names its position; a job
+    id's uniqueness names the id."""
     at = refused_position(exc)
     if at is not None and 0 <= at - first < len(events):
         return events[at - first]

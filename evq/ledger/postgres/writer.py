@@ -32,7 +32,7 @@ from ..sqlite import seals
 from ..sqlite.writer import fail_batch, hand_back
 from . import connection, failures, sql
 from .dialect import Dialect
-from .tx import PgTx
+from .tx import PgTx, refusal_text
 from .url import Target
 
 T = TypeVar("T")
@@ -135,7 +135,6 @@ class Writer:
             if self._conn is None:
                 self._conn = self._connect()
             conn = self._conn
-            self._sent_commit = False
             try:
                 try:
                     return self._run_batch(conn, ops, isolate=False)
@@ -162,11 +161,15 @@ class Writer:
                    ) -> tuple[list[tuple[bool, Any]], list[Committed]]:
         raw = conn.raw
         results: list[tuple[bool, Any]] = []
+        self._sent_commit = False
         try:
             # Inside the try: a lock wait cut short (statement_timeout, lock_timeout)
             # fails this statement with the transaction open, and it must be rolled back,
             # or every later batch on this connection would find it aborted.
-            tx = PgTx.begin(conn, self._begin, self._clock.now)
+            tx = PgTx.begin(conn, self._begin, self._clock.now, self._last_seal)
+            # Optimistically, appends wait for the commit's round trip; a refusal found
+            # there redoes the batch isolated, where each append is written at once.
+            tx.hold_back = not isolate
             for op in ops:
                 if not isolate:
                     try:
@@ -192,7 +195,12 @@ class Writer:
                     results.append((True, value))
             commit = tx.commit_text(self._commit_text, self._last_seal)
             self._sent_commit = True
-            raw.execute(commit)
+            try:
+                raw.execute(commit)
+            except psycopg.Error as exc:
+                if isolate or refusal_text(exc) is None:
+                    raise
+                raise _Refused from exc
         except BaseException:
             self._last_seal = seals.LastSeal()
             if not raw.closed and conn.in_transaction:
