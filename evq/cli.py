@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import admin, audit, codec, demo, files, transfer
+from . import admin, audit, demo, files, transfer
 from . import archive as archiving
 from . import verify as verifying
 from .cli_read import (
@@ -53,6 +53,7 @@ from .cli_support import (
     exit_code,
     ledger_of,
     ledger_spec,
+    moment,
 )
 from .cli_support import out as _out
 from .context import Context
@@ -173,15 +174,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     source = ledger_of(args)
     source.check_schema()
-    upto = args.upto
+    upto, upto_at = args.upto, None
     if args.at is not None:
-        upto = source.last_position(at=codec.parse_time(args.at, "--at"))
+        upto_at = moment(args.at, "--at")
+        found = source.last_position(at=upto_at)
+        upto = found if upto is None else min(upto, found)
     files.refuse_existing(Path(args.to), "replay", database=True)
     kept, _ = archiving.load(args.archive or [])
     target = open_ledger(args.to, file_mode=_file_mode())
     count = source.replay_into(target, upto,
                                _progress_bar("replaying") if sys.stderr.isatty() else None,
-                               archived=kept)
+                               archived=kept, upto_at=upto_at)
     _out(f"replayed {count} events from {source.location} into {target.location}"
          + (f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK
@@ -263,7 +266,7 @@ def _say_descendants(descendants: list[Stopped]) -> None:
 def cmd_archive(args: argparse.Namespace) -> int:
     ledger = ledger_of(args)
     ledger.check_schema()
-    done = archiving.archive(ledger, codec.parse_time(args.before, "--before"), args.to)
+    done = archiving.archive(ledger, moment(args.before, "--before"), args.to)
     if not done.events:
         _out("nothing to archive: no job deleted before that time still has events here")
     else:
@@ -328,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="only these kinds, comma-separated (one of: "
                    + ", ".join(EVENT_KINDS) + ")")
     p.add_argument("--queue", help="only these queues, comma-separated")
-    p.add_argument("--since", help="only events at or after this time (ISO-8601)")
-    p.add_argument("--until", help="only events at or before this time (ISO-8601)")
+    p.add_argument("--since", help="only events at or after this time (ISO-8601, or ago: 1h)")
+    p.add_argument("--until", help="only events at or before this time (ISO-8601, or ago)")
     p.add_argument("--limit", type=count, metavar="N",
                    help="only the newest N events that pass the filters (with --since: "
                    "the first N after it)")
@@ -358,13 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="the new ledger file")
     p.add_argument("--upto", type=count, metavar="POSITION",
                    help="replay only up to this position")
-    p.add_argument("--at", help="replay only what had happened at this time (ISO-8601)")
+    p.add_argument("--at", help="replay only what had happened at this time (ISO-8601, or "
+                                    "ago: 2d)")
     p.add_argument("--archive", action="append", metavar="FILE",
                    help="archive files whose events to put back in place (repeatable)")
     p = command("stats", cmd_stats, "per queue: done, failed, throughput, wait and run "
                 "time percentiles, error rate (from the events)")
-    p.add_argument("--since", help="window start (ISO-8601; default: the first event)")
-    p.add_argument("--until", help="window end (ISO-8601; default: the last event)")
+    p.add_argument("--since", help="window start (ISO-8601, or ago such as 1h; default: "
+                                       "the first event)")
+    p.add_argument("--until", help="window end (ISO-8601, or ago; default: the last event)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p = command("export", cmd_export, "the ledger's events as JSON lines (lossless)")
     p.add_argument("--to", help="a new file (default: standard output)")
@@ -379,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an archive file to check the archived events too (repeatable)")
     p = command("archive", cmd_archive, "move the events of jobs deleted before a time "
                 "into a compressed file, out of the ledger (the chain stays verifiable)")
-    p.add_argument("--before", required=True, help="jobs deleted at or before (ISO-8601)")
+    p.add_argument("--before", required=True,
+                   help="jobs deleted at or before (ISO-8601, or ago such as 7d)")
     p.add_argument("--to", required=True, help="the new archive file (.jsonl.gz)")
     command("definitions", cmd_definitions,
             "deployed job definitions, and when repeating ones run next")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
@@ -19,6 +20,7 @@ from .cli_support import (
     colour,
     figure,
     ledger_of,
+    moment,
     out,
     seconds,
     table,
@@ -50,8 +52,10 @@ def cmd_events(args: argparse.Namespace) -> int:
     try:
         head = ledger.last_position()
         job_id = audit.resolve_job_id(ledger, args.job) if args.job else None
-        wanted = durable.EventFilter.of(kinds, _names(args.queue), job_id, args.since,
-                                        args.until)
+        wanted = durable.EventFilter.of(
+            kinds, _names(args.queue), job_id,
+            None if args.since is None else moment(args.since, "--since"),
+            None if args.until is None else moment(args.until, "--until"))
         for event in selected_events(ledger, wanted, head, args.limit,
                                      oldest_first=args.since is not None):
             show(event)
@@ -71,7 +75,9 @@ def selected_events(ledger: Ledger, wanted: durable.EventFilter, head: int,
     first, then the limit."""
     if limit is None or oldest_first:
         shown = 0
-        for event in ledger.read_events():
+        after = 0 if wanted.since is None else ledger.last_position(
+            at=math.nextafter(wanted.since, -math.inf))  # the first event at `since`
+        for event in ledger.read_events(after):
             if event.position > head or (limit is not None and shown >= limit):
                 return
             if wanted.wants(event):
@@ -154,8 +160,8 @@ def _plain(_: Any, __: Any, value: Any) -> Any:
 def cmd_stats(args: argparse.Namespace) -> int:
     ledger = ledger_of(args)
     ledger.check_schema()
-    since = codec.parse_time(args.since, "--since") if args.since else None
-    until = codec.parse_time(args.until, "--until") if args.until else None
+    since = moment(args.since, "--since") if args.since else None
+    until = moment(args.until, "--until") if args.until else None
     found, window = stats.compute(ledger, since, until)
     rows = [found[name].as_dict(window) for name in sorted(found)]
     if args.json:

@@ -85,3 +85,12 @@ def written_whole(target: str | Path, what: str, mode: int = FILE_MODE,
         for suffix in ("", *_SIDE_FILES):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{temporary}{suffix}")
+
+
+def sync(path: str | Path) -> None:
+    """Write a file's data to the disk (before it takes the name readers trust)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

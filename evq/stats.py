@@ -4,11 +4,13 @@ jobs waited and ran, how often attempts failed. Computed here from the ledger's 
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
 import attrs
 
+from .events import Event
 from .ledger import Ledger
 
 
@@ -48,18 +50,25 @@ def compute(ledger: Ledger, since: float | None, until: float | None
             ) -> tuple[dict[str, QueueStats], float]:
     """Stats per queue for events in [since, until]; also the window's length in seconds.
     Wait is from enqueue (or a later run_at) to the start of the first attempt; run time
-    from the start of an attempt to its outcome."""
+    from the start of an attempt to its outcome.
+
+    Reads only the window: its first event is found by time (`Ledger.last_position`),
+    the reading stops at the first event after it, and the enqueue events of jobs that
+    first ran in the window but were enqueued before it are read by job."""
     found: dict[str, QueueStats] = {}
     ready: dict[str, float] = {}  # job -> when it could first run
     started: dict[str, float] = {}  # job -> start of its current attempt
+    first_runs: list[tuple[QueueStats, str, float]] = []  # enqueued before the window
     first_at = last_at = None
-    for event in ledger.read_events():
+    after = 0 if since is None else ledger.last_position(at=math.nextafter(since, -math.inf))
+    for event in ledger.read_events(after):
         at = event.timestamp
+        if until is not None and at > until:
+            break
         if event.kind == "enqueue" and event.job_id:
-            run_at = event.data.get("run_at")
-            ready[event.job_id] = max(at, run_at if isinstance(run_at, (int, float)) else at)
-        if (since is not None and at < since) or (until is not None and at > until):
-            continue
+            ready[event.job_id] = _ready_at(event)
+        if since is not None and at < since:
+            continue  # (a ledger whose older writers' clocks disagreed)
         if event.queue is None or event.job_id is None:
             continue
         first_at = at if first_at is None else first_at
@@ -71,6 +80,8 @@ def compute(ledger: Ledger, since: float | None, until: float | None
             started[event.job_id] = at
             if event.job_id in ready:
                 queue.waits.append(max(0.0, at - ready.pop(event.job_id)))
+            elif event.attempt == 1:  # its first run: each attempt runs once
+                first_runs.append((queue, event.job_id, at))
         elif kind in ("success", "error", "fail"):
             begun = started.pop(event.job_id, None)
             if begun is not None:
@@ -83,7 +94,29 @@ def compute(ledger: Ledger, since: float | None, until: float | None
             queue.failed += 1
         elif kind == "cancel":
             queue.cancelled += 1
+    earlier = _ready_of(ledger, [job_id for _, job_id, _ in first_runs])
+    for queue, job_id, at in first_runs:
+        if job_id in earlier:
+            queue.waits.append(max(0.0, at - earlier[job_id]))
     start = since if since is not None else first_at
     end = until if until is not None else last_at
     window = (end - start) if start is not None and end is not None else 0.0
     return found, window
+
+
+def _ready_at(enqueue: Event) -> float:
+    """When an enqueued job could first run: its enqueue, or a later run_at."""
+    run_at = enqueue.data.get("run_at")
+    return max(enqueue.timestamp,
+               run_at if isinstance(run_at, (int, float)) else enqueue.timestamp)
+
+
+def _ready_of(ledger: Ledger, job_ids: list[str], chunk: int = 500) -> dict[str, float]:
+    """When each of these jobs could first run, from their enqueue events (a job whose
+    events were archived has none)."""
+    ready: dict[str, float] = {}
+    for first in range(0, len(job_ids), chunk):
+        for event in ledger.events_of_jobs(job_ids[first:first + chunk]):
+            if event.kind == "enqueue" and event.job_id is not None:
+                ready[event.job_id] = _ready_at(event)
+    return ready

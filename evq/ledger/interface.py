@@ -245,8 +245,12 @@ class Ledger(Protocol):
         `poll` seconds); never ends by itself."""
 
     def last_position(self, at: float | None = None) -> int:
-        """The newest event's position (0: none); with `at`, the newest of those stamped
-        at or before that time (the ledger as it stood then)."""
+        """The newest event's position (0: none); with `at`, the position just before the
+        first event stamped after that time (the ledger as it stood then), found in a
+        few indexed reads. Exact when times never decrease in position order, as this
+        evq writes them; a ledger written by older writers with clocks that disagreed
+        may hold an earlier event stamped after `at`: then this is an upper bound, and
+        `replay_into(upto_at=...)` makes the exact cut."""
 
     def job_history(self, job_id: str) -> list[Event]:
         """Every event of a job, whatever became of it, in ledger order."""
@@ -277,11 +281,13 @@ class Ledger(Protocol):
 
     def replay_into(self, target: Ledger, upto: int | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    archived: Mapping[int, tuple[Any, ...]] | None = None) -> int:
+                    archived: Mapping[int, tuple[Any, ...]] | None = None,
+                    upto_at: float | None = None) -> int:
         """Build `target`, a new ledger of this engine (nothing there yet; it appears
-        only whole), from the events up to position `upto` (all: None), with `archived`
-        events (position -> exported row) put back in place. `progress(done, total)`
-        hears about long replays. Returns the number of events replayed."""
+        only whole), from the events up to position `upto` (all: None) and before the
+        first event stamped after `upto_at` (no limit: None), with `archived` events
+        (position -> exported row) put back in place. `progress(done, total)` hears
+        about long replays. Returns the number of events replayed."""
 
     def export(self) -> Iterator[audit_records.Exported]:
         """Every event as stored, oldest first, read in short chunks."""

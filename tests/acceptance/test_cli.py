@@ -220,11 +220,14 @@ def test_replay_rebuilds_the_same_state(demo, tmp_path):
     head = rows(db, "SELECT max(position), count(*) FROM evq_events")[0]
     out = ok(evq("replay", "--db", db, "--to", target))
     assert f"replayed {head[1]} events" in out
+    assert [p.name for p in tmp_path.iterdir() if "replayed" in p.name] == ["replayed.db"]
     assert ok(evq("verify", "--db", target)).startswith("ok")
     jobs = "SELECT * FROM evq_jobs ORDER BY id"
     assert rows(target, jobs) == rows(db, jobs)
     assert rows(target, "SELECT * FROM evq_events ORDER BY position") == \
         rows(db, "SELECT * FROM evq_events ORDER BY position")
+    # Built without a journal, it is handed over as an ordinary ledger, in WAL mode.
+    assert rows(target, "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_replay_upto_a_position(demo, events, tmp_path):

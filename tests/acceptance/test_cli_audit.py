@@ -6,7 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -172,6 +172,30 @@ async def test_stats_per_queue_from_the_events(tmp_path: Path):
     table = evq_cli("stats", "--db", str(db)).stdout.splitlines()
     assert table[0].split()[:3] == ["queue", "done", "failed"]
     assert table[1].split()[:3] == ["fast", "2", "0"]
+
+
+async def test_stats_over_a_window_counts_jobs_enqueued_before_it(tmp_path: Path):
+    import evq
+
+    db = tmp_path / "window.db"
+    clock = evq.FakeClock(1_750_000_000.0)
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("ok", lambda p: None, queue="fast")
+        await ctx.enqueue("ok", 1)  # an hour before the others, and before the window
+        clock.advance(3600)
+        await ctx.enqueue("ok", 2)
+        clock.advance(10)
+        await ctx.drain()  # both start now: they waited 3,610 s and 10 s
+        clock.advance(100)
+        await ctx.enqueue("ok", 3)  # after the window
+    since = datetime.fromtimestamp(1_750_000_000.0 + 1800, UTC).isoformat()
+    until = datetime.fromtimestamp(1_750_000_000.0 + 3700, UTC).isoformat()
+    report = json.loads(evq_cli("stats", "--db", str(db), "--json", "--since", since,
+                                "--until", until).stdout)
+    [fast] = report["queues"]
+    assert (fast["succeeded"], fast["attempts"]) == (2, 2)
+    assert fast["wait_ms"]["p50"] == (3_610_000.0 + 10_000.0) / 2
+    assert report["window_s"] == 1900.0
 
 
 def test_colour_on_a_terminal_and_plain_text_when_piped(demo_db: Path):

@@ -78,6 +78,24 @@ def test_with_since_the_limit_takes_the_first_events_after_it(demo: Path, every_
     assert positions(out) == after[:3]
 
 
+def test_times_can_be_given_as_how_long_ago(demo: Path, every_event):
+    # The demo ran seconds ago: an hour ago is before all of it.
+    shown = [e["position"] for e in every_event if e["kind"] != "seal"]
+    assert positions(evq_cli("events", "--db", demo, "--since", "1h")) == shown
+    assert evq_cli("events", "--db", demo, "--until", "1h") == ""
+    assert positions(evq_cli("events", "--db", demo, "--since", "2d", "--limit", "2")) == \
+        shown[:2]
+    whole = json.loads(evq_cli("stats", "--db", demo, "--json"))["queues"]
+    recent = json.loads(evq_cli("stats", "--db", demo, "--json", "--since", "90m"))["queues"]
+    assert [(q["queue"], q["succeeded"]) for q in recent] == [
+        (q["queue"], q["succeeded"]) for q in whole]
+    wrong = subprocess.run([sys.executable, "-m", "evq", "events", "--db", str(demo),
+                            "--since", "1y"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert "'1y'" in wrong.stderr and "15m, 1h or 2d" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
 # --- jobs --------------------------------------------------------------------------------
 def test_jobs_json_has_every_field_of_the_record(demo: Path):
     lines = evq_cli("jobs", "--db", demo, "--json").splitlines()

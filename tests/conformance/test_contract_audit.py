@@ -133,6 +133,33 @@ async def test_replay_into_a_new_ledger_gives_the_same_state_and_head(
     assert then.read_job(ids["flow"]) is None and then.last_position() == enqueued + 1
 
 
+async def test_the_ledger_as_it_stood_at_any_time_even_with_archived_holes(
+        engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
+    ids = await some_history(ledger, clock)
+    ledger.archive(MemoryArchive().request(clock.now(), clock.now()))  # holes in the middle
+    for step in range(6):
+        clock.advance(1 + step)
+        await ledger.enqueue([new_job(clock)])
+    events = list(ledger.read_events())
+    held = {e.position for e in events}
+    assert len(held) < events[-1].position  # the archived jobs left holes
+    times = sorted({e.timestamp for e in events})
+    moments = [times[0] - 1, *times, *((a + b) / 2 for a, b in zip(times, times[1:])),
+               times[-1] + 1]
+    for moment in moments:
+        after = [e.position for e in events if e.timestamp > moment]
+        expected = after[0] - 1 if after else events[-1].position
+        assert ledger.last_position(at=moment) == expected, moment
+    # Replayed up to a time: exactly the events stamped by then.
+    moment = times[len(times) // 2]
+    then = fresh(engine, tmp_path, "then")
+    count = ledger.replay_into(then, upto_at=moment)
+    kept = [e for e in events if e.timestamp <= moment]
+    assert count == len(kept) and then.last_position() == kept[-1].position
+    assert [e.position for e in then.read_events()] == [e.position for e in kept]
+    assert then.read_job(ids["done"]) is not None
+
+
 async def test_archive_moves_deleted_jobs_out_and_the_chain_still_verifies(
         engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
     ids = await some_history(ledger, clock)
@@ -207,6 +234,14 @@ async def test_the_readers_see_what_the_runtime_wrote(ledger: Ledger, clock: evq
     assert labels[ids["gone"]].name == "n"
     failed = ledger.find_jobs(audit_records.JobFilter(state="failed"))
     assert [j.id for j in failed] == [ids["failed"]]
+    everyone = await ledger.jobs()
+    for live in ("pending", "running"):  # each read through its own index
+        wanted = [j for j in everyone if j.state == live]
+        assert wanted
+        assert ledger.find_jobs(audit_records.JobFilter(state=live)) == wanted
+        assert ledger.find_jobs(audit_records.JobFilter(state=live, limit=1)) == wanted[-1:]
+        assert ledger.find_jobs(audit_records.JobFilter(state=live, queue="q")) == wanted
+        assert ledger.find_jobs(audit_records.JobFilter(state=live, queue="elsewhere")) == []
     assert [j.id for j in ledger.find_jobs(audit_records.JobFilter(limit=2))] == [
         j.id for j in (await ledger.jobs())][-2:]
     tree = ledger.read_flow(ids["flow"])

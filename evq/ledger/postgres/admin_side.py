@@ -46,7 +46,8 @@ class PgAdminSide(AdminSide, PgBase):
 
     def replay_into(self, target: Ledger, upto: int | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    archived: Mapping[int, tuple[Any, ...]] | None = None) -> int:
+                    archived: Mapping[int, tuple[Any, ...]] | None = None,
+                    upto_at: float | None = None) -> int:
         if not isinstance(target, PgTransferSide):
             raise InvalidInput(f"cannot replay {self.location} into {target.location}: "
                                "replay writes a new ledger of the same kind (a PostgreSQL "
@@ -58,8 +59,12 @@ class PgAdminSide(AdminSide, PgBase):
 
         def events() -> Iterator[Exported]:
             pending = sorted(restored)
+            cut = last
             for done, item in enumerate(self.export(), 1):
                 if item.event.position > last:
+                    break
+                if upto_at is not None and item.event.at > upto_at:
+                    cut = item.event.position - 1
                     break
                 while pending and pending[0] < item.event.position:
                     yield Exported(restored[pending.pop(0)])
@@ -67,7 +72,8 @@ class PgAdminSide(AdminSide, PgBase):
                 if progress is not None and done % 5000 == 0:
                     progress(item.event.position, total)
             for position in pending:
-                yield Exported(restored[position])
+                if position <= cut:
+                    yield Exported(restored[position])
             if progress is not None:
                 progress(total, total)
 

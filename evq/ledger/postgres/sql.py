@@ -301,6 +301,14 @@ LIST_JOBS_WHERE = (
     f"ORDER BY enqueue_position DESC {_LIMIT}) AS newest "
     "ORDER BY enqueue_position"
 )
+_LIST_JOBS_IN = (
+    f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM evq_jobs WHERE state = '{{state}}' "
+    "AND queue = coalesce(%s::text, queue) "
+    f"ORDER BY enqueue_position DESC {_LIMIT}) AS newest "
+    "ORDER BY enqueue_position"
+)
+LIST_PENDING_JOBS = _LIST_JOBS_IN.format(state="pending")
+LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 
 EVENTS_AFTER = (
@@ -380,14 +388,17 @@ REPLAY_EVENTS = (
 SOURCE_HEAD = (
     "SELECT coalesce(max(position), 0) FROM {source}.evq_events WHERE position <= %s"
 )
+SOURCE_FIRST_AFTER_TIME = (
+    "SELECT min(position) FROM {source}.evq_events WHERE position > %s AND position <= %s "
+    "AND at > %s")
 IMPORT_EVENT = (
     f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-# The ledger as it stood at a time: every event before the first one stamped later.
-LAST_POSITION_AT = """
-SELECT coalesce((SELECT min(position) FROM evq_events WHERE at > %s) - 1,
-                (SELECT max(position) FROM evq_events), 0)
-"""
+# The first and last positions held (NULLs when none), and the first event at or after a
+# position: what a search by time needs (`at` never decreases in position order).
+POSITION_BOUNDS = "SELECT min(position), max(position) FROM evq_events"
+EVENT_AT_OR_AFTER = (
+    "SELECT position, at FROM evq_events WHERE position >= %s ORDER BY position LIMIT 1")
 SOURCE_EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM {{source}}.evq_events WHERE position > %s "
     f"AND position <= %s ORDER BY position {_LIMIT}"

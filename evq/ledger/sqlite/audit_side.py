@@ -23,6 +23,8 @@ from .base import EngineBase
 from .failures import ledger_error
 
 _CHUNK = 2000
+# Jobs in these states are listed through the state's own index (see sql.LIST_PENDING_JOBS).
+_LIVE_STATES = {"pending": sql.LIST_PENDING_JOBS, "running": sql.LIST_RUNNING_JOBS}
 _FLOW_DEPTH = 64  # evq.flows.MAX_DEPTH: no flow is deeper; guards against a forged cycle
 
 
@@ -98,7 +100,7 @@ class AuditSide(EngineBase):
         with self._checked() as conn:
             if at is None:
                 return int(conn.execute(sql.LAST_POSITION).fetchone()[0] or 0)
-            return int(conn.execute(sql.LAST_POSITION_AT, (at,)).fetchone()[0])
+            return last_position_at(conn, at)
 
     def job_history(self, job_id: str) -> list[Event]:
         with self._checked() as conn:
@@ -117,9 +119,11 @@ class AuditSide(EngineBase):
 
     def find_jobs(self, wanted: JobFilter) -> list[JobRecord]:
         limit = -1 if wanted.limit is None else wanted.limit
+        live = _LIVE_STATES.get(wanted.state or "")
         with self._checked() as conn:
-            return [JobRecord.from_row(tuple(row)) for row in conn.execute(
-                sql.LIST_JOBS_WHERE, (wanted.state, wanted.queue, limit))]
+            rows = (conn.execute(sql.LIST_JOBS_WHERE, (wanted.state, wanted.queue, limit))
+                    if live is None else conn.execute(live, (wanted.queue, limit)))
+            return [JobRecord.from_row(tuple(row)) for row in rows]
 
     def read_flow(self, job_id: str) -> FlowTree | None:
         with self._checked() as conn:
@@ -186,3 +190,29 @@ def _after_prefix(prefix: str) -> str | bytes:
         if point <= 0x10FFFF:
             return "".join(chars) + chr(point)
     return b""
+
+
+def last_position_at(conn: sqlite3.Connection, at: float) -> int:
+    """The position just before the first event after time `at` (the newest position if
+    none is after it; 0 for an empty log), found by bisecting positions: `at` never
+    decreases in position order, so a few indexed reads answer on any size of ledger.
+    Archiving leaves holes in the positions held; each probe reads the first event at or
+    after its position."""
+    low, high = conn.execute(sql.POSITION_BOUNDS).fetchone()
+    if high is None:
+        return 0
+    if float(conn.execute(sql.EVENT_AT_OR_AFTER, (high,)).fetchone()[1]) <= at:
+        return int(high)
+    first_after = int(high)
+    # The answer is first_after, or an event in [low, high) after `at`.
+    low, high = int(low), int(high)
+    while low < high:
+        middle = (low + high) // 2
+        position, stamp = conn.execute(sql.EVENT_AT_OR_AFTER, (middle,)).fetchone()
+        if position >= high:  # no event in [middle, high)
+            high = middle
+        elif float(stamp) > at:
+            first_after, high = int(position), middle
+        else:
+            low = int(position) + 1
+    return first_after - 1

@@ -52,9 +52,15 @@ def connect(
         conn.execute(sql.SET_BUSY_TIMEOUT.format(ms=busy_timeout_ms))
         for pragma in sql.CONNECTION_PRAGMAS:
             if read_only and pragma.startswith(
-                    ("PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA journal_size")):
+                    ("PRAGMA page_size", "PRAGMA journal_mode", "PRAGMA journal_size",
+                     "PRAGMA mmap_size", "PRAGMA cache_size")):
                 continue
             conn.execute(pragma)
+        if read_only:
+            # Readers (the CLI, verify, stats) scan long stretches of the file once: a
+            # small cache, no memory map, so their memory stays small whatever the size.
+            for pragma in sql.READER_PRAGMAS:
+                conn.execute(pragma)
         level = "FULL" if Durability(durability) is Durability.POWER else "NORMAL"
         conn.execute(sql.SET_SYNCHRONOUS.format(level=level))
     except sqlite3.Error as exc:

@@ -25,6 +25,15 @@ CONNECTION_PRAGMAS = (
     # Savepoint sub-journals in memory, not in a temp file.
     "PRAGMA temp_store = MEMORY",
 )
+# A short-lived reader's instead of the cache and memory map above (see connection.connect).
+READER_PRAGMAS = ("PRAGMA cache_size = -8192", "PRAGMA mmap_size = 0")
+# A scratch database that is thrown away (verify's replay): no journal, no syncs.
+SCRATCH_PRAGMAS = ("PRAGMA journal_mode = OFF", "PRAGMA synchronous = OFF",
+                   "PRAGMA cache_size = -16384", "PRAGMA temp_store = MEMORY")
+# A new ledger built whole under a temporary name (replay), then made an ordinary one.
+BUILD_PRAGMAS = ("PRAGMA journal_mode = OFF", "PRAGMA synchronous = OFF",
+                 "PRAGMA cache_size = -32768", "PRAGMA mmap_size = 0")
+BUILT_PRAGMAS = ("PRAGMA journal_mode = WAL",)
 SET_BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms:d}"
 GET_BUSY_TIMEOUT = "PRAGMA busy_timeout"
 SET_SYNCHRONOUS = "PRAGMA synchronous = {level}"
@@ -222,6 +231,16 @@ LIST_JOBS_WHERE = (
     "AND (?2 IS NULL OR queue = ?2) ORDER BY enqueue_position DESC LIMIT ?3) "
     "ORDER BY enqueue_position"
 )
+# LIST_JOBS_WHERE for a live state (queue, limit), the state written out so that the
+# planner reads only that state's partial index: as fast as there are such jobs, however
+# many have finished.
+_LIST_JOBS_IN = (
+    f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM evq_jobs WHERE state = '{{state}}' "
+    "AND (?1 IS NULL OR queue = ?1) ORDER BY enqueue_position DESC LIMIT ?2) "
+    "ORDER BY enqueue_position"
+)
+LIST_PENDING_JOBS = _LIST_JOBS_IN.format(state="pending")
+LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
@@ -293,6 +312,10 @@ REPLAY_EVENTS = (
     "ORDER BY position"
 )
 SOURCE_HEAD = "SELECT coalesce(max(position), 0) FROM source.evq_events WHERE position <= ?"
+# The first event of a range of positions stamped after a time (replay --at's cut).
+SOURCE_FIRST_AFTER_TIME = (
+    "SELECT min(position) FROM source.evq_events WHERE position > ? AND position <= ? "
+    "AND at > ?")
 # Every table derived from the events, with the columns replay must reproduce.
 PROJECTIONS = {
     "evq_jobs": JOB_COLUMNS,
@@ -304,14 +327,14 @@ PROJECTIONS = {
     "evq_deleted_jobs": "id, enqueue_position, deleted_position",
 }
 IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# The ledger as it stood at a time: every event before the first one stamped later.
 # (`at` never decreases in position order, so these are exactly the events stamped at or
 # before that time; in a ledger written before that held, nothing stamped later is
 # taken in.)
-LAST_POSITION_AT = """
-SELECT coalesce((SELECT min(position) FROM evq_events WHERE at > ?1) - 1,
-                (SELECT max(position) FROM evq_events), 0)
-"""
+# The first and last positions held (NULLs when none), and the first event at or after a
+# position: what a search by time needs (`at` never decreases in position order).
+POSITION_BOUNDS = "SELECT min(position), max(position) FROM evq_events"
+EVENT_AT_OR_AFTER = (
+    "SELECT position, at FROM evq_events WHERE position >= ? ORDER BY position LIMIT 1")
 SOURCE_EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM source.evq_events WHERE position > ? AND position <= ? "
     "ORDER BY position LIMIT ?"
