@@ -28,8 +28,9 @@ CONNECTION_PRAGMAS = (
 # A short-lived reader's instead of the cache and memory map above (see connection.connect).
 READER_PRAGMAS = ("PRAGMA cache_size = -8192", "PRAGMA mmap_size = 0")
 # A scratch database that is thrown away (verify's replay): no journal, no syncs.
+# (Its comparison's temporary tables go to temporary files too, not to memory.)
 SCRATCH_PRAGMAS = ("PRAGMA journal_mode = OFF", "PRAGMA synchronous = OFF",
-                   "PRAGMA cache_size = -16384", "PRAGMA temp_store = MEMORY")
+                   "PRAGMA cache_size = -16384", "PRAGMA temp_store = FILE")
 # A new ledger built whole under a temporary name (replay), then made an ordinary one.
 BUILD_PRAGMAS = ("PRAGMA journal_mode = OFF", "PRAGMA synchronous = OFF",
                  "PRAGMA cache_size = -32768", "PRAGMA mmap_size = 0")
