@@ -6,6 +6,7 @@ out and the chain still verifies, checked against the archive file when it is gi
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Generator
 from pathlib import Path
 
@@ -144,7 +145,7 @@ async def test_the_ledger_as_it_stood_at_any_time_even_with_archived_holes(
     held = {e.position for e in events}
     assert len(held) < events[-1].position  # the archived jobs left holes
     times = sorted({e.timestamp for e in events})
-    moments = [times[0] - 1, *times, *((a + b) / 2 for a, b in zip(times, times[1:])),
+    moments = [times[0] - 1, *times, *((a + b) / 2 for a, b in itertools.pairwise(times)),
                times[-1] + 1]
     for moment in moments:
         after = [e.position for e in events if e.timestamp > moment]
