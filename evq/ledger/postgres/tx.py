@@ -71,16 +71,13 @@ class PgTx(Tx):
         # answer is known without a round trip. Only a `wait` event opens edges.
         self.unsettled: bool | None = None
 
-    def rows(self, query: str, params: Iterable[Any] = ()) -> list[Any]:
-        return self.conn.execute(query, params).fetchall()
-
     def one(self, query: str, params: Iterable[Any] = ()) -> Any:
         if query in _EDGE_LOOKUPS:
             if self.unsettled is None:
                 self.unsettled = bool(scalar(self.conn.raw.execute(sql.ANY_UNSETTLED_EDGE)))
             if not self.unsettled:
                 return None
-        return self.conn.execute(query, params).fetchone()
+        return super().one(query, params)
 
     @classmethod
     def locked(cls, conn: Dialect, clock_now: float) -> PgTx:  # type: ignore[override]
