@@ -101,13 +101,14 @@ def _file_mode() -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    path = Path(args.db or os.environ.get("EVQ_DB") or "evq-demo.db")
-    ids = asyncio.run(demo.run_demo(path, _out, _file_mode()))
+    where = args.db or os.environ.get("EVQ_DB") or "evq-demo.db"
+    ids = asyncio.run(demo.run_demo(where, _out, _file_mode()))
     _out("\ntimelines read back from the ledger:\n")
-    for line in demo.timelines(path, ids):
+    for line in demo.timelines(where, ids):
         _out(line)
-    _out(f"see it again: evq events --db {path}   or   "
-         f"evq history {audit.short_id(ids[1])} --db {path}")
+    shown = open_ledger(where).location  # a URL's password is not repeated
+    _out(f"see it again: evq events --db {shown}   or   "
+         f"evq history {audit.short_id(ids[1])} --db {shown}")
     return EXIT_OK
 
 

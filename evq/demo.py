@@ -18,11 +18,11 @@ from .ledger import open_ledger
 from .retry import Fixed
 
 
-async def run_demo(path: Path, say: Callable[[str], None], file_mode: int = FILE_MODE
-                   ) -> list[str]:
-    """Run the demo on `path` (made with `file_mode` if new); returns the ids of the jobs
-    it enqueued."""
-    async with Context(path, poll_interval=0.02, file_mode=file_mode) as ctx:
+async def run_demo(where: str | Path, say: Callable[[str], None],
+                   file_mode: int = FILE_MODE) -> list[str]:
+    """Run the demo on `where`, a file path (made with `file_mode` if new) or a ledger
+    URL; returns the ids of the jobs it enqueued."""
+    async with Context(where, poll_interval=0.02, file_mode=file_mode) as ctx:
         flaky_calls: dict[str, int] = {}
 
         @ctx.job(queue="demo")
@@ -50,7 +50,7 @@ async def run_demo(path: Path, say: Callable[[str], None], file_mode: int = FILE
             await send_reminder.enqueue({"to": "grace@example.com"}, delay=1.0),
             await sync_inventory.enqueue({"warehouse": "north"}),
         ]
-        say(f"ledger: {path}")
+        say(f"ledger: {ctx.location}")
         say(f"enqueued {len(ids)} jobs; starting a worker\n")
         worker = ctx.worker(queues=["demo"], concurrency=4, name="demo-worker")
         ours = set(ids)
@@ -71,8 +71,8 @@ async def run_demo(path: Path, say: Callable[[str], None], file_mode: int = FILE
     return ids
 
 
-def timelines(path: Path, ids: list[str]) -> list[str]:
-    ledger = open_ledger(path)
+def timelines(where: str | Path, ids: list[str]) -> list[str]:
+    ledger = open_ledger(where)
     lines: list[str] = []
     for job_id in ids:
         lines.extend(audit.history_lines(ledger.read_job(job_id),

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -54,6 +55,21 @@ def head_hash(db: str | Path) -> str:
     assert check.chain is not None and check.chain.ok and check.replay is not None
     assert check.replay.ok
     return check.chain.head
+
+
+def test_the_demo_runs_on_postgresql_and_never_shows_the_password(pg: str) -> None:
+    parts = urlsplit(pg)
+    assert parts.username is not None  # (trust authentication takes any password)
+    netloc = f"{parts.username}:demo-s3cret@{parts.hostname}:{parts.port or 5432}"
+    url = urlunsplit(parts._replace(netloc=netloc))
+    result = evq_cli("demo", "--db", url)
+    shown = ok(result)
+    assert "demo-s3cret" not in shown + result.stderr
+    assert "see it again: evq events --db postgresql://" in shown
+    states = {json.loads(line)["state"] for line in ok(evq_cli("jobs", "--db", url,
+                                                              "--json")).splitlines()}
+    assert states == {"succeeded", "expired"}
+    assert ok(evq_cli("verify", "--db", url)).startswith("ok")
 
 
 def test_one_history_moves_between_engines_and_back(history: Path, pg: str, tmp_path: Path
