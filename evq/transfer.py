@@ -48,10 +48,17 @@ def import_lines(ledger: Ledger, lines: Iterable[str]) -> int:
 
 
 def read_lines(lines: Iterable[str]) -> Iterator[Exported]:
-    """Exported lines as events, skipping blank ones; InvalidInput names a bad line."""
+    """Exported lines as events, skipping blank ones; InvalidInput names a bad line, and
+    refuses an input with no event at all (what a failed export piped in looks like)."""
+    found = False
     for number, text in enumerate(lines, start=1):
         if text.strip():
+            found = True
             yield _row(text, number)
+    if not found:
+        raise InvalidInput(
+            "the input holds no exported events (an export that failed, or an empty "
+            "file?): nothing was imported and no ledger was made")
 
 
 def _row(text: str, number: int) -> Exported:

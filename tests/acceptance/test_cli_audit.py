@@ -134,6 +134,16 @@ def test_import_refuses_an_illegal_history(demo_db: Path, tmp_path: Path):
     assert bad.returncode == 2 and "line 1 is not an exported evq event" in bad.stderr
 
 
+def test_import_of_nothing_is_refused_and_makes_nothing(tmp_path: Path):
+    # What `evq export --db missing.db | evq import - --db new.db` hands over.
+    target = tmp_path / "new.db"
+    result = subprocess.run([sys.executable, "-m", "evq", "import", "-", "--db", str(target)],
+                            input="\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "no exported events" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_replay_at_a_time(demo_db: Path, tmp_path: Path):
     events = [json.loads(x) for x in evq_cli("events", "--db", str(demo_db),
                                              "--json").stdout.splitlines()]

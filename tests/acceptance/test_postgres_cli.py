@@ -72,6 +72,13 @@ def test_the_demo_runs_on_postgresql_and_never_shows_the_password(pg: str) -> No
     assert ok(evq_cli("verify", "--db", url)).startswith("ok")
 
 
+def test_an_import_of_nothing_makes_no_ledger(pg: str) -> None:
+    result = evq_cli("import", "-", "--db", pg, stdin="")
+    assert result.returncode == 2 and "no exported events" in result.stderr
+    missing = evq_cli("verify", "--db", pg)
+    assert missing.returncode == 3 and "evq migrate" in missing.stderr
+
+
 def test_one_history_moves_between_engines_and_back(history: Path, pg: str, tmp_path: Path
                                                     ) -> None:
     exported = ok(evq_cli("export", "--db", history))
