@@ -53,12 +53,13 @@ def compute(ledger: Ledger, since: float | None, until: float | None
     from the start of an attempt to its outcome.
 
     Reads only the window: its first event is found by time (`Ledger.last_position`),
-    the reading stops at the first event after it, and the enqueue events of jobs that
-    first ran in the window but were enqueued before it are read by job."""
+    the reading stops at the first event after it, and the events of jobs enqueued
+    before it that ran in it are read by job (to find their enqueue and first run)."""
     found: dict[str, QueueStats] = {}
     ready: dict[str, float] = {}  # job -> when it could first run
     started: dict[str, float] = {}  # job -> start of its current attempt
-    first_runs: list[tuple[QueueStats, str, float]] = []  # enqueued before the window
+    first_runs: list[tuple[QueueStats, str, int]] = []  # enqueued before the window
+    seen_runs: set[str] = set()
     first_at = last_at = None
     after = 0 if since is None else ledger.last_position(at=math.nextafter(since, -math.inf))
     for event in ledger.read_events(after):
@@ -80,8 +81,9 @@ def compute(ledger: Ledger, since: float | None, until: float | None
             started[event.job_id] = at
             if event.job_id in ready:
                 queue.waits.append(max(0.0, at - ready.pop(event.job_id)))
-            elif event.attempt == 1:  # its first run: each attempt runs once
-                first_runs.append((queue, event.job_id, at))
+            elif event.job_id not in seen_runs:  # maybe its first run: looked up below
+                first_runs.append((queue, event.job_id, event.position))
+            seen_runs.add(event.job_id)
         elif kind in ("success", "error", "fail"):
             begun = started.pop(event.job_id, None)
             if begun is not None:
@@ -94,10 +96,10 @@ def compute(ledger: Ledger, since: float | None, until: float | None
             queue.failed += 1
         elif kind == "cancel":
             queue.cancelled += 1
-    earlier = _ready_of(ledger, [job_id for _, job_id, _ in first_runs])
-    for queue, job_id, at in first_runs:
-        if job_id in earlier:
-            queue.waits.append(max(0.0, at - earlier[job_id]))
+    earlier = _first_runs_of(ledger, [job_id for _, job_id, _ in first_runs])
+    for queue, job_id, position in first_runs:
+        if job_id in earlier and earlier[job_id][0] == position:
+            queue.waits.append(max(0.0, earlier[job_id][2] - earlier[job_id][1]))
     start = since if since is not None else first_at
     end = until if until is not None else last_at
     window = (end - start) if start is not None and end is not None else 0.0
@@ -111,12 +113,20 @@ def _ready_at(enqueue: Event) -> float:
                run_at if isinstance(run_at, (int, float)) else enqueue.timestamp)
 
 
-def _ready_of(ledger: Ledger, job_ids: list[str], chunk: int = 500) -> dict[str, float]:
-    """When each of these jobs could first run, from their enqueue events (a job whose
-    events were archived has none)."""
-    ready: dict[str, float] = {}
+def _first_runs_of(ledger: Ledger, job_ids: list[str], chunk: int = 500
+                   ) -> dict[str, tuple[int, float, float]]:
+    """For each of these jobs, its first run from its own events: (that run's position,
+    when the job could first run, when that run began). A job whose enqueue was
+    archived is left out."""
+    found: dict[str, tuple[int, float, float]] = {}
     for first in range(0, len(job_ids), chunk):
+        ready: dict[str, float] = {}
         for event in ledger.events_of_jobs(job_ids[first:first + chunk]):
-            if event.kind == "enqueue" and event.job_id is not None:
-                ready[event.job_id] = _ready_at(event)
-    return ready
+            job_id = event.job_id
+            if job_id is None:
+                continue
+            if event.kind == "enqueue":
+                ready[job_id] = _ready_at(event)
+            elif event.kind == "run" and job_id in ready and job_id not in found:
+                found[job_id] = (event.position, ready[job_id], event.timestamp)
+    return found

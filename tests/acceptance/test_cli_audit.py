@@ -188,23 +188,36 @@ async def test_stats_over_a_window_counts_jobs_enqueued_before_it(tmp_path: Path
     import evq
 
     db = tmp_path / "window.db"
-    clock = evq.FakeClock(1_750_000_000.0)
+    t0 = 1_750_000_000.0
+    clock = evq.FakeClock(t0)
+
+    def fails_once(payload: int, job: evq.Job) -> None:
+        if job.attempt == 1:
+            raise RuntimeError("first try")
+
     async with evq.Context(db, clock=clock) as ctx:
         ctx.define("ok", lambda p: None, queue="fast")
+        ctx.define("flaky", fails_once, queue="slow", max_attempts=2,
+                   backoff=evq.Fixed(3600))
         await ctx.enqueue("ok", 1)  # an hour before the others, and before the window
-        clock.advance(3600)
+        await ctx.enqueue("flaky", 0)
+        clock.advance(10)
+        await ctx.drain(queues=["slow"])  # its first try, before the window: it fails
+        clock.advance(3590)
         await ctx.enqueue("ok", 2)
         clock.advance(10)
-        await ctx.drain()  # both start now: they waited 3,610 s and 10 s
+        await ctx.drain()  # ok 1 and 2 start now, after 3,610 s and 10 s; flaky's retry
         clock.advance(100)
         await ctx.enqueue("ok", 3)  # after the window
-    since = datetime.fromtimestamp(1_750_000_000.0 + 1800, UTC).isoformat()
-    until = datetime.fromtimestamp(1_750_000_000.0 + 3700, UTC).isoformat()
+    since = datetime.fromtimestamp(t0 + 1800, UTC).isoformat()
+    until = datetime.fromtimestamp(t0 + 3700, UTC).isoformat()
     report = json.loads(evq_cli("stats", "--db", str(db), "--json", "--since", since,
                                 "--until", until).stdout)
-    [fast] = report["queues"]
+    fast, slow = report["queues"]
     assert (fast["succeeded"], fast["attempts"]) == (2, 2)
     assert fast["wait_ms"]["p50"] == (3_610_000.0 + 10_000.0) / 2
+    # The retry ran in the window, but the job's wait ended at its first try, before it.
+    assert (slow["succeeded"], slow["attempts"], slow["wait_ms"]) == (1, 1, None)
     assert report["window_s"] == 1900.0
 
 
