@@ -187,7 +187,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                _progress_bar("replaying") if sys.stderr.isatty() else None,
                                archived=kept, upto_at=upto_at)
     _out(f"replayed {count} events from {source.location} into {target.location}"
-         + (f" (up to position {upto})" if upto is not None else ""))
+         + (f" (up to position {target.last_position()})" if upto is not None else ""))
     return EXIT_OK
 
 

@@ -161,6 +161,23 @@ async def test_the_ledger_as_it_stood_at_any_time_even_with_archived_holes(
     assert then.read_job(ids["done"]) is not None
 
 
+async def test_a_replay_up_to_a_time_cuts_at_an_archived_event_too(
+        engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
+    start = clock.now()
+    await ledger.enqueue([new_job(clock)])  # positions 1-2 (with its seal), kept
+    clock.advance(10)
+    gone = new_job(clock)
+    await ledger.enqueue([gone])  # 3-4: its enqueue is archived, its seal stays
+    clock.advance(10)
+    await ledger.delete(gone.id, "cleanup")
+    archive = MemoryArchive()
+    ledger.archive(archive.request(clock.now(), clock.now()))
+    assert 3 in archive.rows and 4 not in archive.rows
+    then = fresh(engine, tmp_path, "then")
+    count = ledger.replay_into(then, upto_at=start + 5, archived=archive.rows)
+    assert count == 2 and [e.position for e in then.read_events()] == [1, 2]
+
+
 async def test_archive_moves_deleted_jobs_out_and_the_chain_still_verifies(
         engine: EngineKit, tmp_path: Path, ledger: Ledger, clock: evq.FakeClock) -> None:
     ids = await some_history(ledger, clock)

@@ -56,6 +56,11 @@ class PgAdminSide(AdminSide, PgBase):
         total = min(self.last_position(), last)
         restored = {position: StoredEvent._make(row)
                     for position, row in (archived or {}).items() if position <= last}
+        if upto_at is not None:  # an archived event after upto_at cuts there too
+            later = [position for position, row in restored.items() if row.at > upto_at]
+            if later:
+                last = min(later) - 1
+                restored = {p: row for p, row in restored.items() if p <= last}
 
         def events() -> Iterator[Exported]:
             pending = sorted(restored)

@@ -14,6 +14,7 @@ go."""
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,10 +43,14 @@ class _Flushing(Dialect):
 
     def __init__(self, raw: psycopg.Connection[Any], flush: Callable[[], None]) -> None:
         super().__init__(raw)
-        self.flush = flush
+        # Weakly: the transaction holds this connection, and a cycle would keep a big
+        # batch's events alive until the cyclic collector ran.
+        self.flush = weakref.WeakMethod(flush)
 
     def execute(self, query: str, params: Iterable[Any] = ()) -> psycopg.Cursor[Any]:
-        self.flush()
+        flush = self.flush()
+        if flush is not None:
+            flush()
         return super().execute(query, params)
 
 
@@ -53,7 +58,7 @@ class PgTx(Tx):
     """Appends events inside a transaction that holds the ledger's append lock; make it
     with `PgTx.locked`."""
 
-    __slots__ = ("held_back", "hold_back", "next_position", "unsettled")
+    __slots__ = ("__weakref__", "held_back", "hold_back", "next_position", "unsettled")
 
     conn: Dialect  # type: ignore[assignment]
 
@@ -130,6 +135,17 @@ class PgTx(Tx):
         first = self.next_position - len(rows)
         return pgsql.SQL(sql.APPEND_MANY_THEN).format(
             pgsql.Literal(first), pgsql.Literal(self.now), pgsql.Literal(dumps(rows))) + text
+
+    def seal_row(self, last: seals.LastSeal | None = None
+                 ) -> tuple[int, float, str, int] | None:
+        # Finding the previous seal (when another writer wrote last) must not write the
+        # held rows here, outside the commit's round trip and its refusal handling; no
+        # seal is among them.
+        held, self.held_back = self.held_back, []
+        try:
+            return super().seal_row(last)
+        finally:
+            self.held_back = held
 
     def flush(self) -> None:
         """Write the appends held back, in one statement."""

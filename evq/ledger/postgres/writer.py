@@ -32,7 +32,7 @@ from ..sqlite import seals
 from ..sqlite.writer import fail_batch, hand_back
 from . import connection, failures, sql
 from .dialect import Dialect
-from .tx import PgTx, refusal_text
+from .tx import PgTx
 from .url import Target
 
 T = TypeVar("T")
@@ -198,7 +198,10 @@ class Writer:
             try:
                 raw.execute(commit)
             except psycopg.Error as exc:
-                if isolate or refusal_text(exc) is None:
+                # As if raised by the operation whose append it was (a refusal, a bad
+                # value): redone isolated. The server's or the connection's trouble
+                # fails the batch.
+                if isolate or failures.fails_the_batch(exc):
                     raise
                 raise _Refused from exc
         except BaseException:

@@ -6,12 +6,14 @@ transaction of its own without the runtime's writer."""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ...errors import InvalidInput, LedgerCorrupt, LedgerError
+from ...errors import InvalidInput, LedgerCorrupt, LedgerError, LedgerFull
 from ..audit_records import ArchiveFile, LedgerCheck, ReplayCheck
 from ..interface import Ledger
 from ..records import Stopped
@@ -44,33 +46,45 @@ class AdminSide(EngineBase):
             if _is_damage(exc):
                 return LedgerCheck(_CHECKED_BY, damage=(str(exc.__cause__ or exc),))
             raise
+        stop = threading.Event()  # set when the chain walk ends any other way
         with ThreadPoolExecutor(1, thread_name_prefix="evq-verify") as beside:
-            replayed: Future[ReplayCheck] | None = None
+            walked = False
             try:
                 damage = _integrity(conn)
                 if damage:
                     return LedgerCheck(_CHECKED_BY, tuple(damage), _damaged_tables(conn))
                 # The replay runs in SQLite (which lets go of the GIL) while this thread
                 # walks the chain in Python: on two cores, the two take turns less.
-                replayed = beside.submit(self.check_replay)
+                replayed = beside.submit(self._check_replay, stop)
                 guards = {row[0] for row in conn.execute(sql.GUARD_TRIGGERS)}
                 found = chain.check(conn, expect_head, archives)
+                walked = True
             except sqlite3.DatabaseError as exc:
-                if replayed is not None:
-                    replayed.cancel()
                 if _is_damage(exc):
                     return LedgerCheck(_CHECKED_BY, (str(exc),), _damaged_tables(conn))
                 raise ledger_error(exc, self.path, "verifying", self.busy_timeout) from exc
             finally:
                 conn.close()
+                if not walked:  # damage, an error, Ctrl-C: the replay stops at its next chunk
+                    stop.set()
             rules_off = tuple(sorted(set(_GUARDS) - guards))
             return LedgerCheck(_CHECKED_BY, rules_off=rules_off, chain=found,
                                replay=replayed.result())
 
     def check_replay(self) -> ReplayCheck:
+        return self._check_replay(None)
+
+    def _check_replay(self, stop: threading.Event | None) -> ReplayCheck:
         try:
-            return replay.check(self.path)
+            return replay.check(self.path, stop)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+                # Only the scratch file is written: the ledger is read, never changed.
+                raise LedgerFull(
+                    f"verify's replay check ran out of space in the temporary directory "
+                    f"{tempfile.gettempdir()}: it needs about the size of {self.path} "
+                    "there; point TMPDIR at a larger directory. The ledger is unchanged"
+                ) from None
             raise ledger_error(exc, self.path, "replaying", self.busy_timeout) from exc
 
     def replay_into(self, target: Ledger, upto: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,13 @@ def _replay_merged(conn: sqlite3.Connection, source: str | Path, upto: int | Non
     last = upto if upto is not None else 2**62
     conn.execute(sql.BEGIN)
     try:
-        if upto_at is not None:
-            later = conn.execute(sql.SOURCE_FIRST_AFTER_TIME, (0, last, upto_at)).fetchone()[0]
-            last = last if later is None else int(later) - 1
+        if upto_at is not None:  # the first event after upto_at, live or archived, cuts
+            live = conn.execute(sql.SOURCE_FIRST_AFTER_TIME, (0, last, upto_at)).fetchone()[0]
+            later = [p for p, row in archived.items() if p <= last and row[1] > upto_at]
+            if live is not None:
+                later.append(int(live))
+            if later:
+                last = min(later) - 1
         pending = sorted(p for p in archived if p <= last)
         count, after = 0, 0
         while True:
@@ -181,16 +186,29 @@ def _first_refused(conn: sqlite3.Connection, last: int) -> tuple[int | None, str
         conn.execute(sql.ROLLBACK)
 
 
-def check(source: str | Path) -> ReplayCheck:
+class Stopped(Exception):
+    """A replay check asked to stop (its caller gave up: see `check`)."""
+
+
+def check(source: str | Path, stop: threading.Event | None = None) -> ReplayCheck:
     """Replay every event of `source` into a scratch file and compare with its stored
     projection. The scratch file (as big as the ledger) is in a private temporary
     directory, removed afterwards; written without a journal or syncs, with a small
-    cache, so memory stays small whatever the ledger's size."""
+    cache, so memory stays small whatever the ledger's size. Setting `stop` ends it at
+    its next chunk (raising Stopped)."""
     with tempfile.TemporaryDirectory(prefix="evq-verify-") as scratch:
         conn = sqlite3.connect(Path(scratch) / "replayed.db", isolation_level=None)
         try:
             for pragma in sql.SCRATCH_PRAGMAS:
                 conn.execute(pragma)
-            return _replay(conn, source, None, compare=True)
+            return _replay(conn, source, None, compare=True,
+                           progress=None if stop is None else _until(stop))
         finally:
             conn.close()
+
+
+def _until(stop: threading.Event) -> Progress:
+    def progress(done: int, total: int) -> None:
+        if stop.is_set():
+            raise Stopped(f"stopped after {done} of {total} events")
+    return progress
