@@ -186,8 +186,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     count = source.replay_into(target, upto,
                                _progress_bar("replaying") if sys.stderr.isatty() else None,
                                archived=kept, upto_at=upto_at)
+    # (Not reading the new file back: a reader would leave its -wal and -shm beside it.)
     _out(f"replayed {count} events from {source.location} into {target.location}"
-         + (f" (up to position {target.last_position()})" if upto is not None else ""))
+         + (f" (as it stood at {args.at})" if args.at is not None
+            else f" (up to position {upto})" if upto is not None else ""))
     return EXIT_OK
 
 

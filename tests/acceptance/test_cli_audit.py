@@ -151,6 +151,8 @@ def test_replay_at_a_time(demo_db: Path, tmp_path: Path):
     target = tmp_path / "then.db"
     result = evq_cli("replay", "--db", str(demo_db), "--to", str(target), "--at", cut)
     assert result.returncode == 0, result.stderr
+    assert f"(as it stood at {cut})" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["then.db"]  # nothing beside it
     conn = sqlite3.connect(target)
     assert conn.execute("SELECT max(at) FROM evq_events").fetchone()[0] <= \
         datetime.fromisoformat(cut).timestamp()
