@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
@@ -26,7 +25,7 @@ from .cli_support import (
     table,
 )
 from .errors import UnknownJob
-from .events import Event, EventKind
+from .events import TIME_STEP, Event, EventKind
 from .jobs import JobRecord
 from .ledger import Ledger
 from .ledger.audit_records import JobFilter
@@ -75,8 +74,10 @@ def selected_events(ledger: Ledger, wanted: durable.EventFilter, head: int,
     first, then the limit."""
     if limit is None or oldest_first:
         shown = 0
+        # From just before `since`: events are filtered on their times to the
+        # microsecond, as shown, and a stored time a fraction below one is shown as it.
         after = 0 if wanted.since is None else ledger.last_position(
-            at=math.nextafter(wanted.since, -math.inf))  # the first event at `since`
+            at=wanted.since - TIME_STEP)
         for event in ledger.read_events(after):
             if event.position > head or (limit is not None and shown >= limit):
                 return

@@ -75,6 +75,12 @@ class Event:
         return self.at.timestamp()
 
 
+# An event's time as read (Event.at, a datetime) is the stored float to the microsecond;
+# a search by the stored float starts this much before a time read back, and the filter
+# on Event.at decides.
+TIME_STEP = 1e-6
+
+
 def event_from_row(row: tuple[Any, ...], data: object = None) -> Event:
     """Build an Event from (position, at, kind, job_id, queue, job, attempt, worker, data,
     v). `data`: already decoded, else read from the row's data text. Any stored value is

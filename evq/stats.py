@@ -4,13 +4,12 @@ jobs waited and ran, how often attempts failed. Computed here from the ledger's 
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any
 
 import attrs
 
-from .events import Event
+from .events import TIME_STEP, Event
 from .ledger import Ledger
 
 
@@ -61,7 +60,8 @@ def compute(ledger: Ledger, since: float | None, until: float | None
     first_runs: list[tuple[QueueStats, str, int]] = []  # enqueued before the window
     seen_runs: set[str] = set()
     first_at = last_at = None
-    after = 0 if since is None else ledger.last_position(at=math.nextafter(since, -math.inf))
+    # From just before `since`: an event's time is read to the microsecond (Event.at).
+    after = 0 if since is None else ledger.last_position(at=since - TIME_STEP)
     for event in ledger.read_events(after):
         at = event.timestamp
         if until is not None and at > until:

@@ -78,6 +78,25 @@ def test_with_since_the_limit_takes_the_first_events_after_it(demo: Path, every_
     assert positions(out) == after[:3]
 
 
+async def test_since_an_event_time_as_shown_includes_that_event(tmp_path: Path):
+    # Times are shown to the microsecond: this one's stored float is a fraction below
+    # the microsecond it is shown as, so the search by time must start before it.
+    db = tmp_path / "ledger.db"
+    clock = evq.FakeClock(1_750_000_000.0)
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("job", None)
+        await ctx.enqueue("job", 1)
+        clock.advance(10.0000007)
+        await ctx.enqueue("job", 2)
+    events = [json.loads(line) for line in evq_cli("events", "--db", db, "--json").splitlines()]
+    second = events[1]
+    assert second["at"].endswith(".000001+00:00")  # stored as .00000072...
+    assert positions(evq_cli("events", "--db", db, "--since", second["at"])) == [
+        second["position"]]
+    stats = json.loads(evq_cli("stats", "--db", db, "--json", "--since", second["at"]))
+    assert stats["window_s"] == 0.0 and stats["queues"][0]["queue"] == "default"
+
+
 def test_times_can_be_given_as_how_long_ago(demo: Path, every_event):
     # The demo ran seconds ago: an hour ago is before all of it.
     shown = [e["position"] for e in every_event if e["kind"] != "seal"]
