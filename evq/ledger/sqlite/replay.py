@@ -42,20 +42,18 @@ def replay_into(source: str | Path, target: str | Path, upto: int | None = None,
                 count = _replay_merged(conn, source, upto, archived, upto_at)
             else:
                 done = _replay(conn, source, upto, progress=progress, upto_at=upto_at)
+                if done.refused_at is not None:  # refused before finishing the file
+                    raise LedgerCorrupt(
+                        f"replaying {source} refused event {done.refused_at} "
+                        f"({done.refusal}): its history holds a transition that cannot "
+                        "happen (see `evq verify`); nothing was written")
                 count = done.events
             for pragma in sql.BUILT_PRAGMAS:
                 conn.execute(pragma)
         finally:
             conn.close()
         files.sync(temporary)
-        if archived:
-            return count
-        if done.refused_at is not None:
-            raise LedgerCorrupt(
-                f"replaying {source} refused event {done.refused_at} ({done.refusal}): its "
-                "history holds a transition that cannot happen (see `evq verify`); "
-                "nothing was written")
-        return done.events
+        return count
 
 
 def _replay(conn: sqlite3.Connection, source: str | Path, upto: int | None,
