@@ -13,6 +13,7 @@ restarted."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -40,11 +41,13 @@ from helpers.pg_faults import (
     terminate,
     until,
 )
+from helpers.pg_proxy import proxy_to
 from helpers.pg_worker import define
 from pg_server import Private, drop_handed_out, new_place, with_schema
 from pg_server import private_postgres as private_postgres  # the fixture
 
 import evq
+from evq.ledger import open_ledger
 from evq.testing import kinds_of
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -438,3 +441,28 @@ async def test_a_password_never_reaches_logs_errors_or_cli_output(
 
     leaks = [text for text in [*shown, *captured.texts] if SECRET in text]
     assert leaks == [], leaks[:3]
+
+
+# --- 6. a commit's answer lost on the wire -----------------------------------------------
+
+@pytest.mark.parametrize("landed", [True, False], ids=["ran-answer-lost", "never-arrived"])
+async def test_an_enqueue_whose_answer_is_lost_lands_exactly_once(pg_ledger: str,
+                                                                  landed: bool) -> None:
+    # A writer whose last commits no one else followed sends the next one whole (BEGIN,
+    # the lock, its events, its seal, COMMIT) in one message. Here the wire loses that
+    # message, or lets the server commit it and loses the answer; either way the
+    # connection is cut. The enqueue must neither fail nor land twice.
+    with proxy_to(pg_ledger) as proxy:
+        async with evq.Context(proxy.url(pg_ledger)) as ctx:
+            define(ctx, 5.0)
+            ids = [await ctx.enqueue("work", n) for n in range(3)]
+            cut = proxy.arm("pg_advisory_xact_lock", "COMMIT", landed=landed)
+            ids.append(await ctx.enqueue("work", 3))
+            assert cut.done.is_set(), "the enqueue did not go in one message"
+            ids.append(await ctx.enqueue("work", 4))
+            assert sorted(job.id for job in await ctx.jobs()) == sorted(ids)
+    enqueued = collections.Counter(event.job_id for event in
+                                   open_ledger(pg_ledger).read_events()
+                                   if event.kind == "enqueue")
+    assert enqueued == {job_id: 1 for job_id in ids}
+    assert_verifies(pg_ledger)

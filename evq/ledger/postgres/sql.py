@@ -540,6 +540,8 @@ def channel(schema: str) -> str:
 # A write transaction begins by taking the ledger's append lock (held to its end), in the
 # same round trip; `key` is the ledger's (url.Target.lock_key).
 BEGIN_LOCKED = "BEGIN; SELECT pg_advisory_xact_lock({key:d})"
+# Whether a commit whose answer was lost landed: the event at its seal's position.
+EVENT_KIND_DATA_AT = "SELECT kind, data FROM evq_events WHERE position = %s"
 LOCK_APPENDS = "SELECT pg_advisory_xact_lock(%s)"
 # Commit, waking every process that listens on the ledger's channel, in one round trip.
 NOTIFY_COMMIT = "NOTIFY {channel}; COMMIT"

@@ -35,6 +35,11 @@ _EDGE_LOOKUPS = frozenset((named.OPEN_EDGE_OF_CHILD, named.FAILED_EDGE_OF_CHILD)
 _HOLD_AT_MOST = 1000  # appends held back before they are written anyway (a long stream)
 
 
+class NeedsLock(Exception):
+    """A speculative transaction's operation read the ledger (or outgrew what is held
+    back): it must run in a transaction that holds the append lock first."""
+
+
 class _Flushing(Dialect):
     """The transaction's connection as operations see it: a statement first writes the
     appends held back, so that it sees them (and their fold)."""
@@ -52,6 +57,16 @@ class _Flushing(Dialect):
         if flush is not None:
             flush()
         return super().execute(query, params)
+
+
+class _NoStatements:
+    """The connection of a speculative transaction: nothing is sent before its commit."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        raise NeedsLock
+
+
+_NO_STATEMENTS: Any = _NoStatements()
 
 
 class PgTx(Tx):
@@ -75,6 +90,22 @@ class PgTx(Tx):
         # ends looks up its edge to a waiting parent; while no edge is unsettled, the
         # answer is known without a round trip. Only a `wait` event opens edges.
         self.unsettled: bool | None = None
+
+    @classmethod
+    def speculative_after(cls, clock_now: float, last: seals.LastSeal
+                          ) -> PgTx:
+        """A transaction that assumes the ledger's newest event is still `last`, the
+        seal this writer committed last, and sends nothing until its commit: then
+        `BEGIN`, the append lock, its events, its seal and `COMMIT` go in one round
+        trip. If another writer appended since, the first event's position is taken
+        and the primary key refuses it, so the whole transaction is refused and nothing
+        of it lands; under the lock, the positions prove the assumption. An operation
+        that reads (or appends more than is held back) raises NeedsLock: it needs the
+        ordinary transaction."""
+        tx = cls(Dialect(_NO_STATEMENTS), max(clock_now, last.at), last.at,
+                 last.position + 1)
+        tx.hold_back = True
+        return tx
 
     def one(self, query: str, params: Iterable[Any] = ()) -> Any:
         if query in _EDGE_LOOKUPS:

@@ -7,22 +7,37 @@ only when one of them is refused. The transaction first takes the ledger's appen
 positions are handed out gap-free in commit order and the hash chain is one line, and a
 commit's NOTIFY wakes the other processes' workers.
 
+A transaction is two round trips: one opens it (BEGIN, the lock, the newest event), one
+carries its events, seal and COMMIT. While no other writer appends between this
+writer's commits, a batch that only appends (an enqueue, a job's outcome) is sent
+speculatively in one: BEGIN, the lock, the events at the positions after this writer's
+last seal, the seal chained to it, COMMIT. If another writer appended meanwhile, the
+first position is taken, the primary key refuses the whole transaction, and the batch
+goes the two-round-trip way.
+
 A connection found dropped before the batch's COMMIT was sent (the server restarted or
 ended the session while it sat idle) is replaced, and the batch redone on the new one,
-once; one that drops after (a lost answer), or a server that cannot be reached, fails
-the batch with LedgerUnavailable, and the next batch connects again. A commit whose
-answer was lost may or may not have landed; the ledger's fencing makes a retried report
-harmless (a second outcome for one attempt is refused), so nothing succeeds twice."""
+once. A speculative commit cut off the same way may or may not have run: the redo first
+looks, under the lock (so that it has landed by then or never will, its positions being
+taken), for its seal, and reports it committed if it is there. A connection that drops
+after an ordinary COMMIT was sent (a lost answer), or a server that cannot be reached,
+fails the batch with LedgerUnavailable, and the next batch connects again. A commit
+whose answer was lost may or may not have landed; the ledger's fencing makes a retried
+report harmless (a second outcome for one attempt is refused), so nothing succeeds
+twice."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import attrs
 import psycopg
+from psycopg import sql as pgsql
 
 from ...clock import Clock
 from ...errors import ContextClosed
@@ -46,6 +61,16 @@ class _Refused(Exception):
     """An operation of an optimistic batch raised: redo the batch op by op."""
 
 
+@attrs.frozen
+class _Unsure:
+    """A speculative commit whose answer was lost: it landed if its seal is there."""
+
+    position: int
+    hash: str
+    results: list[tuple[bool, Any]]
+    appended: list[Committed]
+
+
 class Writer:
     def __init__(self, target: Target, clock: Clock, on_commit: OnCommit,
                  busy_timeout_ms: int = 10_000) -> None:
@@ -61,7 +86,12 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._sent_commit = False  # whether the batch being committed got to its COMMIT
+        # Whether the next batch may be committed speculatively, in one round trip: no
+        # other writer appended between this writer's last two commits.
+        self._speculate = False
+        self._unsure: _Unsure | None = None
         self._begin = sql.BEGIN_LOCKED_NEWEST.format(key=target.lock_key)
+        self._begin_locked = sql.BEGIN_LOCKED.format(key=target.lock_key) + "; "
         self._commit_text = sql.NOTIFY_COMMIT.format(channel=sql.channel(target.schema))
 
     @property
@@ -152,21 +182,35 @@ class Writer:
                 # new connection instead of failing writes the server would now take. A
                 # new connection failing too, or a lost answer to the COMMIT (which may
                 # have landed), is the callers' LedgerUnavailable.
-                if gone and not fresh and not self._sent_commit:
+                # A speculative commit cut off the same way may have landed: the redo
+                # first looks for its seal, under the append lock.
+                if gone and not fresh and (not self._sent_commit or self._unsure):
                     _log.info("evq.reconnected", reason=str(self._typed(exc)))
                     continue
+                self._unsure = None
                 raise
 
     def _run_batch(self, conn: Dialect, ops: list[Op], *, isolate: bool
                    ) -> tuple[list[tuple[bool, Any]], list[Committed]]:
         raw = conn.raw
-        results: list[tuple[bool, Any]] = []
         self._sent_commit = False
+        if (not isolate and self._speculate and self._last_seal.position
+                and self._unsure is None):
+            done = self._speculatively(raw, ops)
+            if done is not None:
+                return done
+        results: list[tuple[bool, Any]] = []
         try:
             # Inside the try: a lock wait cut short (statement_timeout, lock_timeout)
             # fails this statement with the transaction open, and it must be rolled back,
             # or every later batch on this connection would find it aborted.
+            ours = self._last_seal.position
             tx = PgTx.begin(conn, self._begin, self._clock.now, self._last_seal)
+            self._speculate = bool(ours) and tx.next_position - 1 == ours
+            unsure, self._unsure = self._unsure, None
+            if unsure is not None and self._landed(raw, tx, unsure):
+                raw.execute(sql.ROLLBACK)
+                return unsure.results, unsure.appended
             # Optimistically, appends wait for the commit's round trip; a refusal found
             # there redoes the batch isolated, where each append is written at once.
             tx.hold_back = not isolate
@@ -211,3 +255,54 @@ class Writer:
                     raw.execute(sql.ROLLBACK)
             raise
         return results, tx.appended
+
+    def _speculatively(self, raw: psycopg.Connection[Any], ops: list[Op]
+                       ) -> tuple[list[tuple[bool, Any]], list[Committed]] | None:
+        """Commit the batch in one round trip, assuming the ledger's newest event is
+        still this writer's last seal (see PgTx.speculative_after); None if it cannot
+        be (an operation reads or raised, or another writer appended first): nothing of
+        it landed, and the batch goes the ordinary way."""
+        last = self._last_seal
+        tx = PgTx.speculative_after(self._clock.now(), last)
+        try:
+            results = [(True, op(tx)) for op in ops]
+            if not tx.appended:
+                return results, []
+            commit = tx.commit_text(self._commit_text, last)
+        except Exception:  # NeedsLock, or a refusal the ordinary way reports
+            self._last_seal = seals.LastSeal()  # commit_text may have moved it
+            self._speculate = False
+            return None
+        sealed = tx.appended[-1]
+        self._unsure = _Unsure(sealed.position, str(sealed.data["hash"]), results,
+                               tx.appended)
+        self._sent_commit = True
+        try:
+            raw.execute(pgsql.SQL(self._begin_locked) + commit)
+        except BaseException as exc:
+            self._last_seal = seals.LastSeal()
+            self._speculate = False
+            if failures.is_disconnect(exc) or raw.closed:
+                raise  # it may have landed: _commit reconnects, and the redo looks
+            self._unsure = None
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute(sql.ROLLBACK)
+            # A timeout or a full disk would only be met again; a refusal, or the
+            # position taken by another writer, is sorted out the ordinary way.
+            if failures.fails_the_batch(exc) or not isinstance(exc, psycopg.Error):
+                raise
+            self._sent_commit = False
+            return None
+        self._unsure = None
+        return results, tx.appended
+
+    def _landed(self, raw: psycopg.Connection[Any], tx: PgTx, unsure: _Unsure) -> bool:
+        """Whether a speculative commit cut off before its answer landed (the caller
+        holds the append lock, so it has landed or never will: its first position is
+        taken by then)."""
+        if tx.next_position <= unsure.position:
+            return False
+        row = raw.execute(sql.EVENT_KIND_DATA_AT, (unsure.position,)).fetchone()
+        return (row is not None and row[0] == seals.SEAL
+                and json.loads(row[1]).get("hash") == unsure.hash)
