@@ -1,6 +1,6 @@
 """The `evq` command: look into an evq ledger, run its jobs, and look after it.
 
-Commands: demo, worker, events, history, tree, jobs, stats, definitions, subscribers,
+Commands: demo, web, worker, events, history, tree, jobs, stats, definitions, subscribers,
 retry, cancel, delete, replay, export, import, verify, archive, schema, migrate (the
 reading ones are in evq/cli_read.py). Every command takes `--db PATH` (a ledger file, or
 sqlite:///PATH; or the EVQ_DB environment variable).
@@ -297,6 +297,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        from .web.serve import serve
+    except ImportError as exc:
+        raise InvalidInput(f"evq web needs its extra ({exc.name} is missing): "
+                           "pip install 'evq[web]'") from None
+    serve(ledger_spec(args), args.host, args.port, read_only=args.read_only)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evq", description="Look into an evq ledger, run its jobs, and look after it.",
@@ -311,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("demo", cmd_demo, "run a short tour on a ledger file (default evq-demo.db)")
+    p = command("web", cmd_web, "serve the dashboard (needs `pip install 'evq[web]'`)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; anything else needs "
+                   "EVQ_WEB_PASSWORD or EVQ_WEB_TOKEN)")
+    p.add_argument("--port", type=int, default=8470, help="port (default 8470)")
+    p.add_argument("--read-only", action="store_true", help="show, never act")
     p = sub.add_parser("worker", help="serve jobs: a job server for APP (module:ctx)",
                        description="Serve the jobs of APP (`package.module:ctx`, a Context "
                        "or a function returning one) until SIGTERM or SIGINT.")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
-import time
 from collections.abc import Sequence
 
-from . import audit, codec
-from .errors import EvqError, InvalidInput, InvalidTime, LedgerNotFound, UnknownJob
+from . import audit
+from .errors import EvqError, InvalidInput, LedgerNotFound, UnknownJob
 from .ledger import Ledger, open_ledger
+from .moments import moment as moment
 
 # Exit codes: stable, scripts rely on them (see evq/cli.py and the README).
 EXIT_OK = 0
@@ -29,22 +28,6 @@ def exit_code(exc: EvqError) -> int:
     if isinstance(exc, UnknownJob | LedgerNotFound):
         return EXIT_NOT_FOUND
     return EXIT_USAGE
-
-
-_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def moment(text: str, what: str) -> float:
-    """A time the user typed: ISO-8601, or how long ago (`90s`, `15m`, `1h`, `2d`)."""
-    ago = _AGO.fullmatch(text.strip())
-    if ago is not None:
-        return codec.check_time(time.time() - float(ago[1]) * _UNIT[ago[2]], what, text)
-    try:
-        return codec.parse_time(text, what)
-    except InvalidTime as exc:
-        raise InvalidTime(f"{exc}; or say how long ago, such as 90s, 15m, 1h or 2d"
-                          ) from None
 
 
 def out(line: str = "") -> None:

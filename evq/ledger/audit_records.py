@@ -122,6 +122,23 @@ class JobFilter:
 
 
 @attrs.frozen
+class JobQuery:
+    """A page of current jobs, newest first: each criterion None matches any job.
+    `before`: only jobs enqueued at an earlier position (the next page starts at the
+    last one shown); `since`/`until`: enqueued within these epoch times; `text`: the
+    enqueue event's data (the payload and options, as stored JSON) holds this text."""
+
+    state: str | None = None
+    queue: str | None = None
+    name: str | None = None
+    before: int | None = None
+    since: float | None = None
+    until: float | None = None
+    text: str | None = None
+    limit: int = 50
+
+
+@attrs.frozen
 class Deployed:
     """A deployed job definition: its settings as recorded, and its schedule's spec and
     next fire (a stored epoch time, shown as it is) if it repeats."""

@@ -263,6 +263,12 @@ class Ledger(Protocol):
     def find_jobs(self, wanted: audit_records.JobFilter) -> list[JobRecord]:
         """Current jobs as `wanted` says, oldest first."""
 
+    def job_page(self, query: audit_records.JobQuery) -> list[JobRecord]:
+        """A page of current jobs matching `query`, newest first."""
+
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        """How many current jobs each queue holds in each state: (queue, state, n)."""
+
     def read_flow(self, job_id: str) -> audit_records.FlowTree | None:
         """The whole flow that holds this job, from its root down; None if the job is
         not in the current state."""

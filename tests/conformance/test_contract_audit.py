@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Generator
 from pathlib import Path
 
@@ -265,6 +266,45 @@ async def test_the_readers_see_what_the_runtime_wrote(ledger: Ledger, clock: evq
     tree = ledger.read_flow(ids["flow"])
     assert tree is not None and tree.id == ids["flow"] and tree.state == "pending"
     assert sorted(child.state for child in tree.children) == ["succeeded", "succeeded"]
+
+
+async def test_a_page_of_jobs_is_what_filtering_every_job_gives(ledger: Ledger,
+                                                               clock: evq.FakeClock) -> None:
+    # The dashboard's list: every criterion, alone and together, and paging by position,
+    # against the same filter done by hand over every job.
+    await some_history(ledger, clock)
+    extra = [new_job(clock, payload={"city": "Zürich <b>"}, queue="geo", name="geocode")
+             for _ in range(3)]
+    await ledger.enqueue(extra)
+    clock.advance(10)
+    later = new_job(clock, payload={"city": "Oslo"}, queue="geo", name="geocode")
+    await ledger.enqueue([later])
+    everyone = sorted(await ledger.jobs(), key=lambda j: -j.enqueue_position)
+    payloads = {e.job_id: e.data for e in await all_events(ledger) if e.kind == "enqueue"}
+
+    def page(**wanted: object) -> list[str]:
+        return [j.id for j in ledger.job_page(audit_records.JobQuery(**wanted))]  # type: ignore[arg-type]
+
+    assert page(limit=1000) == [j.id for j in everyone]
+    assert page(limit=2) == [j.id for j in everyone[:2]]
+    assert page(before=everyone[1].enqueue_position, limit=2) == [j.id for j in everyone[2:4]]
+    assert page(state="failed") == [j.id for j in everyone if j.state == "failed"]
+    assert page(queue="geo", name="geocode") == [later.id, *[j.id for j in extra][::-1]]
+    assert page(queue="geo", name="other") == []
+    at = {j.id: j.enqueued_at.timestamp() for j in everyone}
+    assert page(since=at[later.id]) == [later.id]
+    assert page(until=at[later.id] - 1, queue="geo") == [j.id for j in extra][::-1]
+    assert page(text="Zürich <b>") == [j.id for j in extra][::-1]
+    assert page(text="nothing like this") == []
+    assert page(text="done") == [j.id for j in everyone if "done" in
+                                 json.dumps(payloads[j.id])]
+    counts = ledger.job_counts()
+    expected: dict[tuple[str, str], int] = {}
+    for job in everyone:
+        expected[(job.queue, job.state.value)] = expected.get(
+            (job.queue, job.state.value), 0) + 1
+    assert {(queue, state): n for queue, state, n in counts} == expected
+    assert counts == sorted(counts)
 
 
 async def test_follow_gives_every_event_then_those_committed_later(

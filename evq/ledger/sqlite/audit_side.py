@@ -16,7 +16,7 @@ from ... import codec
 from ...errors import EvqError
 from ...events import Event, event_from_row
 from ...jobs import Child, JobRecord
-from ..audit_records import Deployed, FlowTree, JobFilter, JobLabel
+from ..audit_records import Deployed, FlowTree, JobFilter, JobLabel, JobQuery
 from . import connection, sql
 from . import flows as edges
 from .base import EngineBase
@@ -124,6 +124,18 @@ class AuditSide(EngineBase):
             rows = (conn.execute(sql.LIST_JOBS_WHERE, (wanted.state, wanted.queue, limit))
                     if live is None else conn.execute(live, (wanted.queue, limit)))
             return [JobRecord.from_row(tuple(row)) for row in rows]
+
+    def job_page(self, query: JobQuery) -> list[JobRecord]:
+        with self._checked() as conn:
+            rows = conn.execute(sql.JOB_PAGE, (
+                query.state, query.queue, query.name, query.before, query.since,
+                query.until, query.text, query.limit))
+            return [JobRecord.from_row(tuple(row)) for row in rows]
+
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        with self._checked() as conn:
+            return [(str(queue), str(state), int(n)) for queue, state, n in
+                    conn.execute(sql.COUNT_JOBS_BY_QUEUE_STATE)]
 
     def read_flow(self, job_id: str) -> FlowTree | None:
         with self._checked() as conn:

@@ -1,0 +1,52 @@
+"""What an operator does from the dashboard (cancel, retry, delete a job): each one
+confirmed on a page of its own first, checked against the form's CSRF token and the
+request's origin, and written through the same ledger operations as `evq cancel` and the
+rest, so each is an event like any other transition."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from .. import admin, audit
+from ..errors import EvqError
+from .guard import csrf_ok, same_origin
+from .pages import LONGEST_TEXT, render, site_of
+
+ACTIONS: dict[str, Callable[..., Any]] = {
+    "cancel": admin.cancel, "retry": admin.retry, "delete": admin.delete}
+WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete"}
+DEFAULT_REASON = "from the dashboard"
+
+
+class Forbidden(EvqError):
+    """An action the dashboard refuses (read-only, or a form it did not make)."""
+
+
+async def act(request: Request) -> Response:
+    site = site_of(request)
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        return render(request, "error.html", 404, title="Not found",
+                      message=f"there is no action {action!r}")
+    if site.read_only:
+        raise Forbidden("this dashboard is read-only (started with --read-only)")
+    form = await request.form()
+    token = form.get("csrf")
+    if not same_origin(request.headers.get("origin"), request.headers.get("host")) or \
+            not csrf_ok(site.secret, token if isinstance(token, str) else None):
+        raise Forbidden("the form came from another site, or from before the dashboard "
+                        "restarted: reload the page and try again")
+    job_id = await site.read(audit.resolve_job_id, site.ledger, request.path_params["job_id"])
+    given = form.get("reason")
+    reason = (given.strip() if isinstance(given, str) else "")[:LONGEST_TEXT]
+    if form.get("confirm") != "yes":
+        record = await site.read(site.ledger.read_job, job_id)
+        return render(request, "confirm.html", title=WHAT[action], action=action,
+                      what=WHAT[action], job_id=job_id, job=record, reason=reason)
+    done = await site.read(ACTIONS[action], site.ledger, job_id, reason or DEFAULT_REASON)
+    shown = done if action == "retry" else job_id
+    return RedirectResponse(request.url_for("job", job_id=shown).path, status_code=303)

@@ -1,0 +1,98 @@
+"""The dashboard's ASGI app: its routes, the guard every request passes (credentials,
+security headers), and typed evq errors shown as pages (never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..context import Context
+from ..errors import (
+    DuplicateJob,
+    EvqError,
+    InvalidInput,
+    JobStateConflict,
+    LedgerNotFound,
+    LedgerUnavailable,
+    UnknownJob,
+)
+from ..ledger import Ledger, open_ledger
+from . import actions, metrics, pages
+from .guard import HEADERS, Auth, new_secret
+from .site import STATIC, Site
+
+OPEN_PATHS = frozenset(("/healthz",))  # answered without credentials
+
+
+def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
+        auth: Auth | None = None) -> Starlette:
+    """The dashboard for a ledger: an open (or not yet opened) Context's, a Ledger, or a
+    ledger path or postgresql:// URL. `auth`: the credentials every request but
+    /healthz must carry (default: from EVQ_WEB_TOKEN / EVQ_WEB_PASSWORD, none if unset).
+    `read_only`: no actions."""
+    ledger = source.ledger if isinstance(source, Context) else (
+        open_ledger(source) if isinstance(source, str | Path) else source)
+    site = Site(ledger, read_only, Auth.from_env() if auth is None else auth, new_secret())
+    routes = [
+        Route("/", pages.overview, name="overview"),
+        Route("/jobs", pages.jobs, name="jobs"),
+        Route("/jobs/{job_id}", pages.job, name="job"),
+        Route("/jobs/{job_id}/{action}", actions.act, methods=["POST"], name="act"),
+        Route("/metrics", metrics.endpoint, name="metrics"),
+        Route("/healthz", pages.healthz, name="healthz"),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    web = Starlette(routes=routes, exception_handlers={EvqError: _shown})
+    web.state.evq = site
+    web.add_middleware(_Guard, auth=site.auth)
+    return web
+
+
+_STATUS = ((UnknownJob, 404), (InvalidInput, 400), (actions.Forbidden, 403),
+           (JobStateConflict, 409), (DuplicateJob, 409), (LedgerNotFound, 503),
+           (LedgerUnavailable, 503))
+
+
+async def _shown(request: Request, exc: Exception) -> Response:
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+    if request.url.path.endswith(("/healthz", "/metrics")):
+        return PlainTextResponse(f"{exc}\n", status_code=status)
+    return pages.render(request, "error.html", status, title="Error", message=str(exc))
+
+
+class _Guard:
+    """Every request but /healthz carries the credentials (when some are set); every
+    response carries the security headers."""
+
+    def __init__(self, app: ASGIApp, auth: Auth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted inside another application
+            path = path[len(root):] or "/"
+        if path not in OPEN_PATHS and not self.auth.allows(
+                Headers(scope=scope).get("authorization")):
+            challenge = {"www-authenticate": 'Basic realm="evq"'} if self.auth.password else {}
+            denied = PlainTextResponse("authentication required\n", status_code=401,
+                                       headers={**challenge, **HEADERS})
+            await denied(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -1,0 +1,83 @@
+"""What every request of one dashboard shares: the ledger it shows, whether it may act,
+its credentials and CSRF secret, and how values are shown (templates and their
+filters). Reads and actions go to the ledger's synchronous side in a worker thread, so a
+slow read never holds up the event loop."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.templating import Jinja2Templates
+
+from .. import audit
+from ..ledger import Ledger
+from .guard import Auth, csrf_token
+
+T = TypeVar("T")
+
+# Characters that could disguise what is shown: controls other than the newline and
+# invisible format characters (bidi overrides, zero-width joiners).
+_HIDDEN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e"
+                     "\u2066-\u2069\ufeff]")
+
+
+def visible(value: object) -> str:
+    """`value` as text with every control and invisible format character written as an
+    escape (newlines kept); HTML escaping is the templates' own (autoescape)."""
+    text = value if isinstance(value, str) else str(value)
+    return _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def pretty(value: Any) -> str:
+    """A payload, result or error as indented JSON, made visible."""
+    return visible(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def when(moment: datetime | float | None) -> str:
+    if moment is None:
+        return "-"
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return audit.fmt_time(moment)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("evq.web", "templates"), autoescape=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(shown=audit.printable, visible=visible, pretty=pretty, when=when,
+                       short=audit.short_id, describe=audit.describe)
+    return env
+
+
+@attrs.define
+class Site:
+    ledger: Ledger
+    read_only: bool
+    auth: Auth
+    secret: bytes
+    templates: Jinja2Templates = attrs.field(
+        factory=lambda: Jinja2Templates(env=_environment()))
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.secret)
+
+    @property
+    def location(self) -> str:
+        return str(self.ledger.location)
+
+    async def read(self, call: Callable[..., T], *args: Any) -> T:
+        """Run one of the ledger's synchronous reads or actions off the event loop."""
+        return await run_in_threadpool(call, *args)
+
+
+STATIC = Path(__file__).parent / "static"

@@ -1,0 +1,268 @@
+"""The dashboard's pages and actions through an ASGI client, against real ledgers: what
+an operator sees and does, and what a stranger or another site cannot do."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pg_server import drop_handed_out, new_place
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+import evq
+import evq.web
+from evq.web.guard import Auth
+
+HOSTILE = {"to": "<script>alert(1)</script>", "colour": "\x1b[31mred", "flip": "a\u202eb"}
+
+
+def client(web: Starlette) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=web),
+                             base_url="http://testserver")
+
+
+async def fill(ctx: evq.Context) -> dict[str, Any]:
+    """Jobs in several queues and states: two done, one out of attempts (expired),
+    three pending, one with a hostile payload."""
+    async def ok(payload: Any) -> Any:
+        return {"ok": payload}
+
+    async def broken(payload: Any) -> Any:
+        raise ValueError("no such city <b>")
+
+    ctx.define("mail", ok, queue="mail")
+    ctx.define("geo", broken, queue="geo", max_attempts=1)
+    ctx.define("later", None, queue="mail")
+    done = [await ctx.enqueue("mail", {"n": n}) for n in range(2)]
+    failed = await ctx.enqueue("geo", {"city": "Atlantis"})
+    await ctx.drain()
+    pending = [await ctx.enqueue("later", {"n": n}) for n in range(3)]
+    hostile = await ctx.enqueue("later", HOSTILE)
+    return {"done": done, "failed": failed, "pending": pending, "hostile": hostile}
+
+
+@pytest.fixture
+async def filled(db: Path) -> AsyncIterator[tuple[evq.Context, dict[str, Any]]]:
+    async with evq.Context(db) as ctx:
+        yield ctx, await fill(ctx)
+
+
+def ids_in(page: str) -> list[str]:
+    return re.findall(r'href="/jobs/([0-9a-f]{32})"', page)
+
+
+async def test_the_overview_counts_jobs_by_queue_and_state(filled: Any) -> None:
+    ctx, _ = filled
+    async with client(evq.web.app(ctx)) as http:
+        page = await http.get("/")
+    assert page.status_code == 200
+    text = page.text
+    # mail: 2 succeeded, 4 pending; geo: 1 expired; each count links to its list
+    assert 'href="/jobs?queue=mail&amp;state=succeeded">2</a>' in text
+    assert 'href="/jobs?queue=mail&amp;state=pending">4</a>' in text
+    assert 'href="/jobs?queue=geo&amp;state=expired">1</a>' in text
+    assert "100.0%" in text  # geo's error rate over the last minutes
+
+
+async def test_the_jobs_list_filters_pages_and_keeps_its_filter(filled: Any) -> None:
+    ctx, jobs = filled
+    async with client(evq.web.app(ctx)) as http:
+        newest_first = [jobs["hostile"], *jobs["pending"][::-1]]
+        first = await http.get("/jobs", params={"queue": "mail", "state": "pending",
+                                                "limit": "3"})
+        assert ids_in(first.text) == newest_first[:3]
+        older = re.search(r'href="([^"]+)" rel="next"', first.text)
+        assert older is not None
+        link = older.group(1).replace("&amp;", "&")
+        assert "queue=mail" in link and "state=pending" in link and "before=" in link
+        second = await http.get(link)
+        assert ids_in(second.text) == newest_first[3:]
+        assert 'rel="next"' not in second.text
+        assert ids_in((await http.get("/jobs", params={"text": "Atlantis"})).text) == [
+            jobs["failed"]]
+        assert ids_in((await http.get("/jobs", params={"name": "geo"})).text) == [
+            jobs["failed"]]
+        assert ids_in((await http.get("/jobs", params={"since": "1h"})).text) != []
+        assert ids_in((await http.get("/jobs", params={"until": "1h"})).text) == []
+        bad = await http.get("/jobs", params={"state": "sleeping"})
+        assert bad.status_code == 400
+        assert "state must be one of" in bad.text and "Traceback" not in bad.text
+        assert (await http.get("/jobs", params={"since": "yesterday"})).status_code == 400
+
+
+async def test_a_job_page_shows_payload_timeline_and_errors_escaped(filled: Any) -> None:
+    ctx, jobs = filled
+    async with client(evq.web.app(ctx)) as http:
+        hostile = (await http.get(f"/jobs/{jobs['hostile']}")).text
+        failed = (await http.get(f"/jobs/{jobs['failed'][-8:]}")).text  # by its short id
+        missing = await http.get("/jobs/nosuchjob")
+    assert "<script>alert" not in hostile and "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile
+    assert "\x1b" not in hostile and "\\u001b[31mred" in hostile
+    assert "\u202e" not in hostile and "a\\u202eb" in hostile
+    assert "Atlantis" in failed and "no such city &lt;b&gt;" in failed
+    kinds = re.findall(r'<tr class="kind-(\w+)">', failed)
+    assert kinds == [e.kind for e in await ctx.history(jobs["failed"])]
+    assert "traceback" in failed and "ValueError" in failed
+    assert missing.status_code == 404 and "no such job" in missing.text
+
+
+def form_token(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found is not None, "no CSRF token on the page"
+    return found.group(1)
+
+
+async def test_cancel_is_confirmed_and_refused_without_the_forms_token(filled: Any) -> None:
+    ctx, jobs = filled
+    target = jobs["pending"][0]
+    before = await ctx.history(target)
+    async with client(evq.web.app(ctx)) as http:
+        page = (await http.get(f"/jobs/{target}")).text
+        token = form_token(page)
+        forged = await http.post(f"/jobs/{target}/cancel", data={"confirm": "yes"})
+        elsewhere = await http.post(f"/jobs/{target}/cancel",
+                                    data={"csrf": token, "confirm": "yes"},
+                                    headers={"origin": "http://evil.example"})
+        assert forged.status_code == elsewhere.status_code == 403
+        asked = await http.post(f"/jobs/{target}/cancel", data={"csrf": token})
+        assert asked.status_code == 200 and 'name="confirm" value="yes"' in asked.text
+        assert await ctx.history(target) == before  # nothing written yet
+        done = await http.post(f"/jobs/{target}/cancel", data={
+            "csrf": token, "confirm": "yes", "reason": "customer left"})
+        assert done.status_code == 303 and done.headers["location"].endswith(target)
+        shown = (await http.get(done.headers["location"])).text
+    events = await ctx.history(target)
+    assert [e.kind for e in events] == [*(e.kind for e in before), "cancel"]
+    assert events[-1].data["reason"] == "customer left"
+    assert 'class="kind-cancel"' in shown
+    record = await ctx.get_job(target)
+    assert record is not None and record.state == evq.JobState.CANCELLED
+
+
+async def test_retry_makes_a_new_job_and_a_refused_action_says_why(filled: Any) -> None:
+    ctx, jobs = filled
+    async with client(evq.web.app(ctx)) as http:
+        token = form_token((await http.get(f"/jobs/{jobs['failed']}")).text)
+        retried = await http.post(f"/jobs/{jobs['failed']}/retry",
+                                  data={"csrf": token, "confirm": "yes"})
+        assert retried.status_code == 303
+        new_id = retried.headers["location"].rsplit("/", 1)[1]
+        assert new_id != jobs["failed"]
+        again = await http.post(f"/jobs/{jobs['done'][0]}/cancel",
+                                data={"csrf": token, "confirm": "yes"})
+    record = await ctx.get_job(new_id)
+    assert record is not None and record.state == evq.JobState.PENDING
+    assert again.status_code == 409 and "Traceback" not in again.text
+    assert 'role="alert"' in again.text
+    done = await ctx.get_job(jobs["done"][0])
+    assert done is not None and done.state == evq.JobState.SUCCEEDED
+
+
+async def test_a_read_only_dashboard_shows_no_action_and_takes_none(filled: Any) -> None:
+    ctx, jobs = filled
+    target = jobs["pending"][0]
+    async with client(evq.web.app(ctx, read_only=True)) as http:
+        page = (await http.get(f"/jobs/{target}")).text
+        refused = await http.post(f"/jobs/{target}/delete", data={"confirm": "yes"})
+    assert "<form method=\"post\"" not in page and "read-only" in page
+    assert refused.status_code == 403
+    record = await ctx.get_job(target)
+    assert record is not None and record.state == evq.JobState.PENDING
+
+
+async def test_credentials_are_required_once_set_except_for_healthz(filled: Any) -> None:
+    ctx, _ = filled
+    web = evq.web.app(ctx, auth=Auth(token="t0k", password="pw"))
+    basic = "Basic " + base64.b64encode(b"evq:pw").decode()
+    wrong = "Basic " + base64.b64encode(b"evq:nope").decode()
+    async with client(web) as http:
+        anonymous = await http.get("/")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"].startswith("Basic")
+        assert (await http.get("/", headers={"authorization": wrong})).status_code == 401
+        assert (await http.get("/", headers={"authorization": basic})).status_code == 200
+        assert (await http.get("/metrics", headers={"authorization": "Bearer t0k"})
+                ).status_code == 200
+        assert (await http.get("/metrics", headers={"authorization": "Bearer no"})
+                ).status_code == 401
+        health = await http.get("/healthz")
+    assert health.status_code == 200 and health.text == "ok\n"
+    assert "default-src 'self'" in anonymous.headers["content-security-policy"]
+
+
+async def test_metrics_count_jobs_by_queue_and_state(filled: Any) -> None:
+    ctx, _ = filled
+    async with client(evq.web.app(ctx)) as http:
+        scraped = await http.get("/metrics")
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert 'evq_jobs{queue="mail",state="pending"} 4.0' in scraped.text
+    assert 'evq_jobs{queue="geo",state="expired"} 1.0' in scraped.text
+    head = re.search(r"^evq_ledger_head_position (\S+)$", scraped.text, re.M)
+    assert head is not None and float(head.group(1)) == (await ctx.events(limit=10_000,
+                                                                         seals=True))[-1].position
+
+
+async def test_it_mounts_inside_another_application(filled: Any) -> None:
+    ctx, jobs = filled
+    outer = Starlette(routes=[Mount("/ops/queue", app=evq.web.app(ctx))])
+    async with client(outer) as http:
+        listed = await http.get("/ops/queue/jobs", params={"state": "expired"})
+        page = await http.get(f"/ops/queue/jobs/{jobs['failed']}")
+    assert listed.status_code == 200
+    assert f'href="/ops/queue/jobs/{jobs["failed"]}"' in listed.text
+    assert page.status_code == 200 and 'href="/ops/queue/static/evq.css"' in page.text
+
+
+async def test_a_ledger_that_is_not_there_is_a_page_not_a_traceback(tmp_path: Path) -> None:
+    async with client(evq.web.app(tmp_path / "missing.db")) as http:
+        page = await http.get("/")
+        health = await http.get("/healthz")
+    assert page.status_code >= 400 and 'role="alert"' in page.text
+    assert "Traceback" not in page.text and health.status_code >= 400
+    assert not (tmp_path / "missing.db").exists()
+
+
+def evq_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evq", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_evq_web_will_not_listen_beyond_loopback_without_credentials(db: Path) -> None:
+    done = evq_cli("web", "--db", str(db), "--host", "0.0.0.0")
+    assert done.returncode == 2
+    assert "EVQ_WEB_PASSWORD" in done.stderr and "Traceback" not in done.stderr
+    missing = evq_cli("web", "--db", str(db.parent / "nothing.db"))
+    assert missing.returncode != 0 and missing.stderr.startswith("evq: ")
+    assert "Traceback" not in missing.stderr
+
+
+async def test_the_same_pages_and_actions_on_postgresql(postgres_url: str) -> None:
+    place = new_place()
+    try:
+        async with evq.Context(place) as ctx:
+            jobs = await fill(ctx)
+            # By URL, as `evq web --db postgresql://...` serves it.
+            async with client(evq.web.app(place)) as http:
+                overview = (await http.get("/")).text
+                listed = await http.get("/jobs", params={"queue": "mail", "state": "pending"})
+                page = (await http.get(f"/jobs/{jobs['hostile']}")).text
+                done = await http.post(f"/jobs/{jobs['hostile']}/cancel", data={
+                    "csrf": form_token(page), "confirm": "yes"})
+                metrics = (await http.get("/metrics")).text
+            record = await ctx.get_job(jobs["hostile"])
+    finally:
+        drop_handed_out()
+    assert 'href="/jobs?queue=mail&amp;state=pending">4</a>' in overview
+    assert ids_in(listed.text) == [jobs["hostile"], *jobs["pending"][::-1]]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "\x1b" not in page
+    assert done.status_code == 303
+    assert record is not None and record.state == evq.JobState.CANCELLED
+    assert 'evq_jobs{queue="mail",state="pending"} 3.0' in metrics
