@@ -24,7 +24,7 @@ from ..errors import (
     UnknownJob,
 )
 from ..ledger import Ledger, open_ledger
-from . import actions, metrics, pages
+from . import actions, live, metrics, pages
 from .guard import HEADERS, Auth, new_secret
 from .site import STATIC, Site
 
@@ -32,14 +32,16 @@ OPEN_PATHS = frozenset(("/healthz",))  # answered without credentials
 
 
 def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
-        auth: Auth | None = None) -> Starlette:
+        auth: Auth | None = None, live_interval: float = 1.0) -> Starlette:
     """The dashboard for a ledger: an open (or not yet opened) Context's, a Ledger, or a
     ledger path or postgresql:// URL. `auth`: the credentials every request but
     /healthz must carry (default: from EVQ_WEB_TOKEN / EVQ_WEB_PASSWORD, none if unset).
-    `read_only`: no actions."""
+    `read_only`: no actions. `live_interval`: seconds between the live pages' looks at
+    the ledger's head."""
     ledger = source.ledger if isinstance(source, Context) else (
         open_ledger(source) if isinstance(source, str | Path) else source)
-    site = Site(ledger, read_only, Auth.from_env() if auth is None else auth, new_secret())
+    site = Site(ledger, read_only, Auth.from_env() if auth is None else auth, new_secret(),
+                live_interval)
     routes = [
         Route("/", pages.overview, name="overview"),
         Route("/jobs", pages.jobs, name="jobs"),
@@ -47,6 +49,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         Route("/jobs/{job_id}/{action}", actions.act, methods=["POST"], name="act"),
         Route("/metrics", metrics.endpoint, name="metrics"),
         Route("/healthz", pages.healthz, name="healthz"),
+        Route("/live", live.stream, name="live"),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     web = Starlette(routes=routes, exception_handlers={EvqError: _shown})

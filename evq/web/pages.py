@@ -47,7 +47,7 @@ async def overview(request: Request) -> Response:
     found, window = await site.read(stats.compute, site.ledger,
                                     time.time() - FIGURES_OVER, None)
     figures = [found[name].as_dict(window) for name in sorted(found)]
-    return render(request, "overview.html", title="Overview", queues=queues,
+    return render(request, "overview.html", title="Overview", live=True, queues=queues,
                   totals=totals, states=STATES, figures=figures, minutes=FIGURES_OVER / 60)
 
 
@@ -87,7 +87,7 @@ async def jobs(request: Request) -> Response:
     older = None
     if len(found) == query.limit:
         older = str(request.url.include_query_params(before=found[-1].enqueue_position))
-    return render(request, "jobs.html", title="Jobs", jobs=found, states=STATES,
+    return render(request, "jobs.html", title="Jobs", live=True, jobs=found, states=STATES,
                   form=request.query_params, older=older,
                   newest=str(request.url.remove_query_params("before")))
 
@@ -98,7 +98,8 @@ async def job(request: Request) -> Response:
     record = await site.read(site.ledger.read_job, job_id)
     events = await site.read(site.ledger.job_history, job_id)
     enqueued = next((e for e in events if e.kind == "enqueue"), None)
-    return render(request, "job.html", title=f"Job {audit.short_id(job_id)}", job_id=job_id,
+    return render(request, "job.html", title=f"Job {audit.short_id(job_id)}", live=True,
+                  job_id=job_id,
                   job=record, events=events,
                   payload=None if enqueued is None else enqueued.data.get("payload"),
                   actions=not site.read_only and record is not None)

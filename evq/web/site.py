@@ -64,6 +64,7 @@ class Site:
     read_only: bool
     auth: Auth
     secret: bytes
+    live_interval: float = 1.0  # seconds between the live stream's looks at the head
     templates: Jinja2Templates = attrs.field(
         factory=lambda: Jinja2Templates(env=_environment()))
 

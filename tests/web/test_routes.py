@@ -3,6 +3,7 @@ an operator sees and does, and what a stranger or another site cannot do."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import subprocess
@@ -266,3 +267,61 @@ async def test_the_same_pages_and_actions_on_postgresql(postgres_url: str) -> No
     assert done.status_code == 303
     assert record is not None and record.state == evq.JobState.CANCELLED
     assert 'evq_jobs{queue="mail",state="pending"} 3.0' in metrics
+
+
+ENQUEUE_ELSEWHERE = """
+import asyncio, sys
+import evq
+
+async def main():
+    async with evq.Context(sys.argv[1]) as ctx:
+        ctx.define("later", None, queue="mail")
+        await ctx.enqueue("later", {"from": "another process"})
+
+asyncio.run(main())
+"""
+
+
+async def next_event(lines: Any) -> tuple[str, str]:
+    """The next server-sent event's name and data (comment lines skipped)."""
+    name = data = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            data = line[len("data: "):]
+        elif line == "" and name:
+            return name, data
+    raise AssertionError("the stream ended")
+
+
+async def test_live_pages_hear_of_a_commit_made_by_another_process(filled: Any,
+                                                                   db: Path) -> None:
+    import socket
+
+    import uvicorn
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(evq.web.app(db, live_interval=0.02),
+                                           log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            page = (await http.get("/jobs")).text
+            assert 'data-live="/live"' in page and 'id="live"' in page
+            async with http.stream("GET", "/live") as answer:
+                assert answer.headers["content-type"].startswith("text/event-stream")
+                lines = answer.aiter_lines()
+                kind, head = await asyncio.wait_for(next_event(lines), 10)
+                assert kind == "head"
+                other = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", ENQUEUE_ELSEWHERE, str(db))
+                assert await asyncio.wait_for(other.wait(), 60) == 0
+                kind, moved = await asyncio.wait_for(next_event(lines), 10)
+        assert kind == "change" and int(moved) > int(head)
+        newest = (await filled[0].events(after=int(head), limit=10))
+        assert newest and newest[0].data["payload"] == {"from": "another process"}
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)

@@ -1,0 +1,86 @@
+"""The dashboard on a big ledger: how long each page takes to answer, in process through
+an ASGI client (no network), on the ledger tools/bench_scale.py builds.
+
+    python tools/bench_web.py [--events 1000000] [--ledger PATH] [--repeat 5] [--json]
+
+Builds the ledger first if it is missing (as bench_scale.py does, same defaults: no-op
+jobs over hours of fake time, then failed and pending ones). Each page is fetched
+`--repeat` times after one warm-up fetch; the median and the slowest are reported, in
+milliseconds. Not a test: it asserts only that each page answered 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx
+from bench_scale import _build, _first_job
+
+import evq.web
+
+
+async def _time_pages(path: Path, repeat: int) -> dict[str, Any]:
+    some_job = _first_job(path)
+    pages = {
+        "overview": "/",
+        "jobs": "/jobs",
+        "jobs_pending": "/jobs?state=pending",
+        "jobs_succeeded_page_2": None,  # filled from the first page's "older" link
+        "jobs_failed": "/jobs?state=failed",
+        "jobs_by_name": "/jobs?name=noop",
+        "jobs_text": "/jobs?text=%22i%22%3A5",
+        "job": f"/jobs/{some_job}",
+        "metrics": "/metrics",
+    }
+    results: dict[str, Any] = {}
+    transport = httpx.ASGITransport(app=evq.web.app(path, read_only=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+        first = await http.get("/jobs?state=succeeded")
+        older = first.text.split('rel="next"')[0].rsplit('href="', 1)[1].split('"')[0]
+        pages["jobs_succeeded_page_2"] = older.replace("&amp;", "&")
+        for name, url in pages.items():
+            assert url is not None
+            times = []
+            for round_ in range(repeat + 1):
+                start = time.perf_counter()
+                answer = await http.get(url)
+                elapsed = (time.perf_counter() - start) * 1000
+                assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
+                if round_:
+                    times.append(elapsed)
+            results[name] = {"median_ms": round(statistics.median(times), 1),
+                             "max_ms": round(max(times), 1)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--ledger", type=Path)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    path = args.ledger or Path(tempfile.gettempdir()) / f"evq-scale-{args.events}.db"
+    if not path.exists():
+        asyncio.run(_build(path, args.events, 1000, 60.0))
+    results = asyncio.run(_time_pages(path, args.repeat))
+    if args.json:
+        print(json.dumps(results))
+        return
+    for name, figures in results.items():
+        print(f"{name:<24} median={figures['median_ms']} ms  max={figures['max_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()
