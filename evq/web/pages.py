@@ -105,6 +105,30 @@ async def job(request: Request) -> Response:
                   actions=not site.read_only and record is not None)
 
 
+async def queues(request: Request) -> Response:
+    """Each queue's jobs by state, and the job definitions deployed on it with their
+    settings and schedules (last and next fire)."""
+    site = site_of(request)
+    counts = await site.read(site.ledger.job_counts)
+    deployed = await site.read(site.ledger.definitions)
+    by_queue: dict[str, dict[str, Any]] = {}
+    for queue, state, n in counts:
+        by_queue.setdefault(queue, {"states": {}, "jobs": []})["states"][state] = n
+    for definition in deployed:
+        by_queue.setdefault(definition.queue, {"states": {}, "jobs": []})["jobs"].append(
+            definition)
+    return render(request, "queues.html", title="Queues and schedules", live=True,
+                  queues=by_queue, states=STATES)
+
+
+async def subscribers(request: Request) -> Response:
+    """The durable event handlers: where each stands, how far behind, who holds it."""
+    site = site_of(request)
+    found = await site.read(site.ledger.cursor_states)
+    return render(request, "subscribers.html", title="Durable subscribers", live=True,
+                  subscribers=found)
+
+
 async def healthz(request: Request) -> Response:
     site = site_of(request)
     await site.read(site.ledger.check_schema)

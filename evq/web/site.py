@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ import jinja2
 from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
-from .. import audit
+from .. import audit, codec
 from ..ledger import Ledger
 from .guard import Auth, csrf_token
 
@@ -41,12 +41,11 @@ def pretty(value: Any) -> str:
     return visible(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-def when(moment: datetime | float | None) -> str:
-    if moment is None:
-        return "-"
+def when(moment: object) -> str:
+    """A time from a record (a datetime) or as stored (epoch seconds), or "-"."""
     if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, UTC)
-    return audit.fmt_time(moment)
+        moment = codec.stored_datetime(moment)
+    return "-" if moment is None else audit.fmt_time(moment)
 
 
 def _environment() -> jinja2.Environment:

@@ -325,3 +325,31 @@ async def test_live_pages_hear_of_a_commit_made_by_another_process(filled: Any,
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
+
+
+async def test_queues_show_depth_and_schedules_and_subscribers_their_lag(db: Path) -> None:
+    async with evq.Context(db) as ctx:
+        ctx.define("digest", None, queue="mail", repeat=3600, max_attempts=7)
+        ctx.define("send", None, queue="mail")
+        await ctx.deploy()
+        await ctx.orchestrator().tick()  # fires the schedule once, records the next fire
+        await ctx.enqueue("send", {"to": "ada"})
+        seen: list[int] = []
+
+        async def copy(event: evq.Event) -> None:
+            seen.append(event.position)
+
+        stop = ctx.add_event_handler(copy, durable="audit-copy", start="beginning")
+        await ctx.flush_events()
+        async with client(evq.web.app(ctx)) as http:
+            queues = (await http.get("/queues")).text
+            subscribers = (await http.get("/subscribers")).text
+        stop()
+    assert 'href="/jobs?queue=mail&amp;state=pending">2 pending</a>' in queues
+    digest = queues.split(">digest</a>")[1].split("</tr>")[0]
+    assert "<td>7</td>" in digest and "3600" in digest  # its settings and schedule
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z</td>", digest)  # next fire
+    assert "audit-copy" in subscribers
+    row = subscribers.split("audit-copy")[1].split("</tr>")[0]
+    positions = re.findall(r"<td[^>]*>(\d+)</td>", row)
+    assert positions[0] == positions[1] and positions[2] == "0"  # caught up: no lag
