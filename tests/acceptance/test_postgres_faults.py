@@ -47,6 +47,7 @@ from pg_server import Private, drop_handed_out, new_place, with_schema
 from pg_server import private_postgres as private_postgres  # the fixture
 
 import evq
+from evq import archive
 from evq.ledger import open_ledger
 from evq.testing import kinds_of
 
@@ -466,3 +467,53 @@ async def test_an_enqueue_whose_answer_is_lost_lands_exactly_once(pg_ledger: str
                                    if event.kind == "enqueue")
     assert enqueued == {job_id: 1 for job_id in ids}
     assert_verifies(pg_ledger)
+
+
+async def test_a_lost_answer_then_a_failed_reconnect_never_mixes_up_two_batches(
+        pg_ledger: str) -> None:
+    # The cut commit landed, but the server cannot be reached to find that out: its
+    # caller gets LedgerUnavailable (it may have landed). The next enqueue, once the
+    # server is back, must get its own job, not the unsettled one's.
+    with proxy_to(pg_ledger) as proxy:
+        async with evq.Context(proxy.url(pg_ledger)) as ctx:
+            define(ctx, 5.0)
+            ids = [await ctx.enqueue("work", n) for n in range(3)]
+            cut = proxy.arm("pg_advisory_xact_lock", "COMMIT", landed=True, then_refuse=1)
+            with pytest.raises(evq.LedgerUnavailable):
+                await ctx.enqueue("work", 3)
+            assert cut.done.is_set()
+            after = await ctx.enqueue("work", 4)
+            jobs = {job.id: job for job in await ctx.jobs()}
+    assert after not in ids and after in jobs
+    payloads = collections.Counter(
+        event.data["payload"] for event in open_ledger(pg_ledger).read_events()
+        if event.kind == "enqueue")
+    assert payloads == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}  # the unsure one landed, once
+    assert_verifies(pg_ledger)
+
+
+async def test_a_commit_never_lands_in_the_positions_archiving_freed(
+        pg_ledger: str, tmp_path: Path) -> None:
+    # Archiving removes old jobs' events and leaves their positions free. A writer that
+    # sends its commit in one round trip, assuming its last seal is still the newest
+    # event, must not take those positions (behind newer events).
+    async with evq.Context(pg_ledger) as first:
+        define(first, 5.0)
+        await first.enqueue("work", "a")
+        await first.enqueue("work", "b")  # its commits now run ahead of the others'
+        async with evq.Context(pg_ledger) as second:
+            define(second, 5.0)
+            gone = await second.enqueue_many([("work", n) for n in range(5)])
+            for job_id in gone:
+                await second.delete(job_id, "cleanup")
+        moved = archive.archive(open_ledger(pg_ledger), time.time() + 1,
+                                tmp_path / "old.jsonl.gz")
+        assert moved.events > 0
+        late = await first.enqueue("work", "c")
+    events = list(open_ledger(pg_ledger).read_events())
+    enqueued = next(e for e in events if e.job_id == late and e.kind == "enqueue")
+    assert enqueued.position > max(e.position for e in events if e.kind == "archive")
+    done = subprocess.run([sys.executable, "-m", "evq", "verify", "--db", pg_ledger,
+                           "--archive", str(tmp_path / "old.jsonl.gz")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

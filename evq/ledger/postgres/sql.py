@@ -555,6 +555,20 @@ def channel(schema: str) -> str:
 BEGIN_LOCKED = "BEGIN; SELECT pg_advisory_xact_lock({key:d})"
 # Whether a commit whose answer was lost landed: the event at its seal's position.
 EVENT_KIND_DATA_AT = "SELECT kind, data FROM evq_events WHERE position = %s"
+# A speculative commit's check, once it holds the lock: the newest event is still the
+# one it chains to (free positions after it do not prove that: archiving leaves holes),
+# and the lock came quickly (statement_timestamp() is when the text arrived). Otherwise
+# a division by zero refuses the whole text, and the commit goes the ordinary way.
+STILL_NEWEST = (
+    "SELECT 1 / (CASE WHEN (SELECT max(position) FROM evq_events) = {position:d} "
+    "AND clock_timestamp() - statement_timestamp() < interval '{wait_ms:d} milliseconds' "
+    "THEN 1 ELSE 0 END); ")
+# A session whose speculative commit's answer was lost: ended, and waited for (up to
+# 5 s), so that it can no longer run what it was sent. Only evq's own sessions of this
+# user are ever ended.
+END_OLD_SESSION = (
+    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = %s "
+    "AND application_name = 'evq' AND usename = current_user AND pid <> pg_backend_pid()")
 LOCK_APPENDS = "SELECT pg_advisory_xact_lock(%s)"
 # Commit, waking every process that listens on the ledger's channel, in one round trip.
 NOTIFY_COMMIT = "NOTIFY {channel}; COMMIT"

@@ -97,9 +97,8 @@ class PgTx(Tx):
         """A transaction that assumes the ledger's newest event is still `last`, the
         seal this writer committed last, and sends nothing until its commit: then
         `BEGIN`, the append lock, its events, its seal and `COMMIT` go in one round
-        trip. If another writer appended since, the first event's position is taken
-        and the primary key refuses it, so the whole transaction is refused and nothing
-        of it lands; under the lock, the positions prove the assumption. An operation
+        trip, with a check under the lock that refuses the whole text (nothing of it
+        lands) if the newest event is not `last` any more (sql.STILL_NEWEST). An operation
         that reads (or appends more than is held back) raises NeedsLock: it needs the
         ordinary transaction."""
         tx = cls(Dialect(_NO_STATEMENTS), max(clock_now, last.at), last.at,

@@ -10,16 +10,16 @@ commit's NOTIFY wakes the other processes' workers.
 A transaction is two round trips: one opens it (BEGIN, the lock, the newest event), one
 carries its events, seal and COMMIT. While no other writer appends between this
 writer's commits, a batch that only appends (an enqueue, a job's outcome) is sent
-speculatively in one: BEGIN, the lock, the events at the positions after this writer's
-last seal, the seal chained to it, COMMIT. If another writer appended meanwhile, the
-first position is taken, the primary key refuses the whole transaction, and the batch
-goes the two-round-trip way.
+speculatively in one: BEGIN, the lock, a check that the newest event is still this
+writer's last seal (and that the lock came at once), the events at the positions after
+it, the seal chained to it, COMMIT. If the check fails (another writer appended), the
+whole text is refused and the batch goes the two-round-trip way.
 
 A connection found dropped before the batch's COMMIT was sent (the server restarted or
 ended the session while it sat idle) is replaced, and the batch redone on the new one,
-once. A speculative commit cut off the same way may or may not have run: the redo first
-looks, under the lock (so that it has landed by then or never will, its positions being
-taken), for its seal, and reports it committed if it is there. A connection that drops
+once. A speculative commit cut off the same way may or may not have run: the redo,
+under the lock, first ends the old session (and waits for it), then looks for the
+commit's seal, and reports it committed if it is there. A connection that drops
 after an ordinary COMMIT was sent (a lost answer), or a server that cannot be reached,
 fails the batch with LedgerUnavailable, and the next batch connects again. A commit
 whose answer was lost may or may not have landed; the ledger's fencing makes a retried
@@ -55,6 +55,9 @@ Op = Callable[[PgTx], Any]
 OnCommit = Callable[[list[Committed]], None]
 
 _log = get_logger("evq.writer")
+# A speculative commit whose lock wait was longer goes the ordinary way, stamped with a
+# time read once the lock is held (a lease it renews is not shortened by the wait).
+_LOCK_WAIT_MS = 50
 
 
 class _Refused(Exception):
@@ -69,6 +72,7 @@ class _Unsure:
     hash: str
     results: list[tuple[bool, Any]]
     appended: list[Committed]
+    backend: int  # the server process of the connection it was sent on
 
 
 class Writer:
@@ -160,6 +164,16 @@ class Writer:
         """Commit a batch: first without savepoints; if an operation is refused, roll
         back and redo it with a savepoint per operation, so that the refusal takes only
         that operation's writes with it."""
+        try:
+            return self._commit_reconnecting(ops)
+        finally:
+            # A speculative commit left unsure belongs to this batch only: if it could
+            # not be settled, its callers got LedgerUnavailable, and the next batch must
+            # never take its results for its own.
+            self._unsure = None
+
+    def _commit_reconnecting(self, ops: list[Op]
+                             ) -> tuple[list[tuple[bool, Any]], list[Committed]]:
         while True:
             fresh = self._conn is None
             if self._conn is None:
@@ -180,14 +194,13 @@ class Writer:
                 # pg_terminate_backend) is found dead only by the next statement. If
                 # the COMMIT was not sent, nothing of the batch landed: redo it once on a
                 # new connection instead of failing writes the server would now take. A
-                # new connection failing too, or a lost answer to the COMMIT (which may
-                # have landed), is the callers' LedgerUnavailable.
-                # A speculative commit cut off the same way may have landed: the redo
-                # first looks for its seal, under the append lock.
+                # speculative commit cut off the same way may have landed: the redo
+                # first settles that, under the append lock. A new connection failing
+                # too, or a lost answer to an ordinary COMMIT (which may have landed), is
+                # the callers' LedgerUnavailable.
                 if gone and not fresh and (not self._sent_commit or self._unsure):
                     _log.info("evq.reconnected", reason=str(self._typed(exc)))
                     continue
-                self._unsure = None
                 raise
 
     def _run_batch(self, conn: Dialect, ops: list[Op], *, isolate: bool
@@ -263,22 +276,27 @@ class Writer:
         be (an operation reads or raised, or another writer appended first): nothing of
         it landed, and the batch goes the ordinary way."""
         last = self._last_seal
+        newest = last.position  # what the text checks, once it holds the lock
         tx = PgTx.speculative_after(self._clock.now(), last)
         try:
             results = [(True, op(tx)) for op in ops]
-            if not tx.appended:
-                return results, []
-            commit = tx.commit_text(self._commit_text, last)
         except Exception:  # NeedsLock, or a refusal the ordinary way reports
+            return None
+        if not tx.appended:
+            return results, []
+        try:
+            commit = tx.commit_text(self._commit_text, last)
+        except Exception:
             self._last_seal = seals.LastSeal()  # commit_text may have moved it
             self._speculate = False
             return None
         sealed = tx.appended[-1]
         self._unsure = _Unsure(sealed.position, str(sealed.data["hash"]), results,
-                               tx.appended)
+                               tx.appended, raw.info.backend_pid)
         self._sent_commit = True
         try:
-            raw.execute(pgsql.SQL(self._begin_locked) + commit)
+            raw.execute(pgsql.SQL(self._begin_locked + sql.STILL_NEWEST.format(
+                position=newest, wait_ms=_LOCK_WAIT_MS)) + commit)
         except BaseException as exc:
             self._last_seal = seals.LastSeal()
             self._speculate = False
@@ -299,8 +317,11 @@ class Writer:
 
     def _landed(self, raw: psycopg.Connection[Any], tx: PgTx, unsure: _Unsure) -> bool:
         """Whether a speculative commit cut off before its answer landed (the caller
-        holds the append lock, so it has landed or never will: its first position is
-        taken by then)."""
+        holds the append lock)."""
+        # The old session may not have run the text yet (it may even wait for the lock
+        # held here): it is ended first, and waited for, so that what is found now is
+        # final.
+        raw.execute(sql.END_OLD_SESSION, (unsure.backend,))
         if tx.next_position <= unsure.position:
             return False
         row = raw.execute(sql.EVENT_KIND_DATA_AT, (unsure.position,)).fetchone()

@@ -42,6 +42,8 @@ class Proxy:
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._muted: set[socket.socket] = set()
+        self.refusing = 0  # new connections to cut at once, as an unreachable server
+        self._then_refuse = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -52,10 +54,14 @@ class Proxy:
         netloc = f"{user}@127.0.0.1:{self.port}" if user else f"127.0.0.1:{self.port}"
         return urlunsplit(parts._replace(netloc=netloc))
 
-    def arm(self, *words: str, landed: bool) -> Cut:
+    def arm(self, *words: str, landed: bool, then_refuse: int = 0) -> Cut:
+        """Cut as `Cut` says; `then_refuse`: the connections tried next are cut at once
+        too, as a server that cannot be reached for a moment."""
         cut = Cut(tuple(word.encode() for word in words), landed)
         with self._lock:
             self.cut = cut
+            self.refusing = 0
+        self._then_refuse = then_refuse
         return cut
 
     def close(self) -> None:
@@ -72,6 +78,11 @@ class Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            with self._lock:
+                refuse, self.refusing = self.refusing > 0, max(0, self.refusing - 1)
+            if refuse:
+                _shut(client)
+                continue
             server = socket.create_connection(self.server)
             self._sockets += [client, server]
             threading.Thread(target=self._upstream, args=(client, server), daemon=True).start()
@@ -106,6 +117,8 @@ class Proxy:
                         if not chunk:
                             break
                         answer += chunk
+                with self._lock:
+                    self.refusing = self._then_refuse
                 _shut(client, server)
                 cut.done.set()
                 return
