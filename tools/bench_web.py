@@ -45,7 +45,7 @@ async def _time_pages(path: Path, repeat: int) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
     transport = httpx.ASGITransport(app=evq.web.app(path, read_only=True))
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         first = await http.get("/jobs?state=succeeded")
         older = first.text.split('rel="next"')[0].rsplit('href="', 1)[1].split('"')[0]
         pages["jobs_succeeded_page_2"] = older.replace("&amp;", "&")

@@ -14,7 +14,8 @@ from starlette.responses import RedirectResponse, Response
 from .. import admin, audit
 from ..errors import EvqError
 from .guard import csrf_ok, same_origin
-from .pages import LONGEST_TEXT, render, site_of
+from .pages import render, site_of, text_of
+from .site import job_path
 
 ACTIONS: dict[str, Callable[..., Any]] = {
     "cancel": admin.cancel, "retry": admin.retry, "delete": admin.delete}
@@ -36,17 +37,19 @@ async def act(request: Request) -> Response:
         raise Forbidden("this dashboard is read-only (started with --read-only)")
     form = await request.form()
     token = form.get("csrf")
-    if not same_origin(request.headers.get("origin"), request.headers.get("host")) or \
+    if not same_origin(request.headers.get("origin"), request.headers.get("host"),
+                       site.allowed) or \
             not csrf_ok(site.secret, token if isinstance(token, str) else None):
         raise Forbidden("the form came from another site, or from before the dashboard "
                         "restarted: reload the page and try again")
-    job_id = await site.read(audit.resolve_job_id, site.ledger, request.path_params["job_id"])
-    given = form.get("reason")
-    reason = (given.strip() if isinstance(given, str) else "")[:LONGEST_TEXT]
+    given_id = form.get("job_id")
+    job_id = await site.read(audit.resolve_job_id, site.ledger,
+                             given_id if isinstance(given_id, str) else "")
+    reason = text_of(form, "reason") or ""
     if form.get("confirm") != "yes":
         record = await site.read(site.ledger.read_job, job_id)
         return render(request, "confirm.html", title=WHAT[action], action=action,
                       what=WHAT[action], job_id=job_id, job=record, reason=reason)
     done = await site.read(ACTIONS[action], site.ledger, job_id, reason or DEFAULT_REASON)
     shown = done if action == "retry" else job_id
-    return RedirectResponse(request.url_for("job", job_id=shown).path, status_code=303)
+    return RedirectResponse(job_path(request, shown), status_code=303)

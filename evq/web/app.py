@@ -3,6 +3,7 @@ security headers), and typed evq errors shown as pages (never a traceback)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -25,28 +26,32 @@ from ..errors import (
 )
 from ..ledger import Ledger, open_ledger
 from . import actions, live, metrics, pages
-from .guard import HEADERS, Auth, new_secret
+from .guard import HEADERS, Auth, host_allowed, host_name, new_secret
 from .site import STATIC, Site
 
 OPEN_PATHS = frozenset(("/healthz",))  # answered without credentials
 
 
 def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
-        auth: Auth | None = None, live_interval: float = 1.0) -> Starlette:
+        auth: Auth | None = None, allow_hosts: Iterable[str] = (),
+        live_interval: float = 1.0) -> Starlette:
     """The dashboard for a ledger: an open (or not yet opened) Context's, a Ledger, or a
     ledger path or postgresql:// URL. `auth`: the credentials every request but
     /healthz must carry (default: from EVQ_WEB_TOKEN / EVQ_WEB_PASSWORD, none if unset).
-    `read_only`: no actions. `live_interval`: seconds between the live pages' looks at
-    the ledger's head."""
+    Without credentials it answers only requests addressed to loopback names
+    (127.0.0.1, localhost, [::1]) or to `allow_hosts` (for an application that
+    authenticates its users itself, in front of the mounted dashboard). `read_only`: no
+    actions. `live_interval`: seconds between the live pages' looks at the head."""
     ledger = source.ledger if isinstance(source, Context) else (
         open_ledger(source) if isinstance(source, str | Path) else source)
     site = Site(ledger, read_only, Auth.from_env() if auth is None else auth, new_secret(),
-                live_interval)
+                frozenset(host_name(host) for host in allow_hosts), live_interval)
     routes = [
         Route("/", pages.overview, name="overview"),
         Route("/jobs", pages.jobs, name="jobs"),
         Route("/jobs/{job_id}", pages.job, name="job"),
-        Route("/jobs/{job_id}/{action}", actions.act, methods=["POST"], name="act"),
+        Route("/job", pages.job, name="job_by_id"),
+        Route("/actions/{action}", actions.act, methods=["POST"], name="act"),
         Route("/queues", pages.queues, name="queues"),
         Route("/subscribers", pages.subscribers, name="subscribers"),
         Route("/metrics", metrics.endpoint, name="metrics"),
@@ -56,7 +61,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
     ]
     web = Starlette(routes=routes, exception_handlers={EvqError: _shown})
     web.state.evq = site
-    web.add_middleware(_Guard, auth=site.auth)
+    web.add_middleware(_Guard, auth=site.auth, allowed=site.allowed)
     return web
 
 
@@ -76,19 +81,28 @@ class _Guard:
     """Every request but /healthz carries the credentials (when some are set); every
     response carries the security headers."""
 
-    def __init__(self, app: ASGIApp, auth: Auth) -> None:
+    def __init__(self, app: ASGIApp, auth: Auth, allowed: frozenset[str]) -> None:
         self.app = app
         self.auth = auth
+        self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        if not host_allowed(headers.get("host"), self.auth, self.allowed):
+            refused = PlainTextResponse(
+                "this dashboard has no credentials set, so it answers only requests "
+                "addressed to 127.0.0.1 or localhost: set EVQ_WEB_PASSWORD or "
+                "EVQ_WEB_TOKEN, or allow this host name (evq.web.app(..., allow_hosts=))\n",
+                status_code=421, headers=HEADERS)
+            await refused(scope, receive, send)
+            return
         path, root = scope["path"], scope.get("root_path", "")
         if root and path.startswith(root):  # mounted inside another application
             path = path[len(root):] or "/"
-        if path not in OPEN_PATHS and not self.auth.allows(
-                Headers(scope=scope).get("authorization")):
+        if path not in OPEN_PATHS and not self.auth.allows(headers.get("authorization")):
             challenge = {"www-authenticate": 'Basic realm="evq"'} if self.auth.password else {}
             denied = PlainTextResponse("authentication required\n", status_code=401,
                                        headers={**challenge, **HEADERS})

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import attrs
 
+LOOPBACK = frozenset(("127.0.0.1", "::1", "localhost"))
 TOKEN_ENV = "EVQ_WEB_TOKEN"
 PASSWORD_ENV = "EVQ_WEB_PASSWORD"
 USER_ENV = "EVQ_WEB_USER"
@@ -85,15 +86,35 @@ def csrf_ok(secret: bytes, given: str | None) -> bool:
     return given is not None and _same(given, csrf_token(secret))
 
 
-def same_origin(origin: str | None, host: str | None) -> bool:
-    """Whether a form post's Origin header is this site's (a browser that sent none is
-    checked by the CSRF token alone)."""
+def host_name(host: str) -> str:
+    """The name in a Host header or an origin's authority, without the port."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8470
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(host: str | None, auth: Auth, allowed: frozenset[str]) -> bool:
+    """Whether a request's Host may be answered. Without credentials only loopback
+    names (and those the application allowed) are: a page elsewhere that points its own
+    name at 127.0.0.1 (DNS rebinding) must not reach an open dashboard."""
+    if auth.required:
+        return True
+    name = host_name(host or "")
+    return name in LOOPBACK or name.startswith("127.") or name in allowed
+
+
+def same_origin(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a form post's Origin header is this site (the Host it was sent to, or a
+    name the application allowed). A browser that sent none is checked by the CSRF token
+    alone."""
     if origin is None:
         return True
-    return host is not None and origin in (f"http://{host}", f"https://{host}")
-
-
-LOOPBACK = frozenset(("127.0.0.1", "::1", "localhost"))
+    scheme, sep, authority = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return False
+    return (host is not None and authority.lower() == host.strip().lower()) or (
+        host_name(authority) in allowed)
 
 
 def refusal_to_listen(host: str, auth: Auth) -> str | None:

@@ -1,10 +1,14 @@
 """The dashboard's pages, each from a few indexed reads: the overview (jobs by queue and
 state, the last minutes' figures), the jobs list with its filters (kept in the URL, one
-page at a time), and a job with its whole timeline from the ledger."""
+page at a time), a job with its whole timeline, the queues with their definitions and
+schedules, and the durable subscribers. Every page can travel back: with `at` (a time)
+or `upto` (a position) in its URL it shows the ledger as it stood then (travel.py)."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -12,17 +16,22 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from .. import audit, stats
-from ..errors import InvalidInput
+from ..errors import EvqError, InvalidInput, UnknownJob
+from ..events import TIME_STEP
 from ..jobs import JobState
+from ..ledger import Ledger
 from ..ledger.audit_records import JobQuery
 from ..moments import moment
 from .site import Site
+from .travel import Moment
 
 STATES = [state.value for state in JobState]
 FIGURES_OVER = 900.0  # seconds of events the overview's figures cover
 PAGE = 50
 MOST_PER_PAGE = 500
 LONGEST_TEXT = 1000
+LARGEST = 2**63 - 1  # positions are 64-bit
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def site_of(request: Request) -> Site:
@@ -32,104 +41,173 @@ def site_of(request: Request) -> Site:
 
 def render(request: Request, template: str, status: int = 200, **values: Any) -> Response:
     site = site_of(request)
+    values.setdefault("moment", None)
     return site.templates.TemplateResponse(
         request, template, {"site": site, **values}, status_code=status)
 
 
+def text_of(params: Mapping[str, Any], name: str) -> str | None:
+    """A text a user gave (stripped; None when empty). InvalidInput for one too long or
+    holding a control character (no name, id or payload text search needs one)."""
+    given = params.get(name)
+    value = given.strip() if isinstance(given, str) else ""
+    if len(value) > LONGEST_TEXT:
+        raise InvalidInput(f"{name} is longer than {LONGEST_TEXT} characters")
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{name} holds a control character")
+    return value or None
+
+
+def whole(value: str | None, name: str, least: int, most: int = LARGEST) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or not least <= int(value) <= most:
+        raise InvalidInput(f"{name} must be a whole number from {least} to {most}, "
+                           f"not {value!r}")
+    return int(value)
+
+
+async def moment_of(request: Request) -> Moment | None:
+    """Where the page travels to (`at` or `upto` in its URL), if anywhere."""
+    site = site_of(request)
+    at, upto = text_of(request.query_params, "at"), text_of(request.query_params, "upto")
+    if at is not None and upto is not None:
+        raise InvalidInput("give at (a time) or upto (a position), not both")
+    if at is not None:
+        # Times are shown rounded to the microsecond: "at T" takes every event shown as
+        # T, stored up to half a microsecond later (a whole one, for the float's sake).
+        when = moment(at, "at") + TIME_STEP
+        return Moment(await site.read(site.ledger.last_position, when), at, "at", when)
+    if upto is not None:
+        position = whole(upto, "upto", 1)
+        assert position is not None
+        head = await site.read(site.ledger.last_position)
+        return Moment(min(position, head), upto, "upto", None)
+    return None
+
+
+async def ledger_of(request: Request) -> tuple[Ledger, Moment | None]:
+    """The ledger a page reads: the real one, or the one built for its moment."""
+    site = site_of(request)
+    travel = await moment_of(request)
+    if travel is None:
+        return site.ledger, None
+    return await site.travels.at(site.ledger, travel), travel
+
+
 async def overview(request: Request) -> Response:
     site = site_of(request)
-    counts = await site.read(site.ledger.job_counts)
+    ledger, travel = await ledger_of(request)
+    counts = await site.read(ledger.job_counts)
     queues: dict[str, dict[str, int]] = {}
     for queue, state, n in counts:
         queues.setdefault(queue, {})[state] = n
     totals = {state: sum(by_state.get(state, 0) for by_state in queues.values())
               for state in STATES}
-    found, window = await site.read(stats.compute, site.ledger,
-                                    time.time() - FIGURES_OVER, None)
+    end = time.time() if travel is None else travel.time
+    if travel is not None and end is None:  # a position: the figures end at its time
+        end = await site.read(_time_at, ledger, travel.position)
+    found, window = await site.read(
+        stats.compute, ledger, None if end is None else end - FIGURES_OVER, end)
     figures = [found[name].as_dict(window) for name in sorted(found)]
-    return render(request, "overview.html", title="Overview", live=True, queues=queues,
-                  totals=totals, states=STATES, figures=figures, minutes=FIGURES_OVER / 60)
+    return render(request, "overview.html", title="Overview", live=travel is None,
+                  moment=travel, queues=queues, totals=totals, states=STATES,
+                  figures=figures, minutes=FIGURES_OVER / 60)
+
+
+def _time_at(ledger: Ledger, position: int) -> float | None:
+    newest = next(iter(ledger.read_events_back(position + 1)), None)
+    return None if newest is None else newest.timestamp
 
 
 def job_query(params: QueryParams) -> JobQuery:
     """The jobs list's filters from its URL; InvalidInput names a bad one."""
-    def text(name: str) -> str | None:
-        value = (params.get(name) or "").strip()
-        if len(value) > LONGEST_TEXT:
-            raise InvalidInput(f"{name} is longer than {LONGEST_TEXT} characters")
-        return value or None
-
-    state = text("state")
+    state = text_of(params, "state")
     if state is not None and state not in STATES:
         raise InvalidInput(f"state must be one of {', '.join(STATES)}, not {state!r}")
-    since, until = text("since"), text("until")
+    since, until = text_of(params, "since"), text_of(params, "until")
     return JobQuery(
-        state=state, queue=text("queue"), name=text("name"), text=text("text"),
-        before=_whole(text("before"), "before", 1, None),
+        state=state, queue=text_of(params, "queue"), name=text_of(params, "name"),
+        text=text_of(params, "text"), before=whole(text_of(params, "before"), "before", 1),
         since=None if since is None else moment(since, "since"),
         until=None if until is None else moment(until, "until"),
-        limit=_whole(text("limit"), "limit", 1, MOST_PER_PAGE) or PAGE)
+        limit=whole(text_of(params, "limit"), "limit", 1, MOST_PER_PAGE) or PAGE)
 
 
-def _whole(value: str | None, name: str, least: int, most: int | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit() or int(value) < least or (most is not None and int(value) > most):
-        upto = "" if most is None else f" to {most}"
-        raise InvalidInput(f"{name} must be a whole number from {least}{upto}, not {value!r}")
-    return int(value)
+def _path_and_query(url: Any) -> str:
+    return str(url.path) + (f"?{url.query}" if url.query else "")
 
 
 async def jobs(request: Request) -> Response:
     site = site_of(request)
     query = job_query(request.query_params)
-    found = await site.read(site.ledger.job_page, query)
+    ledger, travel = await ledger_of(request)
+    found = await site.read(ledger.job_page, query)
     older = None
     if len(found) == query.limit:
-        older = str(request.url.include_query_params(before=found[-1].enqueue_position))
-    return render(request, "jobs.html", title="Jobs", live=True, jobs=found, states=STATES,
-                  form=request.query_params, older=older,
-                  newest=str(request.url.remove_query_params("before")))
+        older = _path_and_query(request.url.include_query_params(
+            before=found[-1].enqueue_position))
+    return render(request, "jobs.html", title="Jobs", live=travel is None, moment=travel,
+                  jobs=found, states=STATES, form=request.query_params, older=older,
+                  newest=_path_and_query(request.url.remove_query_params("before")))
+
+
+async def job_id_of(request: Request, ledger: Ledger) -> str:
+    """The job a request names (`/jobs/ID`, or `?id=` for an id a path cannot hold),
+    by its full id, its short id or a unique part of it."""
+    site = site_of(request)
+    given = request.path_params.get("job_id") or request.query_params.get("id") or ""
+    if _CONTROL.search(given):
+        raise UnknownJob("no such job: a job id holds no control character")
+    return await site.read(audit.resolve_job_id, ledger, given)
 
 
 async def job(request: Request) -> Response:
     site = site_of(request)
-    job_id = await site.read(audit.resolve_job_id, site.ledger, request.path_params["job_id"])
-    record = await site.read(site.ledger.read_job, job_id)
-    events = await site.read(site.ledger.job_history, job_id)
+    ledger, travel = await ledger_of(request)
+    job_id = await job_id_of(request, ledger)
+    record = await site.read(ledger.read_job, job_id)
+    events = await site.read(ledger.job_history, job_id)
     enqueued = next((e for e in events if e.kind == "enqueue"), None)
-    return render(request, "job.html", title=f"Job {audit.short_id(job_id)}", live=True,
-                  job_id=job_id,
-                  job=record, events=events,
+    return render(request, "job.html", title=f"Job {audit.short_id(job_id)}",
+                  live=travel is None, moment=travel, job_id=job_id, job=record,
+                  events=events,
                   payload=None if enqueued is None else enqueued.data.get("payload"),
-                  actions=not site.read_only and record is not None)
+                  actions=not site.read_only and record is not None and travel is None)
 
 
 async def queues(request: Request) -> Response:
     """Each queue's jobs by state, and the job definitions deployed on it with their
-    settings and schedules (last and next fire)."""
+    settings and schedules (next fire)."""
     site = site_of(request)
-    counts = await site.read(site.ledger.job_counts)
-    deployed = await site.read(site.ledger.definitions)
+    ledger, travel = await ledger_of(request)
+    counts = await site.read(ledger.job_counts)
+    deployed = await site.read(ledger.definitions)
     by_queue: dict[str, dict[str, Any]] = {}
     for queue, state, n in counts:
         by_queue.setdefault(queue, {"states": {}, "jobs": []})["states"][state] = n
     for definition in deployed:
         by_queue.setdefault(definition.queue, {"states": {}, "jobs": []})["jobs"].append(
             definition)
-    return render(request, "queues.html", title="Queues and schedules", live=True,
-                  queues=by_queue, states=STATES)
+    return render(request, "queues.html", title="Queues and schedules",
+                  live=travel is None, moment=travel, queues=by_queue, states=STATES)
 
 
 async def subscribers(request: Request) -> Response:
     """The durable event handlers: where each stands, how far behind, who holds it."""
     site = site_of(request)
-    found = await site.read(site.ledger.cursor_states)
-    return render(request, "subscribers.html", title="Durable subscribers", live=True,
-                  subscribers=found)
+    ledger, travel = await ledger_of(request)
+    found = await site.read(ledger.cursor_states)
+    return render(request, "subscribers.html", title="Durable subscribers",
+                  live=travel is None, moment=travel, subscribers=found)
 
 
 async def healthz(request: Request) -> Response:
+    """`ok` once the ledger answers; 503 otherwise, without saying more to a caller who
+    needs no credentials (the dashboard's pages say why)."""
     site = site_of(request)
-    await site.read(site.ledger.check_schema)
+    try:
+        await site.read(site.ledger.check_schema)
+    except EvqError:
+        return PlainTextResponse("unavailable\n", status_code=503)
     return PlainTextResponse("ok\n")

@@ -11,15 +11,18 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import jinja2
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
 from .. import audit, codec
 from ..ledger import Ledger
 from .guard import Auth, csrf_token
+from .travel import Moment, Travels
 
 T = TypeVar("T")
 
@@ -27,6 +30,9 @@ T = TypeVar("T")
 # invisible format characters (bidi overrides, zero-width joiners).
 _HIDDEN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e"
                      "\u2066-\u2069\ufeff]")
+
+
+_PATH_SAFE = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
 def visible(value: object) -> str:
@@ -48,12 +54,36 @@ def when(moment: object) -> str:
     return "-" if moment is None else audit.fmt_time(moment)
 
 
+def link(request: Request, name: str, query: dict[str, Any] | None = None,
+         moment: Moment | None = None, **params: Any) -> str:
+    """The path of page `name` with `query`, keeping `moment` (where a page travelled)."""
+    wanted = {key: value for key, value in (query or {}).items() if value is not None}
+    if moment is not None:
+        wanted[moment.key] = moment.asked
+    if name == "job" and not _PATH_SAFE.fullmatch(str(params["job_id"])):
+        # An imported id may hold '/', '?', '#' or '%': it goes in the query instead.
+        name, wanted = "job_by_id", {"id": params.pop("job_id"), **wanted}
+    path = str(request.url_for(name, **params).path)
+    return path + ("?" + urlencode(wanted) if wanted else "")
+
+
+def job_path(request: Request, job_id: str) -> str:
+    return link(request, "job", job_id=job_id)
+
+
+@jinja2.pass_context
+def href(context: Any, name: str, query: dict[str, Any] | None = None, **params: Any) -> str:
+    """`link` for templates: the page's request and moment are the context's."""
+    return link(context["request"], name, query, context.get("moment"), **params)
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("evq.web", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(shown=audit.printable, visible=visible, pretty=pretty, when=when,
                        short=audit.short_id, describe=audit.describe)
+    env.globals["href"] = href
     return env
 
 
@@ -63,7 +93,9 @@ class Site:
     read_only: bool
     auth: Auth
     secret: bytes
+    allowed: frozenset[str] = frozenset()  # host names answered without credentials
     live_interval: float = 1.0  # seconds between the live stream's looks at the head
+    travels: Travels = attrs.field(factory=Travels)
     templates: Jinja2Templates = attrs.field(
         factory=lambda: Jinja2Templates(env=_environment()))
 

@@ -124,7 +124,7 @@ async def test_cancelling_a_job_adds_its_cancel_event(served: Any, page: Any) ->
     await page.click('button:has-text("Cancel")')
     await page.wait_for_selector("text=Keep it as it is")
     await page.fill('input[name="reason"]', "customer left")
-    await page.click('form button[type="submit"]')
+    await page.click('main form button[type="submit"]')
     await page.wait_for_url(f"**/jobs/{target}")
     await page.wait_for_selector("tr.kind-cancel")
     assert "reason=customer left" in await page.locator("tr.kind-cancel").inner_text()
@@ -144,3 +144,21 @@ async def test_a_job_enqueued_by_another_process_appears_live(served: Any, page:
     # No reload: the page's script hears of the commit and swaps its list in.
     await page.wait_for_function(
         "n => document.querySelectorAll('table.jobs tbody tr').length === n", arg=before + 1)
+
+
+async def test_travelling_back_in_time_shows_the_earlier_state(served: Any, page: Any) -> None:
+    base, ctx, jobs = served
+    target = jobs["pending"][2]
+    enqueued = (await ctx.history(target))[0]
+    await ctx.cancel(target, "too late")
+    await page.goto(f"{base}/jobs/{target}")
+    await page.wait_for_selector("tr.kind-cancel")
+    await page.fill('input[name="at"]', enqueued.at.isoformat())
+    await page.click('button:has-text("Travel")')
+    banner = page.locator('[role="status"]')
+    assert "As it stood at" in await banner.inner_text()
+    assert await page.locator("tr.kind-cancel").count() == 0
+    assert await page.locator("dd.state-pending").inner_text() == "pending"
+    assert await page.locator(".actions").count() == 0  # no acting on the past
+    await page.click("text=Back to now")
+    await page.wait_for_selector("tr.kind-cancel")
