@@ -169,9 +169,11 @@ async def job(request: Request) -> Response:
     record = await site.read(ledger.read_job, job_id)
     events = await site.read(ledger.job_history, job_id)
     enqueued = next((e for e in events if e.kind == "enqueue"), None)
+    in_flow = record is not None and (record.parent_id is not None or record.children > 0)
+    flow = await site.read(ledger.read_flow, job_id) if in_flow else None
     return render(request, "job.html", title=f"Job {audit.short_id(job_id)}",
                   live=travel is None, moment=travel, job_id=job_id, job=record,
-                  events=events,
+                  events=events, flow=flow,
                   payload=None if enqueued is None else enqueued.data.get("payload"),
                   actions=not site.read_only and record is not None and travel is None)
 

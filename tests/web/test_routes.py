@@ -465,3 +465,24 @@ async def test_travelling_back_shows_the_ledger_as_it_stood_then(filled: Any) ->
     assert later not in listed.text and f"upto={before_cancel}" in listed.text
     assert 'href="/jobs?queue=mail&amp;state=pending&amp;upto=' in overview
     assert too_early.status_code == 400 and "no event yet" in too_early.text
+
+
+async def test_a_job_in_a_flow_shows_its_tree_with_each_nodes_state(db: Path) -> None:
+    async with evq.Context(db) as ctx:
+        for name in ("report", "fetch", "parse"):
+            ctx.define(name, None)
+        root = await ctx.enqueue_flow(evq.FlowJob("report", {}, children=[
+            evq.FlowJob("fetch", {"url": "<x>"}, children=[evq.FlowJob("parse", {})]),
+            evq.FlowJob("parse", {}, ignore_dependency_on_failure=True)]))
+        fetch = root.children[0]
+        await ctx.cancel(fetch.children[0].id, "not needed")
+        async with client(evq.web.app(ctx)) as http:
+            page = (await http.get(f"/jobs/{fetch.id}")).text
+            alone = (await http.get(f"/jobs/{(await ctx.enqueue('parse', {}))}")).text
+    tree = page.split('<ul class="flow">')[1].split("<h2>")[0]
+    ids = re.findall(r'href="/jobs/([0-9a-f]{32})"', tree)
+    assert ids == [root.id, fetch.id, fetch.children[0].id, root.children[1].id]
+    states = re.findall(r'<span class="state-(\w+)">', tree)
+    assert states == ["waiting", "waiting", "cancelled", "pending"]
+    assert "(ignore on failure)" in tree and 'aria-current="true"' in tree
+    assert '<ul class="flow">' not in alone
