@@ -555,14 +555,15 @@ def channel(schema: str) -> str:
 BEGIN_LOCKED = "BEGIN; SELECT pg_advisory_xact_lock({key:d})"
 # Whether a commit whose answer was lost landed: the event at its seal's position.
 EVENT_KIND_DATA_AT = "SELECT kind, data FROM evq_events WHERE position = %s"
-# A speculative commit's check, once it holds the lock: the newest event is still the
-# one it chains to (free positions after it do not prove that: archiving leaves holes),
-# and the lock came quickly (statement_timestamp() is when the text arrived). Otherwise
-# a division by zero refuses the whole text, and the commit goes the ordinary way.
-STILL_NEWEST = (
-    "SELECT 1 / (CASE WHEN (SELECT max(position) FROM evq_events) = {position:d} "
+# A speculative commit's opening, in one statement after BEGIN: the append lock (the
+# subquery runs first), then the check that the newest event is still the one it chains
+# to (free positions after it do not prove that: archiving leaves holes) and that the
+# lock came quickly (statement_timestamp() is when the text arrived). Otherwise a
+# division by zero refuses the whole text, and the commit goes the ordinary way.
+BEGIN_LOCKED_IF_NEWEST = (
+    "BEGIN; SELECT 1 / (CASE WHEN (SELECT max(position) FROM evq_events) = {position:d} "
     "AND clock_timestamp() - statement_timestamp() < interval '{wait_ms:d} milliseconds' "
-    "THEN 1 ELSE 0 END); ")
+    "THEN 1 ELSE 0 END) FROM (SELECT pg_advisory_xact_lock({key:d})) AS locked; ")
 # A session whose speculative commit's answer was lost: ended, and waited for (up to
 # 5 s), so that it can no longer run what it was sent. Only evq's own sessions of this
 # user are ever ended.

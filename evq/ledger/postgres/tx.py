@@ -98,7 +98,7 @@ class PgTx(Tx):
         seal this writer committed last, and sends nothing until its commit: then
         `BEGIN`, the append lock, its events, its seal and `COMMIT` go in one round
         trip, with a check under the lock that refuses the whole text (nothing of it
-        lands) if the newest event is not `last` any more (sql.STILL_NEWEST). An operation
+        lands) if the newest event is not `last` any more (sql.BEGIN_LOCKED_IF_NEWEST). An operation
         that reads (or appends more than is held back) raises NeedsLock: it needs the
         ordinary transaction."""
         tx = cls(Dialect(_NO_STATEMENTS), max(clock_now, last.at), last.at,

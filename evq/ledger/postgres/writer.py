@@ -95,7 +95,6 @@ class Writer:
         self._speculate = False
         self._unsure: _Unsure | None = None
         self._begin = sql.BEGIN_LOCKED_NEWEST.format(key=target.lock_key)
-        self._begin_locked = sql.BEGIN_LOCKED.format(key=target.lock_key) + "; "
         self._commit_text = sql.NOTIFY_COMMIT.format(channel=sql.channel(target.schema))
 
     @property
@@ -295,8 +294,8 @@ class Writer:
                                tx.appended, raw.info.backend_pid)
         self._sent_commit = True
         try:
-            raw.execute(pgsql.SQL(self._begin_locked + sql.STILL_NEWEST.format(
-                position=newest, wait_ms=_LOCK_WAIT_MS)) + commit)
+            raw.execute(pgsql.SQL(sql.BEGIN_LOCKED_IF_NEWEST.format(
+                position=newest, wait_ms=_LOCK_WAIT_MS, key=self._target.lock_key)) + commit)
         except BaseException as exc:
             self._last_seal = seals.LastSeal()
             self._speculate = False
