@@ -139,6 +139,18 @@ class JobQuery:
 
 
 @attrs.frozen
+class WorkerSeen:
+    """A worker as it last announced itself: the jobs it can run, when it was last
+    seen (epoch seconds) and where it runs."""
+
+    name: str
+    jobs: tuple[str, ...]
+    last_seen: float
+    host: str | None
+    pid: int | None
+
+
+@attrs.frozen
 class Deployed:
     """A deployed job definition: its settings as recorded, and its schedule's spec and
     next fire (a stored epoch time, shown as it is) if it repeats."""

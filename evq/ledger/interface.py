@@ -269,6 +269,12 @@ class Ledger(Protocol):
     def job_counts(self) -> list[tuple[str, str, int]]:
         """How many current jobs each queue holds in each state: (queue, state, n)."""
 
+    def workers(self) -> list[audit_records.WorkerSeen]:
+        """Every worker that announced itself, by name."""
+
+    def paused_queues(self) -> list[str]:
+        """The queues paused now, by name."""
+
     def read_flow(self, job_id: str) -> audit_records.FlowTree | None:
         """The whole flow that holds this job, from its root down; None if the job is
         not in the current state."""

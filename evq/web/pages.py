@@ -20,7 +20,7 @@ from ..errors import EvqError, InvalidInput, UnknownJob
 from ..events import TIME_STEP
 from ..jobs import JobState
 from ..ledger import Ledger
-from ..ledger.audit_records import JobQuery
+from ..ledger.audit_records import JobFilter, JobQuery
 from ..moments import moment
 from .site import Site
 from .travel import Moment
@@ -185,14 +185,32 @@ async def queues(request: Request) -> Response:
     ledger, travel = await ledger_of(request)
     counts = await site.read(ledger.job_counts)
     deployed = await site.read(ledger.definitions)
+    paused = set(await site.read(ledger.paused_queues))
     by_queue: dict[str, dict[str, Any]] = {}
     for queue, state, n in counts:
         by_queue.setdefault(queue, {"states": {}, "jobs": []})["states"][state] = n
     for definition in deployed:
         by_queue.setdefault(definition.queue, {"states": {}, "jobs": []})["jobs"].append(
             definition)
+    for name in paused:
+        by_queue.setdefault(name, {"states": {}, "jobs": []})
     return render(request, "queues.html", title="Queues and schedules",
-                  live=travel is None, moment=travel, queues=by_queue, states=STATES)
+                  live=travel is None, moment=travel, queues=by_queue, states=STATES,
+                  paused=paused)
+
+
+async def workers(request: Request) -> Response:
+    """The workers that announced themselves (when each was last seen, where it runs,
+    what it can run) and the jobs each holds running now, with their leases."""
+    site = site_of(request)
+    ledger, travel = await ledger_of(request)
+    seen = await site.read(ledger.workers)
+    running = await site.read(ledger.find_jobs, JobFilter(state="running"))
+    held: dict[str, list[Any]] = {}
+    for record in running:
+        held.setdefault(record.worker or "", []).append(record)
+    return render(request, "workers.html", title="Workers and leases", live=travel is None,
+                  moment=travel, workers=seen, held=held, now=time.time())
 
 
 async def subscribers(request: Request) -> Response:

@@ -32,6 +32,22 @@ async def test_a_worker_takes_the_first_name_no_live_worker_holds(
     assert (await other.announce_worker(announce("web:q"))).name == "web:q"
 
 
+async def test_the_readers_list_workers_and_paused_queues(ledger: Ledger,
+                                                          clock: evq.FakeClock) -> None:
+    assert ledger.workers() == [] and ledger.paused_queues() == []
+    await ledger.announce_worker(announce("web:q"))
+    await ledger.announce_worker(announce("api:q"))
+    await ledger.set_paused("mail", True, "maintenance")
+    await ledger.set_paused("geo", True, None)
+    await ledger.set_paused("geo", False, None)
+    seen = ledger.workers()
+    assert [w.name for w in seen] == ["api:q", "web:q"]
+    assert all(w.jobs == ("n",) and w.last_seen == clock.now() for w in seen)
+    assert ledger.paused_queues() == ["mail"]
+    await ledger.forget_worker("web:q")
+    assert [w.name for w in ledger.workers()] == ["api:q"]
+
+
 async def test_a_restarted_worker_takes_back_what_its_previous_run_held(
         ledger: Ledger, clock: evq.FakeClock) -> None:
     jobs = [new_job(clock), new_job(clock)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -486,3 +487,31 @@ async def test_a_job_in_a_flow_shows_its_tree_with_each_nodes_state(db: Path) ->
     assert states == ["waiting", "waiting", "cancelled", "pending"]
     assert "(ignore on failure)" in tree and 'aria-current="true"' in tree
     assert '<ul class="flow">' not in alone
+
+
+async def test_workers_show_where_they_run_and_the_leases_they_hold(db: Path) -> None:
+    async with evq.Context(db) as ctx:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(payload: Any) -> None:
+            started.set()
+            await release.wait()
+
+        ctx.define("slow", slow, queue="work", lease=30)
+        job_id = await ctx.enqueue("slow", {})
+        await ctx.pause("mail", "maintenance")
+        worker = ctx.worker(name="box:work")
+        serving = asyncio.create_task(worker.run())
+        await started.wait()
+        async with client(evq.web.app(ctx)) as http:
+            page = (await http.get("/workers")).text
+            queues = (await http.get("/queues")).text
+        release.set()
+        worker.stop()
+        await serving
+    row = page.split("box:work</td>")[1].split("</tr>")[0]
+    assert f":{os.getpid()}</td>" in row and "slow" in row and row.endswith("<td>1</td>")
+    lease = page.split('<table class="leases">')[1]
+    assert f'href="/jobs/{job_id}"' in lease and "box:work" in lease
+    assert 'mail</a> <span class="badge">paused</span>' in queues

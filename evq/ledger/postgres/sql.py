@@ -477,6 +477,7 @@ FORGET_WORKER = (
     "AND pid IS NOT DISTINCT FROM %s::bigint"
 )
 LIVE_WORKER_JOBS = "SELECT jobs FROM evq_workers WHERE last_seen > %s"
+LIST_WORKERS = "SELECT name, jobs, last_seen, host, pid FROM evq_workers ORDER BY name"
 ORPHAN_CANDIDATES = f"""
 SELECT id, queue, name FROM evq_jobs
 WHERE state = 'pending' AND run_at <= %s AND orphaned_at IS NULL

@@ -16,7 +16,7 @@ from ... import codec
 from ...errors import EvqError
 from ...events import Event, event_from_row
 from ...jobs import Child, JobRecord
-from ..audit_records import Deployed, FlowTree, JobFilter, JobLabel, JobQuery
+from ..audit_records import Deployed, FlowTree, JobFilter, JobLabel, JobQuery, WorkerSeen
 from . import connection, sql
 from . import flows as edges
 from .base import EngineBase
@@ -131,6 +131,21 @@ class AuditSide(EngineBase):
                 query.state, query.queue, query.name, query.before, query.since,
                 query.until, query.text, query.limit))
             return [JobRecord.from_row(tuple(row)) for row in rows]
+
+    def workers(self) -> list[WorkerSeen]:
+        with self._checked() as conn:
+            rows = conn.execute(sql.LIST_WORKERS).fetchall()
+        found = []
+        for name, jobs, last_seen, host, pid in rows:
+            names = codec.stored_json(jobs)
+            found.append(WorkerSeen(str(name), tuple(str(n) for n in names)
+                                    if isinstance(names, list) else (), float(last_seen),
+                                    host, None if pid is None else int(pid)))
+        return found
+
+    def paused_queues(self) -> list[str]:
+        with self._checked() as conn:
+            return sorted(str(row[0]) for row in conn.execute(sql.PAUSED_QUEUES))
 
     def job_counts(self) -> list[tuple[str, str, int]]:
         with self._checked() as conn:

@@ -408,6 +408,8 @@ SEE_WORKER = ("INSERT OR REPLACE INTO evq_workers (name, jobs, last_seen, host, 
 GET_WORKER = "SELECT host, pid, last_seen FROM evq_workers WHERE name = ?"
 FORGET_WORKER = "DELETE FROM evq_workers WHERE name = ? AND host IS ? AND pid IS ?"
 LIVE_WORKER_JOBS = "SELECT jobs FROM evq_workers WHERE last_seen > ?"
+# Every worker that announced itself, for people (the dashboard).
+LIST_WORKERS = "SELECT name, jobs, last_seen, host, pid FROM evq_workers ORDER BY name"
 ORPHAN_CANDIDATES = """
 SELECT id, queue, name FROM evq_jobs
 WHERE state = 'pending' AND run_at <= ? AND orphaned_at IS NULL
