@@ -139,6 +139,17 @@ class JobQuery:
 
 
 @attrs.frozen
+class StorageSize:
+    """How much room the ledger takes: all of it (for SQLite, the file and its WAL; for
+    PostgreSQL, the schema's tables and indexes), and the part that is write-ahead log
+    not yet checkpointed into the file (None where the engine has no such part of its
+    own: PostgreSQL's WAL is the server's)."""
+
+    total_bytes: int
+    wal_bytes: int | None
+
+
+@attrs.frozen
 class WorkerSeen:
     """A worker as it last announced itself: the jobs it can run, when it was last
     seen (epoch seconds) and where it runs."""

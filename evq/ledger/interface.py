@@ -275,6 +275,9 @@ class Ledger(Protocol):
     def paused_queues(self) -> list[str]:
         """The queues paused now, by name."""
 
+    def storage_size(self) -> audit_records.StorageSize:
+        """How much room the ledger takes now."""
+
     def read_flow(self, job_id: str) -> audit_records.FlowTree | None:
         """The whole flow that holds this job, from its root down; None if the job is
         not in the current state."""

@@ -12,19 +12,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from .. import admin, audit
-from ..errors import EvqError
 from .guard import csrf_ok, same_origin
-from .pages import render, site_of, text_of
+from .pages import Forbidden, render, site_of, text_of
 from .site import job_path
 
 ACTIONS: dict[str, Callable[..., Any]] = {
     "cancel": admin.cancel, "retry": admin.retry, "delete": admin.delete}
 WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete"}
 DEFAULT_REASON = "from the dashboard"
-
-
-class Forbidden(EvqError):
-    """An action the dashboard refuses (read-only, or a form it did not make)."""
 
 
 async def act(request: Request) -> Response:

@@ -25,7 +25,7 @@ from ..errors import (
     UnknownJob,
 )
 from ..ledger import Ledger, open_ledger
-from . import actions, live, metrics, pages
+from . import actions, health, live, metrics, pages
 from .guard import HEADERS, Auth, host_allowed, host_name, new_secret
 from .site import STATIC, Site
 
@@ -55,6 +55,8 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         Route("/queues", pages.queues, name="queues"),
         Route("/workers", pages.workers, name="workers"),
         Route("/subscribers", pages.subscribers, name="subscribers"),
+        Route("/health", health.page, name="health"),
+        Route("/health/verify", health.start_verify, methods=["POST"], name="verify"),
         Route("/metrics", metrics.endpoint, name="metrics"),
         Route("/healthz", pages.healthz, name="healthz"),
         Route("/live", live.stream, name="live"),
@@ -66,7 +68,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
     return web
 
 
-_STATUS = ((UnknownJob, 404), (InvalidInput, 400), (actions.Forbidden, 403),
+_STATUS = ((UnknownJob, 404), (InvalidInput, 400), (pages.Forbidden, 403),
            (JobStateConflict, 409), (DuplicateJob, 409), (LedgerNotFound, 503),
            (LedgerUnavailable, 503))
 

@@ -1,6 +1,6 @@
 """`/metrics` in Prometheus's text format (through prometheus_client): jobs by queue and
-state, the ledger's head position and each durable subscriber's lag, read from the
-ledger at each scrape, so every process on the ledger is counted, not only this one."""
+state, the ledger's head position and size (and WAL), each durable subscriber's lag,
+read from the ledger at each scrape, so every process on the ledger is counted."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..ledger.audit_records import StorageSize
 from ..ledger.records import SubscriberState
 from .pages import site_of
 
@@ -20,8 +21,9 @@ class _Snapshot(Collector):
     """The figures one scrape read."""
 
     def __init__(self, counts: Sequence[tuple[str, str, int]], head: int,
-                 subscribers: Sequence[SubscriberState]) -> None:
+                 subscribers: Sequence[SubscriberState], size: StorageSize) -> None:
         self.counts, self.head, self.subscribers = counts, head, subscribers
+        self.size = size
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("evq_jobs", "Current jobs by queue and state.",
@@ -37,6 +39,12 @@ class _Snapshot(Collector):
         for sub in self.subscribers:
             lag.add_metric([sub.name], sub.lag)
         yield lag
+        yield GaugeMetricFamily("evq_ledger_bytes", "Room the ledger takes, in bytes.",
+                                value=self.size.total_bytes)
+        if self.size.wal_bytes is not None:
+            yield GaugeMetricFamily("evq_ledger_wal_bytes",
+                                    "The ledger's write-ahead log not yet checkpointed.",
+                                    value=self.size.wal_bytes)
 
 
 async def endpoint(request: Request) -> Response:
@@ -44,6 +52,7 @@ async def endpoint(request: Request) -> Response:
     counts = await site.read(site.ledger.job_counts)
     head = await site.read(site.ledger.last_position)
     subscribers = await site.read(site.ledger.cursor_states)
+    size = await site.read(site.ledger.storage_size)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(counts, head, subscribers))
+    registry.register(_Snapshot(counts, head, subscribers, size))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -34,6 +34,10 @@ LARGEST = 2**63 - 1  # positions are 64-bit
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class Forbidden(EvqError):
+    """A request the dashboard refuses (read-only, or a form it did not make)."""
+
+
 def site_of(request: Request) -> Site:
     site: Site = request.app.state.evq
     return site

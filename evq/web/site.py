@@ -96,6 +96,7 @@ class Site:
     allowed: frozenset[str] = frozenset()  # host names answered without credentials
     live_interval: float = 1.0  # seconds between the live stream's looks at the head
     travels: Travels = attrs.field(factory=Travels)
+    verifying: Any = None  # health.VerifyRun: the dashboard's latest verify
     templates: Jinja2Templates = attrs.field(
         factory=lambda: Jinja2Templates(env=_environment()))
 

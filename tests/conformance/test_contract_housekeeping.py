@@ -5,6 +5,8 @@ time, cleanup by queue, state and age, and orphans reported once."""
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from ledger_kit import claim, failure, job_kinds, new_job, state, success
 
@@ -46,6 +48,18 @@ async def test_the_readers_list_workers_and_paused_queues(ledger: Ledger,
     assert ledger.paused_queues() == ["mail"]
     await ledger.forget_worker("web:q")
     assert [w.name for w in ledger.workers()] == ["api:q"]
+
+
+async def test_the_ledger_says_how_much_room_it_takes(ledger: Ledger,
+                                                     clock: evq.FakeClock) -> None:
+    before = ledger.storage_size()
+    await ledger.enqueue([new_job(clock, payload={"pad": secrets.token_hex(1000)})
+                          for _ in range(300)])
+    after = ledger.storage_size()
+    assert after.total_bytes > before.total_bytes + 300 * 2000 // 4
+    postgres = ledger.location.startswith("postgresql://")
+    assert (after.wal_bytes is None) == postgres
+    assert postgres or 0 < (after.wal_bytes or 0) <= after.total_bytes
 
 
 async def test_a_restarted_worker_takes_back_what_its_previous_run_held(

@@ -211,6 +211,8 @@ async def test_metrics_count_jobs_by_queue_and_state(filled: Any) -> None:
     assert scraped.headers["content-type"].startswith("text/plain")
     assert 'evq_jobs{queue="mail",state="pending"} 4.0' in scraped.text
     assert 'evq_jobs{queue="geo",state="expired"} 1.0' in scraped.text
+    assert re.search(r"^evq_ledger_bytes \d", scraped.text, re.M)
+    assert re.search(r"^evq_ledger_wal_bytes \d", scraped.text, re.M)
     head = re.search(r"^evq_ledger_head_position (\S+)$", scraped.text, re.M)
     assert head is not None and float(head.group(1)) == (await ctx.events(limit=10_000,
                                                                          seals=True))[-1].position
@@ -515,3 +517,35 @@ async def test_workers_show_where_they_run_and_the_leases_they_hold(db: Path) ->
     lease = page.split('<table class="leases">')[1]
     assert f'href="/jobs/{job_id}"' in lease and "box:work" in lease
     assert 'mail</a> <span class="badge">paused</span>' in queues
+
+
+async def test_health_shows_size_and_runs_verify_in_the_background(filled: Any,
+                                                                    db: Path) -> None:
+    ctx, _ = filled
+    web = evq.web.app(ctx)
+    size = ctx.ledger.storage_size()
+    head = ctx.ledger.last_position()
+    async with client(web) as http:
+        first = (await http.get("/health")).text
+        assert "Not run from this dashboard yet" in first
+        assert f"<dd>{size.total_bytes:,} bytes</dd>" in first
+        assert f"<dd>{size.wal_bytes:,} bytes (not yet checkpointed" in first
+        assert f"<dd>{head}</dd>" in first
+        forged = await http.post("/health/verify", data={})
+        assert forged.status_code == 403 and web.state.evq.verifying is None
+        started = await http.post("/health/verify", data={"csrf": form_token(first)})
+        assert started.status_code == 303 and started.headers["location"] == "/health"
+        run = web.state.evq.verifying
+        assert run is not None and run.task is not None
+        await run.task  # the background verify, to its end
+        done = (await http.get("/health")).text
+    assert "<strong>ok</strong>" in done and "the hash chain holds" in done
+    report = verify_ledger_now(db)
+    assert report.lines[-1] in done  # the same head hash as `evq verify` gives
+
+
+def verify_ledger_now(db: Path) -> Any:
+    from evq import verify
+    from evq.ledger import open_ledger
+
+    return verify.verify_ledger(open_ledger(db))

@@ -12,8 +12,10 @@ import psycopg
 
 from ...errors import EvqError
 from ...events import Event
+from ..audit_records import StorageSize
 from ..sqlite import sql as named
 from ..sqlite.audit_side import AuditSide, _events_after
+from . import sql
 from .base import PgBase
 from .dialect import Dialect, scalar
 from .failures import ledger_error
@@ -31,6 +33,10 @@ class PgAuditSide(AuditSide, PgBase):
         if not isinstance(exc, psycopg.Error):
             return None
         return ledger_error(exc, self.target.shown, "using")
+
+    def storage_size(self) -> StorageSize:
+        with self._checked() as conn:
+            return StorageSize(int(scalar(conn.raw.execute(sql.SCHEMA_BYTES))), None)
 
     def follow(self, after: int, poll: float) -> Iterator[Event]:
         # Each poll is one indexed read of the newest position: an idle ledger costs

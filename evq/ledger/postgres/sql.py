@@ -478,6 +478,11 @@ FORGET_WORKER = (
 )
 LIVE_WORKER_JOBS = "SELECT jobs FROM evq_workers WHERE last_seen > %s"
 LIST_WORKERS = "SELECT name, jobs, last_seen, host, pid FROM evq_workers ORDER BY name"
+# The room the ledger's schema takes: its tables with their indexes and TOAST.
+SCHEMA_BYTES = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class AS c "
+    "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = current_schema() AND c.relkind = 'r'")
 ORPHAN_CANDIDATES = f"""
 SELECT id, queue, name FROM evq_jobs
 WHERE state = 'pending' AND run_at <= %s AND orphaned_at IS NULL

@@ -11,12 +11,21 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from ... import codec
 from ...errors import EvqError
 from ...events import Event, event_from_row
 from ...jobs import Child, JobRecord
-from ..audit_records import Deployed, FlowTree, JobFilter, JobLabel, JobQuery, WorkerSeen
+from ..audit_records import (
+    Deployed,
+    FlowTree,
+    JobFilter,
+    JobLabel,
+    JobQuery,
+    StorageSize,
+    WorkerSeen,
+)
 from . import connection, sql
 from . import flows as edges
 from .base import EngineBase
@@ -146,6 +155,12 @@ class AuditSide(EngineBase):
     def paused_queues(self) -> list[str]:
         with self._checked() as conn:
             return sorted(str(row[0]) for row in conn.execute(sql.PAUSED_QUEUES))
+
+    def storage_size(self) -> StorageSize:
+        self.check_schema()
+        wal = Path(f"{self.path}-wal")
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
+        return StorageSize(Path(self.path).stat().st_size + wal_bytes, wal_bytes)
 
     def job_counts(self) -> list[tuple[str, str, int]]:
         with self._checked() as conn:
