@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import codec
 from .enqueueing import new_job_id
 from .files import FILE_MODE
 from .ledger import Ledger, open_ledger
@@ -47,3 +48,10 @@ def delete(ledger: Ledger | str | Path, job_id: str, reason: str | None,
     """Remove a job that is not running from the current state (its events stay); the
     list names the flow descendants cancelled along with it."""
     return _ledger(ledger, busy_timeout_ms).delete_job(job_id, reason)
+
+
+def pause(ledger: Ledger | str | Path, queue: str, paused: bool, reason: str | None,
+          busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    """Pause a queue (its jobs are not claimed until it is resumed), or resume it."""
+    codec.check_name(queue, "queue")
+    _ledger(ledger, busy_timeout_ms).pause_queue(queue, paused, reason)

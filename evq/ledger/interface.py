@@ -331,5 +331,9 @@ class Ledger(Protocol):
     def cancel_job(self, job_id: str, reason: str | None) -> list[records.Stopped]:
         """`cancel` for the operator (see retry_job)."""
 
+    def pause_queue(self, queue: str, paused: bool, reason: str | None) -> None:
+        """Pause (or resume) a queue in a transaction of its own: a `pause` or `resume`
+        event, as Context.pause and Context.resume append."""
+
     def delete_job(self, job_id: str, reason: str | None) -> list[records.Stopped]:
         """`delete` for the operator (see retry_job)."""

@@ -22,12 +22,11 @@ WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete"}
 DEFAULT_REASON = "from the dashboard"
 
 
-async def act(request: Request) -> Response:
+async def checked_form(request: Request) -> Any:
+    """The posted form, once it is known to come from one of this dashboard's pages
+    (its CSRF token, and an Origin of this site); Forbidden otherwise, or when the
+    dashboard is read-only."""
     site = site_of(request)
-    action = request.path_params["action"]
-    if action not in ACTIONS:
-        return render(request, "error.html", 404, title="Not found",
-                      message=f"there is no action {action!r}")
     if site.read_only:
         raise Forbidden("this dashboard is read-only (started with --read-only)")
     form = await request.form()
@@ -37,6 +36,32 @@ async def act(request: Request) -> Response:
             not csrf_ok(site.secret, token if isinstance(token, str) else None):
         raise Forbidden("the form came from another site, or from before the dashboard "
                         "restarted: reload the page and try again")
+    return form
+
+
+async def pause(request: Request) -> Response:
+    """Pause or resume a queue (not destructive: no confirmation), then back to the
+    queues page."""
+    site = site_of(request)
+    how = request.path_params["how"]
+    if how not in ("pause", "resume"):
+        return render(request, "error.html", 404, title="Not found",
+                      message=f"a queue can be paused or resumed, not {how!r}")
+    form = await checked_form(request)
+    queue = text_of(form, "queue") or ""
+    paused = how == "pause"
+    await site.read(admin.pause, site.ledger, queue, paused,
+                    text_of(form, "reason") or DEFAULT_REASON)
+    return RedirectResponse(request.url_for("queues").path, status_code=303)
+
+
+async def act(request: Request) -> Response:
+    site = site_of(request)
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        return render(request, "error.html", 404, title="Not found",
+                      message=f"there is no action {action!r}")
+    form = await checked_form(request)
     given_id = form.get("job_id")
     job_id = await site.read(audit.resolve_job_id, site.ledger,
                              given_id if isinstance(given_id, str) else "")

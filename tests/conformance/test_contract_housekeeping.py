@@ -48,6 +48,11 @@ async def test_the_readers_list_workers_and_paused_queues(ledger: Ledger,
     assert ledger.paused_queues() == ["mail"]
     await ledger.forget_worker("web:q")
     assert [w.name for w in ledger.workers()] == ["api:q"]
+    ledger.pause_queue("geo", True, "from an operator")  # its own transaction
+    ledger.pause_queue("mail", False, None)
+    assert ledger.paused_queues() == ["geo"]
+    kinds = [(e.kind, e.queue) for e in await ledger.events(0, 1000, False)][-2:]
+    assert kinds == [("pause", "geo"), ("resume", "mail")]
 
 
 async def test_the_ledger_says_how_much_room_it_takes(ledger: Ledger,

@@ -549,3 +549,23 @@ def verify_ledger_now(db: Path) -> Any:
     from evq.ledger import open_ledger
 
     return verify.verify_ledger(open_ledger(db))
+
+
+async def test_a_queue_is_paused_and_resumed_from_its_page(filled: Any) -> None:
+    ctx, _ = filled
+    async with client(evq.web.app(ctx)) as http:
+        page = (await http.get("/queues")).text
+        token = form_token(page)
+        forged = await http.post("/queues/pause", data={"queue": "mail"})
+        paused = await http.post("/queues/pause", data={"queue": "mail", "csrf": token})
+        shown = (await http.get("/queues")).text
+        state_then = ctx.ledger.paused_queues()
+        resumed = await http.post("/queues/resume", data={"queue": "mail", "csrf": token})
+        bad = await http.post("/queues/pause", data={"queue": "bad name!", "csrf": token})
+    assert forged.status_code == 403
+    assert paused.status_code == resumed.status_code == 303
+    assert state_then == ["mail"] and ctx.ledger.paused_queues() == []
+    assert 'mail</a> <span class="badge">paused</span>' in shown and ">Resume</button>" in shown
+    kinds = [e.kind for e in await ctx.events(limit=10_000) if e.queue == "mail"]
+    assert kinds[-2:] == ["pause", "resume"]
+    assert bad.status_code == 400 and "queue" in bad.text

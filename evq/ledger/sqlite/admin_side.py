@@ -120,6 +120,9 @@ class AdminSide(EngineBase):
         ended = self._act(lambda tx: ops.delete(tx, job_id, reason))
         return [Stopped(job, running) for job, running in ended]
 
+    def pause_queue(self, queue: str, paused: bool, reason: str | None) -> None:
+        self._act(lambda tx: ops.set_paused(tx, queue=queue, paused=paused, reason=reason))
+
     def _act(self, op: Callable[[Tx], T]) -> T:
         """`op` in one write transaction of its own, sealed; a wait for the write lock
         long enough to be a stall is recorded (see stalls.py)."""
