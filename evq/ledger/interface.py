@@ -266,6 +266,9 @@ class Ledger(Protocol):
     def job_page(self, query: audit_records.JobQuery) -> list[JobRecord]:
         """A page of current jobs matching `query`, newest first."""
 
+    def count_jobs(self, query: audit_records.JobQuery) -> int:
+        """How many current jobs match `query` (counting at most `query.limit`)."""
+
     def job_counts(self) -> list[tuple[str, str, int]]:
         """How many current jobs each queue holds in each state: (queue, state, n)."""
 

@@ -25,7 +25,7 @@ from ..errors import (
     UnknownJob,
 )
 from ..ledger import Ledger, open_ledger
-from . import actions, health, live, metrics, pages
+from . import actions, bulk, health, live, metrics, pages
 from .guard import HEADERS, Auth, host_allowed, host_name, new_secret
 from .site import STATIC, Site
 
@@ -53,6 +53,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         Route("/job", pages.job, name="job_by_id"),
         Route("/actions/{action}", actions.act, methods=["POST"], name="act"),
         Route("/queues/{how:str}", actions.pause, methods=["POST"], name="pause"),
+        Route("/bulk/{action}", bulk.bulk, methods=["POST"], name="bulk"),
         Route("/queues", pages.queues, name="queues"),
         Route("/workers", pages.workers, name="workers"),
         Route("/subscribers", pages.subscribers, name="subscribers"),

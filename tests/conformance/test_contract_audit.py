@@ -298,6 +298,12 @@ async def test_a_page_of_jobs_is_what_filtering_every_job_gives(ledger: Ledger,
     assert page(text="nothing like this") == []
     assert page(text="done") == [j.id for j in everyone if "done" in
                                  json.dumps(payloads[j.id])]
+    for wanted in ({"limit": 1000}, {"state": "failed", "limit": 1000},
+                   {"queue": "geo", "name": "geocode", "limit": 1000},
+                   {"text": "Zürich <b>", "limit": 1000}, {"limit": 2},
+                   {"since": at[later.id], "limit": 1000}):
+        query = audit_records.JobQuery(**wanted)  # type: ignore[arg-type]
+        assert ledger.count_jobs(query) == len(ledger.job_page(query)), wanted
     counts = ledger.job_counts()
     expected: dict[tuple[str, str], int] = {}
     for job in everyone:

@@ -569,3 +569,33 @@ async def test_a_queue_is_paused_and_resumed_from_its_page(filled: Any) -> None:
     kinds = [e.kind for e in await ctx.events(limit=10_000) if e.queue == "mail"]
     assert kinds[-2:] == ["pause", "resume"]
     assert bad.status_code == 400 and "queue" in bad.text
+
+
+async def test_cancel_every_job_of_a_filter_after_seeing_how_many(filled: Any) -> None:
+    ctx, jobs = filled
+    async with client(evq.web.app(ctx)) as http:
+        page = (await http.get("/jobs", params={"queue": "mail", "state": "pending"})).text
+        token = form_token(page)
+        filters = {"queue": "mail", "state": "pending"}
+        asked = await http.post("/bulk/cancel", data={"csrf": token, **filters})
+        assert asked.status_code == 200 and "<strong>4</strong> jobs" in asked.text
+        assert all(r.state == evq.JobState.PENDING for r in await ctx.jobs()
+                   if r.id in jobs["pending"])  # nothing done before confirming
+        late = await ctx.enqueue("later", {"n": "late"})  # came to match since
+        head = re.search(r'name="head" value="(\d+)"', asked.text)
+        assert head is not None
+        done = await http.post("/bulk/cancel", data={
+            "csrf": token, "confirm": "yes", "count": "4", "head": head.group(1),
+            "reason": "sale over", **filters})
+        refused = await http.post("/bulk/cancel", data={
+            "csrf": token, "confirm": "yes", "count": "2", "head": head.group(1),
+            "queue": "mail", "state": "succeeded"})
+    assert done.status_code == 200 and "4 jobs done" in done.text
+    states = {r.id: r.state for r in await ctx.jobs()}
+    # The four counted, and not the job enqueued after the count was shown.
+    assert all(states[i] == evq.JobState.CANCELLED for i in [jobs["hostile"], *jobs["pending"]])
+    assert states[late] == evq.JobState.PENDING
+    cancels = [e for e in await ctx.events(limit=10_000) if e.kind == "cancel"]
+    assert len(cancels) == 4 and {e.data["reason"] for e in cancels} == {"sale over"}
+    # Succeeded jobs cannot be cancelled: each refusal is counted and said.
+    assert "0 jobs done, 2 refused" in refused.text and "has already ended" in refused.text

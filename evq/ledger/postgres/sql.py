@@ -323,6 +323,16 @@ JOB_PAGE = (
     "AND strpos(e.data, coalesce(%s::text, '')) > 0) "
     f"ORDER BY enqueue_position DESC {_LIMIT}"
 )
+JOB_COUNT = (
+    "SELECT count(*) FROM (SELECT 1 FROM evq_jobs AS j WHERE state = coalesce(%s::text, state) "
+    "AND queue = coalesce(%s::text, queue) AND name = coalesce(%s::text, name) "
+    "AND enqueue_position < coalesce(%s::bigint, 9223372036854775807) "
+    "AND enqueued_at >= coalesce(%s::float8, '-infinity') "
+    "AND enqueued_at <= coalesce(%s::float8, 'infinity') AND EXISTS (SELECT 1 FROM "
+    "evq_events AS e WHERE e.position = j.enqueue_position "
+    "AND strpos(e.data, coalesce(%s::text, '')) > 0) "
+    f"{_LIMIT}) AS matching"
+)
 
 EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > %s ORDER BY position {_LIMIT}"

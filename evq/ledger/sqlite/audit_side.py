@@ -162,6 +162,12 @@ class AuditSide(EngineBase):
         wal_bytes = wal.stat().st_size if wal.exists() else 0
         return StorageSize(Path(self.path).stat().st_size + wal_bytes, wal_bytes)
 
+    def count_jobs(self, query: JobQuery) -> int:
+        with self._checked() as conn:
+            return int(conn.execute(sql.JOB_COUNT, (
+                query.state, query.queue, query.name, query.before, query.since,
+                query.until, query.text, query.limit)).fetchone()[0])
+
     def job_counts(self) -> list[tuple[str, str, int]]:
         with self._checked() as conn:
             return [(str(queue), str(state), int(n)) for queue, state, n in

@@ -256,6 +256,15 @@ JOB_PAGE = (
     "evq_events AS e WHERE e.position = j.enqueue_position AND instr(e.data, ?7) > 0)) "
     "ORDER BY enqueue_position DESC LIMIT ?8"
 )
+# How many jobs JOB_PAGE's criteria (but `before` and `limit`) match, at most ?8.
+JOB_COUNT = (
+    "SELECT count(*) FROM (SELECT 1 FROM evq_jobs AS j WHERE (?1 IS NULL OR state = ?1) "
+    "AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR name = ?3) "
+    "AND (?4 IS NULL OR enqueue_position < ?4) AND (?5 IS NULL OR enqueued_at >= ?5) "
+    "AND (?6 IS NULL OR enqueued_at <= ?6) AND (?7 IS NULL OR EXISTS (SELECT 1 FROM "
+    "evq_events AS e WHERE e.position = j.enqueue_position AND instr(e.data, ?7) > 0)) "
+    "LIMIT ?8)"
+)
 
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
 EVENTS_AFTER = (
