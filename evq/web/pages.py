@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from .. import audit, stats
 from ..errors import EvqError, InvalidInput, UnknownJob
-from ..events import TIME_STEP
+from ..events import TIME_STEP, EventKind
 from ..jobs import JobState
 from ..ledger import Ledger
 from ..ledger.audit_records import JobFilter, JobQuery
@@ -86,7 +86,8 @@ async def moment_of(request: Request) -> Moment | None:
         position = whole(upto, "upto", 1)
         assert position is not None
         head = await site.read(site.ledger.last_position)
-        return Moment(min(position, head), upto, "upto", None)
+        sealed = await site.read(_last_seal_upto, site.ledger, min(position, head))
+        return Moment(sealed, upto, "upto", None)
     return None
 
 
@@ -117,6 +118,15 @@ async def overview(request: Request) -> Response:
     return render(request, "overview.html", title="Overview", live=travel is None,
                   moment=travel, queues=queues, totals=totals, states=STATES,
                   figures=figures, minutes=FIGURES_OVER / 60)
+
+
+def _last_seal_upto(ledger: Ledger, position: int) -> int:
+    """The newest commit's end at or before `position` (its seal): the ledger stood
+    there between commits (0: before the first)."""
+    for event in ledger.read_events_back(position + 1):
+        if event.kind == EventKind.SEAL:
+            return event.position
+    return 0
 
 
 def _time_at(ledger: Ledger, position: int) -> float | None:

@@ -456,6 +456,8 @@ async def test_travelling_back_shows_the_ledger_as_it_stood_then(filled: Any) ->
                                                  "queue": "mail", "state": "pending"})
         overview = (await http.get("/", params={"upto": str(before_cancel)})).text
         too_early = await http.get("/", params={"at": "2000-01-01T00:00:00Z"})
+        # A position inside a commit: the ledger as it stood after the commit before.
+        inside = await http.get(f"/jobs/{target}", params={"upto": str(before_cancel - 1)})
     assert 'class="kind-cancel"' in now
     assert then.status_code == 200
     assert 'class="kind-cancel"' not in then.text and "state-pending" in then.text
@@ -468,6 +470,9 @@ async def test_travelling_back_shows_the_ledger_as_it_stood_then(filled: Any) ->
     assert later not in listed.text and f"upto={before_cancel}" in listed.text
     assert 'href="/jobs?queue=mail&amp;state=pending&amp;upto=' in overview
     assert too_early.status_code == 400 and "no event yet" in too_early.text
+    seals = [e.position for e in await ctx.events(limit=10_000, seals=True)
+             if e.kind == "seal" and e.position < before_cancel]
+    assert inside.status_code == 200 and f"(position {seals[-1]})" in inside.text
 
 
 async def test_a_job_in_a_flow_shows_its_tree_with_each_nodes_state(db: Path) -> None:
