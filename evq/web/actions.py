@@ -22,12 +22,17 @@ WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete"}
 DEFAULT_REASON = "from the dashboard"
 
 
-async def checked_form(request: Request) -> Any:
+def unknown_action(request: Request, action: str) -> Response:
+    return render(request, "error.html", 404, title="Not found",
+                  message=f"there is no action {action!r}")
+
+
+async def checked_form(request: Request, *, acting: bool = True) -> Any:
     """The posted form, once it is known to come from one of this dashboard's pages
     (its CSRF token, and an Origin of this site); Forbidden otherwise, or when the
-    dashboard is read-only."""
+    dashboard is read-only and the form acts on jobs or queues (`acting`)."""
     site = site_of(request)
-    if site.read_only:
+    if acting and site.read_only:
         raise Forbidden("this dashboard is read-only (started with --read-only)")
     form = await request.form()
     token = form.get("csrf")
@@ -59,8 +64,7 @@ async def act(request: Request) -> Response:
     site = site_of(request)
     action = request.path_params["action"]
     if action not in ACTIONS:
-        return render(request, "error.html", 404, title="Not found",
-                      message=f"there is no action {action!r}")
+        return unknown_action(request, action)
     form = await checked_form(request)
     given_id = form.get("job_id")
     job_id = await site.read(audit.resolve_job_id, site.ledger,

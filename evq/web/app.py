@@ -3,7 +3,8 @@ security headers), and typed evq errors shown as pages (never a traceback)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -54,6 +55,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         Route("/actions/{action}", actions.act, methods=["POST"], name="act"),
         Route("/queues/{how:str}", actions.pause, methods=["POST"], name="pause"),
         Route("/bulk/{action}", bulk.bulk, methods=["POST"], name="bulk"),
+        Route("/bulk-done/{key}", bulk.done, name="bulk_done"),
         Route("/queues", pages.queues, name="queues"),
         Route("/workers", pages.workers, name="workers"),
         Route("/subscribers", pages.subscribers, name="subscribers"),
@@ -64,7 +66,12 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         Route("/live", live.stream, name="live"),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    web = Starlette(routes=routes, exception_handlers={EvqError: _shown})
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        site.travels.close()  # the past ledgers' temporary folders
+
+    web = Starlette(routes=routes, exception_handlers={EvqError: _shown}, lifespan=lifespan)
     web.state.evq = site
     web.add_middleware(_Guard, auth=site.auth, allowed=site.allowed)
     return web

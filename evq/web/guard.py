@@ -7,13 +7,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
 
 import attrs
 
-LOOPBACK = frozenset(("127.0.0.1", "::1", "localhost"))
 TOKEN_ENV = "EVQ_WEB_TOKEN"
 PASSWORD_ENV = "EVQ_WEB_PASSWORD"
 USER_ENV = "EVQ_WEB_USER"
@@ -101,7 +101,18 @@ def host_allowed(host: str | None, auth: Auth, allowed: frozenset[str]) -> bool:
     if auth.required:
         return True
     name = host_name(host or "")
-    return name in LOOPBACK or name.startswith("127.") or name in allowed
+    return is_loopback(name) or name in allowed
+
+
+def is_loopback(name: str) -> bool:
+    """Whether a host name is this machine's loopback: `localhost`, or an address in
+    127.0.0.0/8 or ::1 (a domain name that merely starts with "127." is not)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def same_origin(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
@@ -120,7 +131,7 @@ def same_origin(origin: str | None, host: str | None, allowed: frozenset[str]) -
 def refusal_to_listen(host: str, auth: Auth) -> str | None:
     """Why the dashboard must not listen on `host` (None: it may): anywhere but loopback
     needs credentials."""
-    if host in LOOPBACK or host.startswith("127.") or auth.required:
+    if is_loopback(host_name(host)) or auth.required:
         return None
     return (f"evq web would listen on {host} with no authentication: anyone who can reach "
             f"it could read every job and act on them. Set {PASSWORD_ENV} (basic auth, "

@@ -1,6 +1,6 @@
 """The ledger's health: where it is, how big (and its WAL), its head, and `evq verify`
 run in the background from a button, its report kept for the page (one run at a time;
-the last report stays until the next run ends)."""
+a new run replaces the last report). Always the ledger as it is now."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from starlette.responses import RedirectResponse, Response
 from .. import verify as verifying
 from ..errors import EvqError
 from ..ledger import Ledger
-from .guard import csrf_ok, same_origin
-from .pages import Forbidden, ledger_of, render, site_of
+from .actions import checked_form
+from .pages import render, site_of
 
 
 @attrs.define
@@ -31,26 +31,20 @@ class VerifyRun:
 
 
 async def page(request: Request) -> Response:
-    site = site_of(request)
-    ledger, travel = await ledger_of(request)
-    size = await site.read(ledger.storage_size)
-    head = await site.read(ledger.last_position)
+    site = site_of(request)  # the ledger as it is now: health does not travel
+    size = await site.read(site.ledger.storage_size)
+    head = await site.read(site.ledger.last_position)
     run: VerifyRun | None = site.verifying
-    return render(request, "health.html", title="Ledger health", live=travel is None,
-                  moment=travel, size=size, head=head, run=run, now=time.time(),
+    return render(request, "health.html", title="Ledger health", live=True,
+                  size=size, head=head, run=run, now=time.time(),
                   outcome=None if run is None or run.report is None
                   else run.report.outcome.value)
 
 
 async def start_verify(request: Request) -> Response:
     site = site_of(request)
-    form = await request.form()
-    token = form.get("csrf")
-    if not same_origin(request.headers.get("origin"), request.headers.get("host"),
-                       site.allowed) or \
-            not csrf_ok(site.secret, token if isinstance(token, str) else None):
-        raise Forbidden("the form came from another site, or from before the dashboard "
-                        "restarted: reload the page and try again")
+    # Verify writes nothing to the ledger: a read-only dashboard may run it too.
+    await checked_form(request, acting=False)
     running = site.verifying
     if running is None or running.finished is not None:
         run = VerifyRun(time.time())
@@ -64,5 +58,7 @@ async def _verify(ledger: Ledger, run: VerifyRun) -> None:
         run.report = await run_in_threadpool(verifying.verify_ledger, ledger)
     except EvqError as exc:
         run.error = str(exc)
+    except Exception as exc:  # shown on the page rather than lost in a task
+        run.error = f"{type(exc).__name__}: {exc}"
     finally:
         run.finished = time.time()

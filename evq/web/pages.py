@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -78,10 +79,15 @@ async def moment_of(request: Request) -> Moment | None:
     if at is not None and upto is not None:
         raise InvalidInput("give at (a time) or upto (a position), not both")
     if at is not None:
+        asked = moment(at, "at")
         # Times are shown rounded to the microsecond: "at T" takes every event shown as
         # T, stored up to half a microsecond later (a whole one, for the float's sake).
-        when = moment(at, "at") + TIME_STEP
-        return Moment(await site.read(site.ledger.last_position, when), at, "at", when)
+        found = await site.read(site.ledger.last_position, asked + TIME_STEP)
+        sealed = await site.read(_last_seal_upto, site.ledger, found)
+        # A time given as how long ago is kept as the time it was when first read, so
+        # that every link goes on showing the same moment.
+        shown = datetime.fromtimestamp(asked, UTC).isoformat() if _AGO.fullmatch(at) else at
+        return Moment(sealed, shown, "at", asked + TIME_STEP)
     if upto is not None:
         position = whole(upto, "upto", 1)
         assert position is not None
@@ -89,6 +95,10 @@ async def moment_of(request: Request) -> Moment | None:
         sealed = await site.read(_last_seal_upto, site.ledger, min(position, head))
         return Moment(sealed, upto, "upto", None)
     return None
+
+
+_AGO = re.compile(r"\s*\d+(?:\.\d+)?[smhd]\s*")
+
 
 
 async def ledger_of(request: Request) -> tuple[Ledger, Moment | None]:

@@ -77,13 +77,19 @@ def href(context: Any, name: str, query: dict[str, Any] | None = None, **params:
     return link(context["request"], name, query, context.get("moment"), **params)
 
 
+def now_url(request: Request) -> str:
+    """This page as it is now: its URL without the moment (or the page it was on)."""
+    url = request.url.remove_query_params(["at", "upto", "before"])
+    return str(url.path) + (f"?{url.query}" if url.query else "")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("evq.web", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(shown=audit.printable, visible=visible, pretty=pretty, when=when,
                        short=audit.short_id, describe=audit.describe)
-    env.globals["href"] = href
+    env.globals.update(href=href, now_url=now_url)
     return env
 
 
@@ -97,6 +103,7 @@ class Site:
     live_interval: float = 1.0  # seconds between the live stream's looks at the head
     travels: Travels = attrs.field(factory=Travels)
     verifying: Any = None  # health.VerifyRun: the dashboard's latest verify
+    selections: dict[str, Any] = attrs.field(factory=dict)  # bulk.Selection by key
     templates: Jinja2Templates = attrs.field(
         factory=lambda: Jinja2Templates(env=_environment()))
 

@@ -1,21 +1,22 @@
 """Time travel: the ledger as it stood at a past moment, for every page to read.
 
-A moment is a time (`at`, as people type it: ISO-8601 or `1h`) or a position (`upto`).
-The state then is computed from the ledger itself: its events up to that position (the
-newest commit stamped at or before the time; a commit's events share its time and end
-with its seal, so the cut always falls between commits) are loaded into a new SQLite
-ledger in a temporary folder through the same transitions as the write path, exactly
-as `evq export | evq import` does, so it works for either engine. The first page at a
-moment waits for that (seconds on a big ledger); the last few moments are kept, and
-every page at one of them then reads that small ledger. Nothing is ever written to the
-real one."""
+A moment is a time (`at`, as people type it: ISO-8601 or `1h`) or a position (`upto`),
+always cut at the end of a commit (its seal). The state then is computed from the
+ledger itself, into a new SQLite ledger in a temporary folder: a SQLite ledger replays
+its events up to that position (archived events' holes included) as `evq replay --to`
+does; a PostgreSQL one is exported up to there and imported, through the same
+transitions as the write path, as `evq export | evq import` does (which refuses a cut
+before an archive event: that archive's events are not in the prefix). The first page
+at a moment waits for that (seconds on a big ledger); a few moments are kept, and every
+page at one of them then reads that small ledger. Nothing is ever written to the real
+one."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import tempfile
-from collections import OrderedDict
+import time
 
 import attrs
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InvalidInput
 from ..ledger import Ledger, open_ledger
 
-KEPT = 3  # moments kept built at once
+KEPT = 3  # moments kept built, beyond those in use
+IN_USE_FOR = 120.0  # seconds after its last page during which a moment is not removed
 
 
 @attrs.frozen
@@ -36,42 +38,64 @@ class Moment:
     time: float | None  # the time asked for (None: a position was)
 
 
+@attrs.define
+class _Built:
+    folder: tempfile.TemporaryDirectory[str]
+    task: asyncio.Task[Ledger]
+    used: float
+
+
 class Travels:
-    """The ledgers built for past moments, newest use last."""
+    """The ledgers built for past moments, each built once (pages asking for the same
+    moment meanwhile wait for that one build; others are not held up)."""
 
     def __init__(self) -> None:
-        self._built: OrderedDict[int, tuple[tempfile.TemporaryDirectory[str], Ledger]] = (
-            OrderedDict())
-        self._lock = asyncio.Lock()
+        self._built: dict[int, _Built] = {}
 
     async def at(self, source: Ledger, moment: Moment) -> Ledger:
         """The ledger as it stood at `moment` (built now if it is not kept)."""
-        async with self._lock:
-            if moment.position in self._built:
-                self._built.move_to_end(moment.position)
-                return self._built[moment.position][1]
+        built = self._built.get(moment.position)
+        if built is None:
             folder = tempfile.TemporaryDirectory(prefix="evq-web-travel-")
-            try:
-                past = await run_in_threadpool(_build, source, moment.position, folder.name)
-            except BaseException:
-                folder.cleanup()
-                raise
-            self._built[moment.position] = (folder, past)
-            while len(self._built) > KEPT:
-                _, (old, _) = self._built.popitem(last=False)
-                old.cleanup()
-            return past
+            task = asyncio.get_running_loop().create_task(
+                run_in_threadpool(_build, source, moment.position, folder.name))
+            built = self._built[moment.position] = _Built(folder, task, time.monotonic())
+            self._evict()
+        built.used = time.monotonic()
+        try:
+            # Shielded: a page that goes away does not stop a build others wait for.
+            return await asyncio.shield(built.task)
+        except Exception:
+            if self._built.get(moment.position) is built:
+                del self._built[moment.position]
+                built.folder.cleanup()
+            raise
+
+    def _evict(self) -> None:
+        """Remove the moments beyond KEPT, least recently used first, but never one a
+        page used lately (it may still be reading) or one still being built."""
+        now = time.monotonic()
+        idle = sorted((built.used, position) for position, built in self._built.items()
+                      if built.task.done() and now - built.used > IN_USE_FOR)
+        for _, position in idle[:max(0, len(self._built) - KEPT)]:
+            self._built.pop(position).folder.cleanup()
 
     def close(self) -> None:
-        while self._built:
-            _, (folder, _) = self._built.popitem()
-            folder.cleanup()
+        for built in self._built.values():
+            built.task.cancel()
+            built.folder.cleanup()
+        self._built.clear()
 
 
 def _build(source: Ledger, position: int, folder: str) -> Ledger:
     if position < 1:
         raise InvalidInput("the ledger held no event yet at that moment: pick a later one")
     past = open_ledger(f"{folder}/at-{position}.db")
+    try:
+        source.replay_into(past, position)
+        return past
+    except InvalidInput:  # another engine: replay writes only its own kind
+        pass
     events = source.export()
     try:
         past.import_(itertools.takewhile(lambda item: item.event.position <= position,

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -385,7 +386,8 @@ async def test_an_open_dashboard_answers_only_requests_addressed_to_loopback(
     web = evq.web.app(ctx)
     token = csrf_token(web.state.evq.secret)
     async with client(web) as http:
-        for host in ("evil.example:8470", "evil.example", "10.0.0.8:8470"):
+        for host in ("evil.example:8470", "evil.example", "10.0.0.8:8470",
+                     "127.attacker.example", "127.0.0.1.nip.io:8470"):
             read = await http.get("/jobs", headers={"host": host})
             acted = await http.post("/actions/delete", headers={
                 "host": host, "origin": f"http://{host}"},
@@ -584,23 +586,85 @@ async def test_cancel_every_job_of_a_filter_after_seeing_how_many(filled: Any) -
         filters = {"queue": "mail", "state": "pending"}
         asked = await http.post("/bulk/cancel", data={"csrf": token, **filters})
         assert asked.status_code == 200 and "<strong>4</strong> jobs" in asked.text
+        key = re.search(r'name="key" value="([^"]+)"', asked.text)
+        assert key is not None
         assert all(r.state == evq.JobState.PENDING for r in await ctx.jobs()
                    if r.id in jobs["pending"])  # nothing done before confirming
         late = await ctx.enqueue("later", {"n": "late"})  # came to match since
-        head = re.search(r'name="head" value="(\d+)"', asked.text)
-        assert head is not None
-        done = await http.post("/bulk/cancel", data={
-            "csrf": token, "confirm": "yes", "count": "4", "head": head.group(1),
-            "reason": "sale over", **filters})
-        refused = await http.post("/bulk/cancel", data={
-            "csrf": token, "confirm": "yes", "count": "2", "head": head.group(1),
-            "queue": "mail", "state": "succeeded"})
-    assert done.status_code == 200 and "4 jobs done" in done.text
+        confirm = {"csrf": token, "confirm": "yes", "key": key.group(1),
+                   "reason": "sale over"}
+        done = await http.post("/bulk/cancel", data=confirm)
+        again = await http.post("/bulk/cancel", data=confirm)  # a refresh, a double click
+        assert done.status_code == again.status_code == 303
+        shown = (await http.get(done.headers["location"])).text
+        asked = await http.post("/bulk/retry", data={
+            "csrf": token, "queue": "geo", "state": "expired"})
+        key = re.search(r'name="key" value="([^"]+)"', asked.text)
+        assert key is not None
+        refused = await http.post("/bulk/cancel", data={  # not the action counted for
+            "csrf": token, "confirm": "yes", "key": key.group(1)})
+        retried = await http.post("/bulk/retry", data={
+            "csrf": token, "confirm": "yes", "key": key.group(1)})
+        await http.post("/bulk/retry", data={  # posted twice: still one retry
+            "csrf": token, "confirm": "yes", "key": key.group(1)})
+        retried_page = (await http.get(retried.headers["location"])).text
+    assert "4 jobs done" in shown
     states = {r.id: r.state for r in await ctx.jobs()}
-    # The four counted, and not the job enqueued after the count was shown.
+    # Exactly the four counted, once each, and not the job enqueued after the count.
     assert all(states[i] == evq.JobState.CANCELLED for i in [jobs["hostile"], *jobs["pending"]])
     assert states[late] == evq.JobState.PENDING
     cancels = [e for e in await ctx.events(limit=10_000) if e.kind == "cancel"]
     assert len(cancels) == 4 and {e.data["reason"] for e in cancels} == {"sale over"}
-    # Succeeded jobs cannot be cancelled: each refusal is counted and said.
-    assert "0 jobs done, 2 refused" in refused.text and "has already ended" in refused.text
+    assert refused.status_code == 400 and "another action" in refused.text
+    assert "1 job done" in retried_page
+    geo = [r.state for r in await ctx.jobs() if r.queue == "geo"]
+    assert sorted(geo) == [evq.JobState.EXPIRED, evq.JobState.PENDING]  # one retry, once
+
+
+
+async def test_travel_keeps_a_relative_time_fixed_and_crosses_archives(db: Path,
+                                                                       tmp_path: Path) -> None:
+    from evq import archive
+
+    async with evq.Context(db) as ctx:
+        ctx.define("n", None)
+        gone = await ctx.enqueue("n", {"x": 1})
+        kept = await ctx.enqueue("n", {"x": 2})
+        before_archive = (await ctx.events(limit=100, seals=True))[-1].position
+        await ctx.delete(gone, "cleanup")
+        archive.archive(db, time.time() + 1, tmp_path / "old.jsonl.gz")
+        later = await ctx.enqueue("n", {"x": 3})
+        async with client(evq.web.app(ctx)) as http:
+            # Before an archive (positions with holes): it builds; the archived job's
+            # events are in the archive file, not the ledger, so it is not shown.
+            past = await http.get("/jobs", params={"upto": str(before_archive)})
+            assert past.status_code == 200, past.text
+            assert ids_in(past.text) == [kept] and gone not in past.text
+            # "0s" (how long ago) is read once: the links carry the time it stood for.
+            page = (await http.get("/jobs", params={"at": "0s", "queue": "q"})).text
+            assert "at=0s" not in page and re.search(r"at=20\d\d-", page)
+            travelled = re.search(r'Back to now</a>', page)
+            assert travelled is not None
+            back = re.search(r'href="([^"]*)">Back to now', page)
+            assert back is not None and back.group(1).replace("&amp;", "&") == "/jobs?queue=q"
+    assert later not in past.text
+
+
+async def test_a_verify_that_cannot_run_says_why_on_the_health_page(
+        filled: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evq import verify
+
+    def no_room(*args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(verify, "verify_ledger", no_room)
+    ctx, _ = filled
+    web = evq.web.app(ctx, read_only=True)  # verify writes nothing: allowed read-only
+    async with client(web) as http:
+        token = csrf_token(web.state.evq.secret)
+        assert (await http.post("/health/verify", data={"csrf": token})).status_code == 303
+        await web.state.evq.verifying.task
+        page = await http.get("/health")
+    assert page.status_code == 200
+    assert "Verify could not run: OSError: [Errno 28] No space left on device" in page.text
+    assert ">Verify now</button>" in page.text  # and it can be run again

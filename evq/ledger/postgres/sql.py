@@ -312,27 +312,18 @@ LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 COUNT_JOBS_BY_QUEUE_STATE = (
     "SELECT queue, state, count(*) FROM evq_jobs GROUP BY queue, state ORDER BY queue, state")
-# strpos(data, '') is 1: no text given, every job matches.
-JOB_PAGE = (
-    f"SELECT {JOB_COLUMNS} FROM evq_jobs AS j WHERE state = coalesce(%s::text, state) "
+# The jobs JobQuery's criteria match (strpos(data, '') is 1: no text, every job).
+_JOB_MATCHES = (
+    "FROM evq_jobs AS j WHERE state = coalesce(%s::text, state) "
     "AND queue = coalesce(%s::text, queue) AND name = coalesce(%s::text, name) "
     "AND enqueue_position < coalesce(%s::bigint, 9223372036854775807) "
     "AND enqueued_at >= coalesce(%s::float8, '-infinity') "
     "AND enqueued_at <= coalesce(%s::float8, 'infinity') AND EXISTS (SELECT 1 FROM "
     "evq_events AS e WHERE e.position = j.enqueue_position "
     "AND strpos(e.data, coalesce(%s::text, '')) > 0) "
-    f"ORDER BY enqueue_position DESC {_LIMIT}"
 )
-JOB_COUNT = (
-    "SELECT count(*) FROM (SELECT 1 FROM evq_jobs AS j WHERE state = coalesce(%s::text, state) "
-    "AND queue = coalesce(%s::text, queue) AND name = coalesce(%s::text, name) "
-    "AND enqueue_position < coalesce(%s::bigint, 9223372036854775807) "
-    "AND enqueued_at >= coalesce(%s::float8, '-infinity') "
-    "AND enqueued_at <= coalesce(%s::float8, 'infinity') AND EXISTS (SELECT 1 FROM "
-    "evq_events AS e WHERE e.position = j.enqueue_position "
-    "AND strpos(e.data, coalesce(%s::text, '')) > 0) "
-    f"{_LIMIT}) AS matching"
-)
+JOB_PAGE = f"SELECT {JOB_COLUMNS} {_JOB_MATCHES} ORDER BY enqueue_position DESC {_LIMIT}"
+JOB_COUNT = f"SELECT count(*) FROM (SELECT 1 {_JOB_MATCHES} {_LIMIT}) AS matching"
 
 EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > %s ORDER BY position {_LIMIT}"

@@ -158,9 +158,8 @@ class AuditSide(EngineBase):
 
     def storage_size(self) -> StorageSize:
         self.check_schema()
-        wal = Path(f"{self.path}-wal")
-        wal_bytes = wal.stat().st_size if wal.exists() else 0
-        return StorageSize(Path(self.path).stat().st_size + wal_bytes, wal_bytes)
+        wal_bytes = _size(Path(f"{self.path}-wal"))  # 0 once the last connection closed
+        return StorageSize(_size(Path(self.path)) + wal_bytes, wal_bytes)
 
     def count_jobs(self, query: JobQuery) -> int:
         with self._checked() as conn:
@@ -264,3 +263,10 @@ def last_position_at(conn: sqlite3.Connection, at: float) -> int:
         else:
             low = int(position) + 1
     return first_after - 1
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

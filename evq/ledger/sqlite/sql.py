@@ -245,26 +245,19 @@ LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 COUNT_JOBS_BY_QUEUE_STATE = (
     "SELECT queue, state, count(*) FROM evq_jobs GROUP BY queue, state ORDER BY queue, state")
-# A page of jobs, newest first, for the dashboard: state, queue, name (NULL: any), enqueued
-# before a position (NULL: from the newest), enqueued at or after and at or before a time,
-# the enqueue event's data holding a text (NULL: any), at most `limit`.
-JOB_PAGE = (
-    f"SELECT {JOB_COLUMNS} FROM evq_jobs AS j WHERE (?1 IS NULL OR state = ?1) "
+# The jobs a JobQuery's criteria match (for the dashboard): state, queue, name (NULL:
+# any), enqueued before a position (NULL: from the newest), enqueued at or after and at
+# or before a time, the enqueue event's data holding a text (NULL: any).
+_JOB_MATCHES = (
+    "FROM evq_jobs AS j WHERE (?1 IS NULL OR state = ?1) "
     "AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR name = ?3) "
     "AND (?4 IS NULL OR enqueue_position < ?4) AND (?5 IS NULL OR enqueued_at >= ?5) "
     "AND (?6 IS NULL OR enqueued_at <= ?6) AND (?7 IS NULL OR EXISTS (SELECT 1 FROM "
     "evq_events AS e WHERE e.position = j.enqueue_position AND instr(e.data, ?7) > 0)) "
-    "ORDER BY enqueue_position DESC LIMIT ?8"
 )
-# How many jobs JOB_PAGE's criteria (but `before` and `limit`) match, at most ?8.
-JOB_COUNT = (
-    "SELECT count(*) FROM (SELECT 1 FROM evq_jobs AS j WHERE (?1 IS NULL OR state = ?1) "
-    "AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR name = ?3) "
-    "AND (?4 IS NULL OR enqueue_position < ?4) AND (?5 IS NULL OR enqueued_at >= ?5) "
-    "AND (?6 IS NULL OR enqueued_at <= ?6) AND (?7 IS NULL OR EXISTS (SELECT 1 FROM "
-    "evq_events AS e WHERE e.position = j.enqueue_position AND instr(e.data, ?7) > 0)) "
-    "LIMIT ?8)"
-)
+# A page of them, newest first, at most ?8; how many (counting at most ?8).
+JOB_PAGE = f"SELECT {JOB_COLUMNS} {_JOB_MATCHES} ORDER BY enqueue_position DESC LIMIT ?8"
+JOB_COUNT = f"SELECT count(*) FROM (SELECT 1 {_JOB_MATCHES} LIMIT ?8)"
 
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
 EVENTS_AFTER = (
