@@ -303,7 +303,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InvalidInput(f"evq web needs its extra ({exc.name} is missing): "
                            "pip install 'evq[web]'") from None
-    serve(ledger_spec(args), args.host, args.port, read_only=args.read_only)
+    spec = ledger_spec(args)
+    serve(spec, args.host, args.port, read_only=args.read_only,
+          ready=lambda url: _out(f"evq web: {url} shows {audit.printable(ledger_of(args).location)}"
+                                 f"{' (read-only)' if args.read_only else ''}; Ctrl-C stops it"))
     return EXIT_OK
 
 

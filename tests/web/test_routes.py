@@ -668,3 +668,37 @@ async def test_a_verify_that_cannot_run_says_why_on_the_health_page(
     assert page.status_code == 200
     assert "Verify could not run: OSError: [Errno 28] No space left on device" in page.text
     assert ">Verify now</button>" in page.text  # and it can be run again
+
+
+async def test_evq_web_says_where_it_serves_and_ctrl_c_stops_it(filled: Any, db: Path) -> None:
+    import signal
+    import socket
+
+    with socket.socket() as probe:  # a port free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "evq", "web", "--db", str(db), "--port", str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line.startswith(f"evq web: http://127.0.0.1:{port} shows {db}"), line
+        async with httpx.AsyncClient() as http:  # it listens before it says so
+            answer = await http.get(f"http://127.0.0.1:{port}/healthz")
+        assert answer.text == "ok\n"
+        taken = await asyncio.create_subprocess_exec(  # the port is taken: said, exit 2
+            sys.executable, "-m", "evq", "web", "--db", str(db), "--port", str(port),
+            stderr=asyncio.subprocess.PIPE)
+        assert taken.stderr is not None
+        assert await asyncio.wait_for(taken.wait(), 30) == 2
+        said = (await taken.stderr.read()).decode()
+        assert "cannot listen" in said and "Traceback" not in said
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 130  # "interrupted", as documented
+        assert proc.stderr is not None
+        assert b"Traceback" not in await proc.stderr.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
