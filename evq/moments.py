@@ -23,3 +23,9 @@ def moment(text: str, what: str) -> float:
     except InvalidTime as exc:
         raise InvalidTime(f"{exc}; or say how long ago, such as 90s, 15m, 1h or 2d"
                           ) from None
+
+
+def is_ago(text: str) -> bool:
+    """Whether a typed time says how long ago (`1h`), so that it means another moment
+    each time it is read."""
+    return _AGO.fullmatch(text.strip()) is not None

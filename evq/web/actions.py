@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 
 from .. import admin, audit
 from .guard import csrf_ok, same_origin
-from .pages import Forbidden, render, site_of, text_of
+from .pages import Forbidden, NotFound, render, site_of, text_of
 from .site import job_path
 
 ACTIONS: dict[str, Callable[..., Any]] = {
@@ -22,9 +22,12 @@ WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete"}
 DEFAULT_REASON = "from the dashboard"
 
 
-def unknown_action(request: Request, action: str) -> Response:
-    return render(request, "error.html", 404, title="Not found",
-                  message=f"there is no action {action!r}")
+def action_of(request: Request) -> str:
+    """The job action a request's path names (NotFound for another word)."""
+    action: str = request.path_params["action"]
+    if action not in ACTIONS:
+        raise NotFound(f"there is no action {action!r}")
+    return action
 
 
 async def checked_form(request: Request, *, acting: bool = True) -> Any:
@@ -50,8 +53,7 @@ async def pause(request: Request) -> Response:
     site = site_of(request)
     how = request.path_params["how"]
     if how not in ("pause", "resume"):
-        return render(request, "error.html", 404, title="Not found",
-                      message=f"a queue can be paused or resumed, not {how!r}")
+        raise NotFound(f"a queue can be paused or resumed, not {how!r}")
     form = await checked_form(request)
     queue = text_of(form, "queue") or ""
     paused = how == "pause"
@@ -62,9 +64,7 @@ async def pause(request: Request) -> Response:
 
 async def act(request: Request) -> Response:
     site = site_of(request)
-    action = request.path_params["action"]
-    if action not in ACTIONS:
-        return unknown_action(request, action)
+    action = action_of(request)
     form = await checked_form(request)
     given_id = form.get("job_id")
     job_id = await site.read(audit.resolve_job_id, site.ledger,

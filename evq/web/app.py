@@ -77,9 +77,9 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
     return web
 
 
-_STATUS = ((UnknownJob, 404), (InvalidInput, 400), (pages.Forbidden, 403),
-           (JobStateConflict, 409), (DuplicateJob, 409), (LedgerNotFound, 503),
-           (LedgerUnavailable, 503))
+_STATUS = ((UnknownJob, 404), (pages.NotFound, 404), (InvalidInput, 400),
+           (pages.Forbidden, 403), (JobStateConflict, 409), (DuplicateJob, 409),
+           (LedgerNotFound, 503), (LedgerUnavailable, 503))
 
 
 async def _shown(request: Request, exc: Exception) -> Response:

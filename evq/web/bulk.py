@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..errors import EvqError, InvalidInput
-from .actions import ACTIONS, DEFAULT_REASON, WHAT, checked_form, unknown_action
+from .actions import ACTIONS, DEFAULT_REASON, WHAT, action_of, checked_form
 from .pages import job_query, render, site_of, text_of
 
 MOST = 10_000  # jobs one bulk action may take
@@ -47,9 +47,7 @@ def _kept(site: Any) -> dict[str, Selection]:
 
 async def bulk(request: Request) -> Response:
     site = site_of(request)
-    action = request.path_params["action"]
-    if action not in ACTIONS:
-        return unknown_action(request, action)
+    action = action_of(request)
     form = await checked_form(request)
     selections = _kept(site)
     key = text_of(form, "key")

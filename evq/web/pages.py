@@ -22,7 +22,7 @@ from ..events import TIME_STEP, EventKind
 from ..jobs import JobState
 from ..ledger import Ledger
 from ..ledger.audit_records import JobFilter, JobQuery
-from ..moments import moment
+from ..moments import is_ago, moment
 from .site import Site
 from .travel import Moment
 
@@ -37,6 +37,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class Forbidden(EvqError):
     """A request the dashboard refuses (read-only, or a form it did not make)."""
+
+
+class NotFound(EvqError):
+    """A page or an action the dashboard does not have."""
 
 
 def site_of(request: Request) -> Site:
@@ -86,7 +90,7 @@ async def moment_of(request: Request) -> Moment | None:
         sealed = await site.read(_last_seal_upto, site.ledger, found)
         # A time given as how long ago is kept as the time it was when first read, so
         # that every link goes on showing the same moment.
-        shown = datetime.fromtimestamp(asked, UTC).isoformat() if _AGO.fullmatch(at) else at
+        shown = datetime.fromtimestamp(asked, UTC).isoformat() if is_ago(at) else at
         return Moment(sealed, shown, "at", asked + TIME_STEP)
     if upto is not None:
         position = whole(upto, "upto", 1)
@@ -96,8 +100,6 @@ async def moment_of(request: Request) -> Moment | None:
         return Moment(sealed, upto, "upto", None)
     return None
 
-
-_AGO = re.compile(r"\s*\d+(?:\.\d+)?[smhd]\s*")
 
 
 

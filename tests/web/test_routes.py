@@ -443,6 +443,9 @@ async def test_any_job_id_gets_a_working_link_and_bad_input_a_400(db: Path) -> N
                 assert bad.status_code == 400, params
                 assert 'role="alert"' in bad.text and "Traceback" not in bad.text
             assert (await http.get("/job", params={"id": "a\x00b"})).status_code == 404
+            for path in ("/actions/explode", "/bulk/explode", "/queues/explode"):
+                unknown = await http.post(path, data={})
+                assert unknown.status_code == 404 and 'role="alert"' in unknown.text, path
 
 
 async def test_travelling_back_shows_the_ledger_as_it_stood_then(filled: Any) -> None:
