@@ -45,11 +45,13 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
             "p99": round(cuts[98], 3)}
 
 
-def compute(ledger: Ledger, since: float | None, until: float | None
-            ) -> tuple[dict[str, QueueStats], float]:
+def compute(ledger: Ledger, since: float | None, until: float | None,
+            most: int | None = None) -> tuple[dict[str, QueueStats], float]:
     """Stats per queue for events in [since, until]; also the window's length in seconds.
     Wait is from enqueue (or a later run_at) to the start of the first attempt; run time
-    from the start of an attempt to its outcome.
+    from the start of an attempt to its outcome. With `most`, only the window's newest
+    `most` events are read (a bounded time on a busy ledger): the window then begins at
+    the first of them, and the length returned says so.
 
     Reads only the window: its first event is found by time (`Ledger.last_position`),
     the reading stops at the first event after it, and the events of jobs enqueued
@@ -62,6 +64,10 @@ def compute(ledger: Ledger, since: float | None, until: float | None
     first_at = last_at = None
     # From just before `since`: an event's time is read to the microsecond (Event.at).
     after = 0 if since is None else ledger.last_position(at=since - TIME_STEP)
+    if most is not None:  # only the window's newest `most` events: it starts at them
+        newest = ledger.last_position(at=until)
+        if newest - after > most:
+            after, since = newest - most, None
     for event in ledger.read_events(after):
         at = event.timestamp
         if until is not None and at > until:

@@ -123,10 +123,13 @@ class JobFilter:
 
 @attrs.frozen
 class JobQuery:
-    """A page of current jobs, newest first: each criterion None matches any job.
-    `before`: only jobs enqueued at an earlier position (the next page starts at the
-    last one shown); `since`/`until`: enqueued within these epoch times; `text`: the
-    enqueue event's data (the payload and options, as stored JSON) holds this text."""
+    """A page of current jobs, newest first (in enqueue order): each criterion None
+    matches any job. `before`: only jobs enqueued at an earlier position (the next page
+    starts at the last one shown); `since`/`until`: enqueued within these epoch times;
+    `text`: the enqueue event's data (the payload and options, as stored JSON) holds this
+    text. `scan`: look at no more than this many of the newest jobs in the state (or of
+    any state) before `before` (None: at all of them), so that criteria no index serves
+    (queue, name, times, text) take a bounded time; the page says where it stopped."""
 
     state: str | None = None
     queue: str | None = None
@@ -136,6 +139,18 @@ class JobQuery:
     until: float | None = None
     text: str | None = None
     limit: int = 50
+    scan: int | None = None
+
+
+@attrs.frozen
+class JobPage:
+    """The jobs a JobQuery found, newest first, and `searched_to`: when the search
+    stopped at `scan` jobs with the page not full, the enqueue position of the oldest job
+    it looked at (search again before it for older matches); None when no job older than
+    the page's last was left unexamined."""
+
+    jobs: list[JobRecord]
+    searched_to: int | None = None
 
 
 @attrs.frozen

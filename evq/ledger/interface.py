@@ -263,7 +263,7 @@ class Ledger(Protocol):
     def find_jobs(self, wanted: audit_records.JobFilter) -> list[JobRecord]:
         """Current jobs as `wanted` says, oldest first."""
 
-    def job_page(self, query: audit_records.JobQuery) -> list[JobRecord]:
+    def job_page(self, query: audit_records.JobQuery) -> audit_records.JobPage:
         """A page of current jobs matching `query`, newest first."""
 
     def count_jobs(self, query: audit_records.JobQuery) -> int:

@@ -54,7 +54,7 @@ async def bulk(request: Request) -> Response:
     if key is None:  # count and remember them, then ask
         filters = {name: value for name in _FILTERS if (value := text_of(form, name))}
         query = attrs.evolve(job_query(QueryParams(filters)), limit=MOST)
-        found = await site.read(site.ledger.job_page, query)
+        found = (await site.read(site.ledger.job_page, query)).jobs
         key = secrets.token_urlsafe(16)
         selections[key] = Selection(action, filters, [job.id for job in found], time.time())
         return render(request, "bulk.html", title=f"{WHAT[action]}: every job matching",

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -28,7 +29,9 @@ from .travel import Moment
 
 STATES = [state.value for state in JobState]
 FIGURES_OVER = 900.0  # seconds of events the overview's figures cover
+FIGURES_FROM = 5_000  # events at most (about 1,000 jobs): on a busy ledger, the newest seconds
 PAGE = 50
+SCANNED = 10_000  # jobs a search beyond the state looks at per page, at most
 MOST_PER_PAGE = 500
 LONGEST_TEXT = 1000
 LARGEST = 2**63 - 1  # positions are 64-bit
@@ -125,11 +128,12 @@ async def overview(request: Request) -> Response:
     if travel is not None and end is None:  # a position: the figures end at its time
         end = await site.read(_time_at, ledger, travel.position)
     found, window = await site.read(
-        stats.compute, ledger, None if end is None else end - FIGURES_OVER, end)
+        stats.compute, ledger, None if end is None else end - FIGURES_OVER, end,
+        FIGURES_FROM)
     figures = [found[name].as_dict(window) for name in sorted(found)]
     return render(request, "overview.html", title="Overview", live=travel is None,
                   moment=travel, queues=queues, totals=totals, states=STATES,
-                  figures=figures, minutes=FIGURES_OVER / 60)
+                  figures=figures, minutes=window / 60)
 
 
 def _last_seal_upto(ledger: Ledger, position: int) -> int:
@@ -165,17 +169,31 @@ def _path_and_query(url: Any) -> str:
 
 
 async def jobs(request: Request) -> Response:
+    """A page of the jobs list. Criteria beyond the state (which an index serves) look at
+    the newest SCANNED jobs at most, so a page takes a bounded time on any ledger; when
+    they stop short, the page says so and links to the search's next stretch."""
     site = site_of(request)
     query = job_query(request.query_params)
+    if (query.queue, query.name, query.text, query.since, query.until) != (None,) * 5:
+        query = attrs.evolve(query, scan=SCANNED)
     ledger, travel = await ledger_of(request)
     found = await site.read(ledger.job_page, query)
     older = None
-    if len(found) == query.limit:
-        older = _path_and_query(request.url.include_query_params(
-            before=found[-1].enqueue_position))
+    if found.jobs and len(found.jobs) == query.limit:
+        older = found.jobs[-1].enqueue_position
+    searched = found.searched_to
     return render(request, "jobs.html", title="Jobs", live=travel is None, moment=travel,
-                  jobs=found, states=STATES, form=request.query_params, older=older,
+                  jobs=found.jobs, states=STATES, form=request.query_params,
+                  older=_before(request, older), searched=_before(request, searched),
+                  scanned=SCANNED,
                   newest=_path_and_query(request.url.remove_query_params("before")))
+
+
+def _before(request: Request, position: int | None) -> str | None:
+    """This page's URL going on before `position`."""
+    if position is None:
+        return None
+    return _path_and_query(request.url.include_query_params(before=position))
 
 
 async def job_id_of(request: Request, ledger: Ledger) -> str:

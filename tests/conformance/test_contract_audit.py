@@ -283,7 +283,7 @@ async def test_a_page_of_jobs_is_what_filtering_every_job_gives(ledger: Ledger,
     payloads = {e.job_id: e.data for e in await all_events(ledger) if e.kind == "enqueue"}
 
     def page(**wanted: object) -> list[str]:
-        return [j.id for j in ledger.job_page(audit_records.JobQuery(**wanted))]  # type: ignore[arg-type]
+        return [j.id for j in ledger.job_page(audit_records.JobQuery(**wanted)).jobs]  # type: ignore[arg-type]
 
     assert page(limit=1000) == [j.id for j in everyone]
     assert page(limit=2) == [j.id for j in everyone[:2]]
@@ -303,7 +303,24 @@ async def test_a_page_of_jobs_is_what_filtering_every_job_gives(ledger: Ledger,
                    {"text": "Zürich <b>", "limit": 1000}, {"limit": 2},
                    {"since": at[later.id], "limit": 1000}):
         query = audit_records.JobQuery(**wanted)  # type: ignore[arg-type]
-        assert ledger.count_jobs(query) == len(ledger.job_page(query)), wanted
+        assert ledger.count_jobs(query) == len(ledger.job_page(query).jobs), wanted
+    # A bounded search looks at no more than `scan` jobs, and says where it stopped when
+    # it stopped short: searching on from there finds the rest, the same jobs in order.
+    geo = [later.id, *[j.id for j in extra][::-1]]
+    assert page(queue="geo") == geo
+    first = ledger.job_page(audit_records.JobQuery(queue="geo", scan=2))
+    assert [j.id for j in first.jobs] == geo[:2]
+    assert first.searched_to == everyone[1].enqueue_position
+    assert ledger.job_page(audit_records.JobQuery(queue="geo", scan=2, limit=2)
+                           ).searched_to is None  # a full page goes on from its last job
+    found, before = [j.id for j in first.jobs], first.searched_to
+    while before is not None:
+        more = ledger.job_page(audit_records.JobQuery(queue="geo", scan=2, before=before))
+        found += [j.id for j in more.jobs]
+        before = more.searched_to
+    assert found == geo
+    assert ledger.job_page(audit_records.JobQuery(queue="geo", scan=1000)).searched_to is None
+    assert ledger.job_page(audit_records.JobQuery(state="failed", scan=1)).searched_to is None
     counts = ledger.job_counts()
     expected: dict[tuple[str, str], int] = {}
     for job in everyone:

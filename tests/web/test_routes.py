@@ -75,6 +75,32 @@ async def test_the_overview_counts_jobs_by_queue_and_state(filled: Any) -> None:
     assert "100.0%" in text  # geo's error rate over the last minutes
 
 
+async def test_a_search_beyond_the_state_looks_at_a_bounded_stretch_and_goes_on(
+        filled: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A filter no index serves looks at SCANNED jobs per page (10,000; 2 here), says so
+    # when it found too few, and links to the next stretch, keeping the filter.
+    ctx, jobs = filled
+    monkeypatch.setattr(evq.web.pages, "SCANNED", 2)
+    async with client(evq.web.app(ctx)) as http:
+        page = await http.get("/jobs", params={"queue": "geo"})
+        found: list[str] = []
+        stretches = 0
+        while True:
+            found += ids_in(page.text)
+            stretches += 1
+            link = re.search(r'href="([^"]+)" rel="next">Search older jobs', page.text)
+            if link is None:
+                break
+            assert "among the 2 jobs looked at" in page.text
+            assert "queue=geo" in link.group(1)
+            page = await http.get(link.group(1).replace("&amp;", "&"))
+        assert found == [jobs["failed"]]
+        assert stretches == 4  # 7 jobs, 2 at a time
+        # The state alone is served by an index: no bound, every match at once.
+        assert ids_in((await http.get("/jobs", params={"state": "expired"})).text) == [
+            jobs["failed"]]
+
+
 async def test_the_jobs_list_filters_pages_and_keeps_its_filter(filled: Any) -> None:
     ctx, jobs = filled
     async with client(evq.web.app(ctx)) as http:

@@ -20,11 +20,17 @@ from . import sql as pg_sql
 
 
 def _translations() -> dict[str, str | None]:
+    """Each statement's text in SQLite -> in PostgreSQL; a family of statements (a
+    dictionary under one name) by its keys."""
     table: dict[str, str | None] = {}
     for name in dir(sqlite_sql):
         text = getattr(sqlite_sql, name)
         if name.isupper() and isinstance(text, str):
             table[text] = getattr(pg_sql, name, None)
+        elif name.isupper() and isinstance(text, dict):
+            theirs = getattr(pg_sql, name, {})
+            for key, each in text.items():
+                table[each] = theirs.get(key)
     return table
 
 

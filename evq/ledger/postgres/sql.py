@@ -312,18 +312,47 @@ LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 COUNT_JOBS_BY_QUEUE_STATE = (
     "SELECT queue, state, count(*) FROM evq_jobs GROUP BY queue, state ORDER BY queue, state")
-# The jobs JobQuery's criteria match (strpos(data, '') is 1: no text, every job).
-_JOB_MATCHES = (
-    "FROM evq_jobs AS j WHERE state = coalesce(%s::text, state) "
-    "AND queue = coalesce(%s::text, queue) AND name = coalesce(%s::text, name) "
-    "AND enqueue_position < coalesce(%s::bigint, 9223372036854775807) "
-    "AND enqueued_at >= coalesce(%s::float8, '-infinity') "
-    "AND enqueued_at <= coalesce(%s::float8, 'infinity') AND EXISTS (SELECT 1 FROM "
-    "evq_events AS e WHERE e.position = j.enqueue_position "
-    "AND strpos(e.data, coalesce(%s::text, '')) > 0) "
+# The dashboard's jobs list (see the SQLite module): the parameters bound once in `w`.
+_CANDIDATE_WINDOW = (
+    "WITH w AS (SELECT %s::bigint AS w_before, nullif(greatest(%s::bigint, -1), -1) "
+    "AS w_most"
 )
-JOB_PAGE = f"SELECT {JOB_COLUMNS} {_JOB_MATCHES} ORDER BY enqueue_position DESC {_LIMIT}"
-JOB_COUNT = f"SELECT count(*) FROM (SELECT 1 {_JOB_MATCHES} {_LIMIT}) AS matching"
+_JOB_WINDOW = (
+    f"{_CANDIDATE_WINDOW}, %s::text AS w_queue, %s::text AS w_name, %s::float8 AS w_since, "
+    "%s::float8 AS w_until, %s::text AS w_text, %s::bigint AS w_limit) "
+)
+
+
+def _newest(states: tuple[str, ...]) -> str:
+    arms = " UNION ALL ".join(
+        "(SELECT id AS candidate, enqueue_position AS candidate_at FROM evq_jobs, w "
+        f"WHERE state = '{state}' AND enqueue_position < w_before "
+        "ORDER BY enqueue_position DESC LIMIT (SELECT w_most FROM w))" for state in states)
+    return (f"SELECT * FROM ({arms}) AS arms "
+            "ORDER BY candidate_at DESC LIMIT (SELECT w_most FROM w)")
+
+
+def _job_page(states: tuple[str, ...]) -> str:
+    return (f"{_JOB_WINDOW} SELECT {JOB_COLUMNS} FROM ({_newest(states)}) AS n "
+            "JOIN evq_jobs AS j ON j.id = n.candidate CROSS JOIN w "
+            "WHERE (w_queue IS NULL OR j.queue = w_queue) "
+            "AND (w_name IS NULL OR j.name = w_name) "
+            "AND (w_since IS NULL OR j.enqueued_at >= w_since) "
+            "AND (w_until IS NULL OR j.enqueued_at <= w_until) "
+            "AND (w_text IS NULL OR EXISTS (SELECT 1 FROM evq_events AS e "
+            "WHERE e.position = j.enqueue_position AND strpos(e.data, w_text) > 0)) "
+            "ORDER BY n.candidate_at DESC LIMIT (SELECT w_limit FROM w)")
+
+
+def _candidates(states: tuple[str, ...]) -> str:
+    return (f"{_CANDIDATE_WINDOW}) SELECT count(*), min(candidate_at) "
+            f"FROM ({_newest(states)}) AS candidates")
+
+
+JOB_PAGES = {state: _job_page((state,)) for state in _sqlite.JOB_STATES} | {
+    None: _job_page(_sqlite.JOB_STATES)}
+JOB_CANDIDATES = {state: _candidates((state,)) for state in _sqlite.JOB_STATES} | {
+    None: _candidates(_sqlite.JOB_STATES)}
 
 EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > %s ORDER BY position {_LIMIT}"

@@ -22,6 +22,7 @@ from ..audit_records import (
     FlowTree,
     JobFilter,
     JobLabel,
+    JobPage,
     JobQuery,
     StorageSize,
     WorkerSeen,
@@ -134,12 +135,19 @@ class AuditSide(EngineBase):
                     if live is None else conn.execute(live, (wanted.queue, limit)))
             return [JobRecord.from_row(tuple(row)) for row in rows]
 
-    def job_page(self, query: JobQuery) -> list[JobRecord]:
+    def job_page(self, query: JobQuery) -> JobPage:
+        checked = (query.queue, query.name, query.since, query.until, query.text)
+        # With nothing to check, the candidates are the page.
+        most = (query.limit if checked == (None,) * 5 else
+                -1 if query.scan is None else query.scan)
+        window = (sql.LARGEST_POSITION if query.before is None else query.before, most)
         with self._checked() as conn:
-            rows = conn.execute(sql.JOB_PAGE, (
-                query.state, query.queue, query.name, query.before, query.since,
-                query.until, query.text, query.limit))
-            return [JobRecord.from_row(tuple(row)) for row in rows]
+            rows = conn.execute(sql.JOB_PAGES[query.state], (*window, *checked, query.limit))
+            found = [JobRecord.from_row(tuple(row)) for row in rows]
+            if most in (-1, query.limit) or len(found) == query.limit:
+                return JobPage(found)
+            looked, oldest = conn.execute(sql.JOB_CANDIDATES[query.state], window).fetchone()
+        return JobPage(found, int(oldest) if looked == query.scan else None)
 
     def workers(self) -> list[WorkerSeen]:
         with self._checked() as conn:
@@ -162,10 +170,7 @@ class AuditSide(EngineBase):
         return StorageSize(_size(Path(self.path)) + wal_bytes, wal_bytes)
 
     def count_jobs(self, query: JobQuery) -> int:
-        with self._checked() as conn:
-            return int(conn.execute(sql.JOB_COUNT, (
-                query.state, query.queue, query.name, query.before, query.since,
-                query.until, query.text, query.limit)).fetchone()[0])
+        return len(self.job_page(query).jobs)
 
     def job_counts(self) -> list[tuple[str, str, int]]:
         with self._checked() as conn:

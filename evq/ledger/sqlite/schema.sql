@@ -132,6 +132,12 @@ CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
 -- hook runners that died) while they serve, not only when they start.
 CREATE INDEX evq_jobs_hooks ON evq_jobs (lease_until)
     WHERE hook_state = 'due' OR hook_state = 'running';
+-- The jobs of a state newest first (the dashboard's lists, a page at a time; every
+-- state's ranges merged give all jobs newest first). NOCASE, which states (lowercase
+-- words) do not feel, keeps the planner from taking it for the runtime's `state = ...`
+-- queries, which their partial indexes serve better: only a query that asks for NOCASE
+-- reads it.
+CREATE INDEX evq_jobs_by_state ON evq_jobs (state COLLATE NOCASE, enqueue_position);
 
 -- Flows: one row per parent -> child edge, opened by the parent's `wait` event and
 -- settled by `child` events. state: open, succeeded, failed (blocks the parent),
@@ -480,4 +486,4 @@ END;
 
 
 -- === The version this script creates: the number of the last migration ===============
-INSERT OR REPLACE INTO evq_meta (key, value) VALUES ('schema_version', '4');
+INSERT OR REPLACE INTO evq_meta (key, value) VALUES ('schema_version', '5');

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ...jobs import JobState
+
 # --- pragmas -------------------------------------------------------------------------
 # No connection checkpoints on its own (SQLite 3.40's WAL-reset bug); writers run
 # TRUNCATE checkpoints deliberately (wal.py). trusted_schema stays at its
@@ -234,30 +236,69 @@ LIST_JOBS_WHERE = (
 )
 # LIST_JOBS_WHERE for a live state (queue, limit), the state written out so that the
 # planner reads only that state's partial index: as fast as there are such jobs, however
-# many have finished.
+# many have finished (`+` keeps it off evq_jobs_newest, which would walk them all).
 _LIST_JOBS_IN = (
     f"SELECT * FROM (SELECT {JOB_COLUMNS} FROM evq_jobs WHERE state = '{{state}}' "
-    "AND (?1 IS NULL OR queue = ?1) ORDER BY enqueue_position DESC LIMIT ?2) "
+    "AND (?1 IS NULL OR queue = ?1) ORDER BY +enqueue_position DESC LIMIT ?2) "
     "ORDER BY enqueue_position"
 )
 LIST_PENDING_JOBS = _LIST_JOBS_IN.format(state="pending")
 LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
-COUNT_JOBS_BY_QUEUE_STATE = (
-    "SELECT queue, state, count(*) FROM evq_jobs GROUP BY queue, state ORDER BY queue, state")
-# The jobs a JobQuery's criteria match (for the dashboard): state, queue, name (NULL:
-# any), enqueued before a position (NULL: from the newest), enqueued at or after and at
-# or before a time, the enqueue event's data holding a text (NULL: any).
-_JOB_MATCHES = (
-    "FROM evq_jobs AS j WHERE (?1 IS NULL OR state = ?1) "
-    "AND (?2 IS NULL OR queue = ?2) AND (?3 IS NULL OR name = ?3) "
-    "AND (?4 IS NULL OR enqueue_position < ?4) AND (?5 IS NULL OR enqueued_at >= ?5) "
-    "AND (?6 IS NULL OR enqueued_at <= ?6) AND (?7 IS NULL OR EXISTS (SELECT 1 FROM "
-    "evq_events AS e WHERE e.position = j.enqueue_position AND instr(e.data, ?7) > 0)) "
+# Jobs by queue and state, each from an index that holds the queue: the live states'
+# partial indexes, evq_jobs_finished (covering) for finished ones, and the few waiting
+# parents through evq_jobs_by_state.
+COUNT_JOBS_BY_QUEUE_STATE = """
+SELECT queue, 'pending', count(*) FROM evq_jobs WHERE state = 'pending' GROUP BY queue
+UNION ALL
+SELECT queue, 'running', count(*) FROM evq_jobs WHERE state = 'running' GROUP BY queue
+UNION ALL
+SELECT queue, 'waiting', count(*) FROM evq_jobs WHERE state = 'waiting' COLLATE NOCASE
+GROUP BY queue
+UNION ALL
+SELECT queue, state, count(*) FROM evq_jobs WHERE finished_at IS NOT NULL
+    AND state IN ('succeeded', 'failed', 'expired', 'cancelled') GROUP BY queue, state
+ORDER BY 1, 2
+"""
+JOB_STATES = tuple(state.value for state in JobState)
+LARGEST_POSITION = 2**63 - 1  # positions are 64-bit
+
+
+# The dashboard's jobs list. Its candidates: the newest jobs enqueued before position ?1,
+# at most ?2 (-1: all), of the given states: one range of evq_jobs_by_state per state,
+# merged newest first, so a page reads about as many index entries as it shows.
+def _newest(states: tuple[str, ...]) -> str:
+    arms = " UNION ALL ".join(
+        "SELECT * FROM (SELECT id AS candidate, enqueue_position AS p FROM evq_jobs "
+        f"WHERE state = '{state}' COLLATE NOCASE AND enqueue_position < ?1 "
+        "ORDER BY enqueue_position DESC LIMIT ?2)" for state in states)
+    return f"{arms} ORDER BY p DESC LIMIT ?2"
+
+
+# The criteria no index serves, checked on each candidate: queue, name, enqueued at or
+# after ?5 and at or before ?6, the enqueue event's data holding a text (NULL: any).
+_JOB_CHECKS = (
+    "(?3 IS NULL OR j.queue = ?3) AND (?4 IS NULL OR j.name = ?4) "
+    "AND (?5 IS NULL OR j.enqueued_at >= ?5) AND (?6 IS NULL OR j.enqueued_at <= ?6) "
+    "AND (?7 IS NULL OR EXISTS (SELECT 1 FROM evq_events AS e "
+    "WHERE e.position = j.enqueue_position AND instr(e.data, ?7) > 0))"
 )
-# A page of them, newest first, at most ?8; how many (counting at most ?8).
-JOB_PAGE = f"SELECT {JOB_COLUMNS} {_JOB_MATCHES} ORDER BY enqueue_position DESC LIMIT ?8"
-JOB_COUNT = f"SELECT count(*) FROM (SELECT 1 {_JOB_MATCHES} LIMIT ?8)"
+
+
+def _job_page(states: tuple[str, ...]) -> str:
+    return (f"SELECT {JOB_COLUMNS} FROM ({_newest(states)}) AS n "
+            f"JOIN evq_jobs AS j ON j.id = n.candidate WHERE {_JOB_CHECKS} "
+            "ORDER BY n.p DESC LIMIT ?8")
+
+
+# By state (None: any state). A page: the candidates that pass the checks, newest
+# first, at most ?8. The candidates (?1, ?2 only): how many, and the oldest's position.
+JOB_PAGES = {state: _job_page((state,)) for state in JOB_STATES} | {
+    None: _job_page(JOB_STATES)}
+JOB_CANDIDATES = {state: f"SELECT count(*), min(p) FROM ({_newest((state,))})"
+                  for state in JOB_STATES} | {
+    None: f"SELECT count(*), min(p) FROM ({_newest(JOB_STATES)})"}
+
 
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
 EVENTS_AFTER = (
@@ -348,7 +389,10 @@ IMPORT_EVENT = f"INSERT INTO evq_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?,
 # taken in.)
 # The first and last positions held (NULLs when none), and the first event at or after a
 # position: what a search by time needs (`at` never decreases in position order).
-POSITION_BOUNDS = "SELECT min(position), max(position) FROM evq_events"
+# Two subqueries: SQLite reads min() or max() from the index's end only when it is the
+# statement's one aggregate (both in one SELECT scan the whole table).
+POSITION_BOUNDS = (
+    "SELECT (SELECT min(position) FROM evq_events), (SELECT max(position) FROM evq_events)")
 EVENT_AT_OR_AFTER = (
     "SELECT position, at FROM evq_events WHERE position >= ? ORDER BY position LIMIT 1")
 SOURCE_EVENTS_AFTER = (

@@ -1,0 +1,32 @@
+"""The figures over a window (evq stats, the dashboard's overview) read a bounded number
+of events when asked to: the window then starts at the first of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import evq
+from evq import stats
+from evq.ledger import open_ledger
+
+
+async def test_at_most_the_newest_events_of_a_window_are_read(db: Path) -> None:
+    clock = evq.FakeClock()
+    async with evq.Context(db, clock=clock) as ctx:
+        ctx.define("ok", lambda p: None, queue="q")
+        for _ in range(10):  # one job a second: enqueue, then run and succeed
+            await ctx.enqueue("ok", None)
+            await ctx.drain()
+            clock.advance(1.0)
+    ledger = open_ledger(db)
+    end = clock.now()
+    events = list(ledger.read_events(0))
+    whole, window = stats.compute(ledger, end - 100, end)
+    assert whole["q"].succeeded == 10 and window == 100
+    newest = events[-12:]  # fewer events than the window holds: it starts at them
+    found, cut = stats.compute(ledger, end - 100, end, most=12)
+    assert cut == end - newest[0].timestamp
+    assert found["q"].succeeded == sum(e.kind == "success" for e in newest)
+    assert 0 < found["q"].succeeded < 10
+    untouched, window = stats.compute(ledger, end - 100, end, most=len(events))
+    assert untouched["q"].succeeded == 10 and window == 100
