@@ -272,6 +272,16 @@ class Ledger(Protocol):
     def job_counts(self) -> list[tuple[str, str, int]]:
         """How many current jobs each queue holds in each state: (queue, state, n)."""
 
+    def finished_over_time(self, since: float, until: float, step: float
+                           ) -> list[tuple[int, str, int]]:
+        """How many of the current jobs finished in each `step` seconds from `since` to
+        `until`, by final state: (slot, state, n), slot 0 starting at `since`, in order.
+        Read from the jobs (an index), not the events: cleaned-up jobs are not counted."""
+
+    def backlog(self, now: float) -> list[tuple[str, int, float]]:
+        """Per queue, the pending jobs due at `now` (not scheduled later): (queue, how
+        many, the earliest time one of them became due), by queue."""
+
     def workers(self) -> list[audit_records.WorkerSeen]:
         """Every worker that announced itself, by name."""
 

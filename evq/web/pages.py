@@ -24,11 +24,13 @@ from ..jobs import JobState
 from ..ledger import Ledger
 from ..ledger.audit_records import JobFilter, JobQuery
 from ..moments import is_ago, moment
+from . import charts
 from .site import Site
 from .travel import Moment
 
 STATES = [state.value for state in JobState]
 FIGURES_OVER = 900.0  # seconds of events the overview's figures cover
+CHART_STEP, CHART_SLOTS = 60.0, 60  # the chart: jobs finished per minute, for an hour
 FIGURES_FROM = 5_000  # events at most (about 1,000 jobs): on a busy ledger, the newest seconds
 PAGE = 50
 SCANNED = 10_000  # jobs a search beyond the state looks at per page, at most
@@ -131,9 +133,16 @@ async def overview(request: Request) -> Response:
         stats.compute, ledger, None if end is None else end - FIGURES_OVER, end,
         FIGURES_FROM)
     figures = [found[name].as_dict(window) for name in sorted(found)]
+    now = time.time() if end is None else end
+    first = (now // CHART_STEP - CHART_SLOTS + 1) * CHART_STEP  # whole minutes, this one last
+    finished = await site.read(ledger.finished_over_time, first,
+                               first + CHART_SLOTS * CHART_STEP, CHART_STEP)
+    backlog = [(queue, n, now - oldest)
+               for queue, n, oldest in await site.read(ledger.backlog, now)]
     return render(request, "overview.html", title="Overview", live=travel is None,
                   moment=travel, queues=queues, totals=totals, states=STATES,
-                  figures=figures, minutes=window / 60)
+                  figures=figures, minutes=window / 60, backlog=backlog,
+                  chart=charts.finished_chart(finished, first, CHART_STEP, CHART_SLOTS))
 
 
 def _last_seal_upto(ledger: Ledger, position: int) -> int:

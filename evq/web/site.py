@@ -54,6 +54,17 @@ def when(moment: object) -> str:
     return "-" if moment is None else audit.fmt_time(moment)
 
 
+def duration(seconds: float) -> str:
+    """How long, at a glance: 45s, 12m 5s, 3h 20m, 2d 4h."""
+    whole = max(0, int(seconds))
+    for size, unit, smaller, small_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"),
+                                            (60, "m", 1, "s")):
+        if whole >= size:
+            rest = whole % size // smaller
+            return f"{whole // size}{unit}" + (f" {rest}{small_unit}" if rest else "")
+    return f"{whole}s"
+
+
 def link(request: Request, name: str, query: dict[str, Any] | None = None,
          moment: Moment | None = None, **params: Any) -> str:
     """The path of page `name` with `query`, keeping `moment` (where a page travelled)."""
@@ -88,7 +99,7 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("evq.web", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(shown=audit.printable, visible=visible, pretty=pretty, when=when,
-                       short=audit.short_id, describe=audit.describe)
+                       short=audit.short_id, describe=audit.describe, duration=duration)
     env.globals.update(href=href, now_url=now_url)
     return env
 

@@ -358,3 +358,34 @@ def test_a_missing_ledger_is_refused_and_migrate_creates_it(engine: EngineKit,
     handle.check_schema()
     sound(handle.verify())
     assert handle.schema_text().strip() != ""
+
+
+async def test_finished_jobs_over_time_and_the_backlog_are_what_the_jobs_say(
+        ledger: Ledger, clock: evq.FakeClock) -> None:
+    # The dashboard's chart and backlog, against the same figures made by hand from
+    # every job: finished per slot and state, and the pending jobs due now per queue.
+    await some_history(ledger, clock)
+    later = new_job(clock, queue="geo", delay=3600)  # scheduled: not due
+    await ledger.enqueue([later, new_job(clock, queue="geo")])
+    everyone = await ledger.jobs()
+    finished = [j for j in everyone if j.finished_at is not None
+                and j.state.value in ("succeeded", "failed", "expired", "cancelled")]
+    assert finished
+    start = min(j.finished_at.timestamp() for j in finished) - 1
+    for step in (1.0, 5.0, 60.0):
+        expected: dict[tuple[int, str], int] = {}
+        for job in finished:
+            slot = int((job.finished_at.timestamp() - start) // step)
+            expected[(slot, job.state.value)] = expected.get((slot, job.state.value), 0) + 1
+        found = ledger.finished_over_time(start, start + 3600, step)
+        assert {(slot, state): n for slot, state, n in found} == expected
+        assert found == sorted(found)
+    assert ledger.finished_over_time(start + 3600, start + 7200, 60.0) == []
+    now = clock.now()
+    due: dict[str, list[float]] = {}
+    for job in everyone:
+        if job.state.value == "pending" and job.run_at.timestamp() <= now:
+            due.setdefault(job.queue, []).append(job.run_at.timestamp())
+    assert ledger.backlog(now) == [(queue, len(times), min(times))
+                                   for queue, times in sorted(due.items())]
+    assert "geo" in due and len(due["geo"]) == 1  # the scheduled one is not due yet

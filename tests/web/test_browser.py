@@ -91,7 +91,7 @@ async def test_the_overview_then_a_filtered_list_then_a_timeline(served: Any,
     base, ctx, jobs = served
     await page.goto(base + "/")
     assert await page.title() == "Overview · evq"
-    pending = page.locator('a[href="/jobs?queue=mail&state=pending"]')
+    pending = page.locator('table.counts a[href="/jobs?queue=mail&state=pending"]')
     assert await pending.inner_text() == "4"
     await page.click("text=Jobs")
     await page.select_option('select[name="state"]', "expired")

@@ -73,6 +73,17 @@ async def test_the_overview_counts_jobs_by_queue_and_state(filled: Any) -> None:
     assert 'href="/jobs?queue=mail&amp;state=pending">4</a>' in text
     assert 'href="/jobs?queue=geo&amp;state=expired">1</a>' in text
     assert "100.0%" in text  # geo's error rate over the last minutes
+    # The chart of the last hour: a bar per minute, stacked by final state, with its
+    # figures as a tooltip; the backlog: mail's four pending jobs are due.
+    chart = text.split('<svg class="chart"', 1)[1].split("</svg>", 1)[0]
+    assert 'aria-label="Jobs finished per minute: 3 in all, 1 failed"' in page.text
+    assert chart.count('class="bar-succeeded"') >= 1 and 'class="bar-expired"' in chart
+    tips = re.findall(r"<title>([^<]*)</title>", chart)
+    assert len(tips) == 60
+    assert sum(int(n) for tip in tips for n in re.findall(r"(\d+) succeeded", tip)) == 2
+    assert "3 finished, 1 failed" in text
+    backlog = text.split("Backlog", 1)[1].split("</table>", 1)[0]
+    assert re.search(r'state=pending">mail</a></th><td>4</td><td>\d+s</td>', backlog)
 
 
 async def test_a_search_beyond_the_state_looks_at_a_bounded_stretch_and_goes_on(

@@ -87,9 +87,9 @@ def schema_version(conn: Dialect) -> int:
 
 
 def migrate(target: Target) -> tuple[int, int]:
-    """Create the ledger's schema, or check it is this evq's; (version before, now).
-    Safe from many processes at once: they take turns on an advisory lock, and each
-    after the first finds the schema made."""
+    """Create the ledger's schema or upgrade an older one; (version before, now). Safe
+    from many processes at once: they take turns on an advisory lock, and each after the
+    first finds the schema made (or upgraded)."""
     with session(target, "migrating") as conn:
         raw = conn.raw
         raw.execute(sql.BEGIN_WRITE)
@@ -105,7 +105,9 @@ def migrate(target: Target) -> tuple[int, int]:
 
 def migrate_in(conn: Dialect, target: Target) -> int:
     """`migrate` inside the transaction open on `conn` (it commits or rolls back with
-    it: PostgreSQL's DDL is transactional); the version before."""
+    it: PostgreSQL's DDL is transactional); the version before. A new ledger gets
+    schema.sql (which stamps its version); an older one runs the frozen migrations from
+    its version on, each version stamped once its script has run."""
     raw = conn.raw
     raw.execute(sql.LOCK_MIGRATIONS, (target.migrate_key,))
     raw.execute(pgsql.SQL(sql.CREATE_SCHEMA).format(pgsql.Identifier(target.schema)))
@@ -114,6 +116,10 @@ def migrate_in(conn: Dialect, target: Target) -> int:
         raise _newer(target, before)
     if before == 0:
         raw.execute(schema.SCHEMA.encode())
+    else:
+        for version in range(before, schema.LATEST_VERSION):
+            raw.execute(schema.MIGRATIONS[version].encode())
+            conn.execute(named.SET_META, (schema.SCHEMA_VERSION_KEY, str(version + 1)))
     require_tables(conn, target)
     return before
 

@@ -1,7 +1,10 @@
-"""The PostgreSQL ledger's schema, shipped in this package: `schema.sql` makes a new
-ledger in its own PostgreSQL schema (the engine creates that schema and runs the script
-with `search_path` pointing at it). PostgreSQL ledgers number their schema versions on
-their own, from 1; `migrations/NNNN.sql` will hold the frozen upgrades when there are."""
+"""The PostgreSQL ledger's schema, shipped in this package: `schema.sql` is the current
+schema, which makes a new ledger in its own PostgreSQL schema (the engine creates that
+schema and runs the script with `search_path` pointing at it), and `migrations/NNNN.sql`
+are the frozen scripts that upgrade an older ledger one version each (connection.migrate
+runs them and stamps each version). PostgreSQL ledgers number their schema versions on
+their own, from 1. tests/unit/test_postgres_schema.py checks that both give the same
+schema."""
 
 from __future__ import annotations
 
@@ -9,8 +12,30 @@ import re
 from importlib import resources
 
 SCHEMA_VERSION_KEY = "schema_version"
-SCHEMA = (resources.files("evq.ledger.postgres") / "schema.sql").read_text("utf-8")
-LATEST_VERSION = 1
+
+_FILES = resources.files("evq.ledger.postgres")
+
+
+def _migrations() -> tuple[str, ...]:
+    """The migration scripts in order, checked to be numbered 0001 to N without a gap
+    (a missing file would otherwise shift every version after it)."""
+    names = sorted(entry.name for entry in (_FILES / "migrations").iterdir()
+                   if re.fullmatch(r"\d{4}\.sql", entry.name))
+    expected = [f"{number:04d}.sql" for number in range(1, len(names) + 1)]
+    if names != expected:
+        raise RuntimeError(f"evq's PostgreSQL migrations are damaged: found {names}, "
+                           f"expected {expected}; reinstall evq")
+    return tuple((_FILES / "migrations" / name).read_text("utf-8") for name in names)
+
+
+# The current schema; it ends by stamping LATEST_VERSION (tests check they agree).
+SCHEMA = (_FILES / "schema.sql").read_text("utf-8")
+
+# Entry i upgrades a ledger from version i to version i + 1 (entry 0 makes version 1 from
+# nothing; a new ledger gets schema.sql instead); never edit one that shipped.
+MIGRATIONS: tuple[str, ...] = _migrations()
+
+LATEST_VERSION = len(MIGRATIONS)
 
 # Every table of the schema: a ledger missing any is damaged.
 TABLES = frozenset(re.findall(r"^CREATE TABLE (?:IF NOT EXISTS )?(\w+)", SCHEMA, re.M))

@@ -10,7 +10,8 @@
 -- with `SET search_path FROM CURRENT`, so its triggers find the ledger's tables when they
 -- fire from a connection whose search_path points elsewhere (a user's own connection).
 -- PostgreSQL ledgers number their schema versions on their own, from 1; the script ends
--- by stamping its version in evq_meta.
+-- by stamping its version in evq_meta. An older ledger is upgraded instead by the frozen
+-- scripts migrations/NNNN.sql, which must leave it with the same schema as this one.
 --
 -- Writers only append to evq_events. position has no default and no sequence: the engine
 -- supplies it, taking the next number under an advisory lock held until its transaction
@@ -161,6 +162,8 @@ CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
 -- Hooks to run (due, or their runner's lease ran out).
 CREATE INDEX evq_jobs_hooks ON evq_jobs (lease_until)
     WHERE hook_state = 'due' OR hook_state = 'running';
+-- The jobs of a state newest first: the dashboard's lists.
+CREATE INDEX evq_jobs_by_state ON evq_jobs (state, enqueue_position);
 
 -- Flows: one row per parent -> child edge (states: open, succeeded, failed, ignored,
 -- removed, replaced), with the child's result or error.
@@ -560,5 +563,5 @@ CREATE TRIGGER evq_fold AFTER INSERT ON evq_events
 
 
 -- === The version this script creates ===================================================
-INSERT INTO evq_meta (key, value) VALUES ('schema_version', '1')
+INSERT INTO evq_meta (key, value) VALUES ('schema_version', '2')
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;

@@ -312,6 +312,17 @@ LIST_RUNNING_JOBS = _LIST_JOBS_IN.format(state="running")
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) FROM evq_jobs GROUP BY state ORDER BY state"
 COUNT_JOBS_BY_QUEUE_STATE = (
     "SELECT queue, state, count(*) FROM evq_jobs GROUP BY queue, state ORDER BY queue, state")
+FINISHED_OVER_TIME = """
+WITH w AS (SELECT %s::float8 AS w_since, %s::float8 AS w_until, %s::float8 AS w_step)
+SELECT floor((finished_at - w_since) / w_step)::int AS slot, state, count(*)
+FROM evq_jobs CROSS JOIN w WHERE finished_at >= w_since AND finished_at < w_until
+    AND state IN ('succeeded', 'failed', 'expired', 'cancelled')
+GROUP BY slot, state ORDER BY slot, state
+"""
+BACKLOG = """
+SELECT queue, count(*), min(run_at) FROM evq_jobs WHERE state = 'pending' AND run_at <= %s
+GROUP BY queue ORDER BY queue
+"""
 # The dashboard's jobs list (see the SQLite module): the parameters bound once in `w`.
 _CANDIDATE_WINDOW = (
     "WITH w AS (SELECT %s::bigint AS w_before, nullif(greatest(%s::bigint, -1), -1) "

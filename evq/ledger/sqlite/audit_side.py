@@ -177,6 +177,17 @@ class AuditSide(EngineBase):
             return [(str(queue), str(state), int(n)) for queue, state, n in
                     conn.execute(sql.COUNT_JOBS_BY_QUEUE_STATE)]
 
+    def finished_over_time(self, since: float, until: float, step: float
+                           ) -> list[tuple[int, str, int]]:
+        with self._checked() as conn:
+            return [(int(slot), str(state), int(n)) for slot, state, n in
+                    conn.execute(sql.FINISHED_OVER_TIME, (since, until, step))]
+
+    def backlog(self, now: float) -> list[tuple[str, int, float]]:
+        with self._checked() as conn:
+            return [(str(queue), int(n), float(oldest)) for queue, n, oldest in
+                    conn.execute(sql.BACKLOG, (now,))]
+
     def read_flow(self, job_id: str) -> FlowTree | None:
         with self._checked() as conn:
             root = edges.ancestors(conn, job_id)[-1]

@@ -260,6 +260,27 @@ SELECT queue, state, count(*) FROM evq_jobs WHERE finished_at IS NOT NULL
     AND state IN ('succeeded', 'failed', 'expired', 'cancelled') GROUP BY queue, state
 ORDER BY 1, 2
 """
+# Current jobs finished from ?1 to ?2 by ?3-second slot and state: one range of
+# evq_jobs_finished per queue and finished state, the queues found by seeking the index
+# from one to the next (a loose index scan), so it reads only the jobs of the window.
+FINISHED_OVER_TIME = """
+WITH RECURSIVE queues(q) AS (
+    SELECT min(queue) FROM evq_jobs WHERE finished_at IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(queue) FROM evq_jobs WHERE finished_at IS NOT NULL AND queue > q)
+    FROM queues WHERE q IS NOT NULL
+), finished(s) AS (VALUES ('succeeded'), ('failed'), ('expired'), ('cancelled'))
+SELECT CAST((j.finished_at - ?1) / ?3 AS INTEGER) AS slot, j.state, count(*)
+FROM queues CROSS JOIN finished CROSS JOIN evq_jobs AS j
+WHERE j.queue = queues.q AND j.state = finished.s AND j.finished_at >= ?1
+    AND j.finished_at < ?2
+GROUP BY slot, j.state ORDER BY slot, j.state
+"""
+# The pending jobs due at ?1 per queue, and since when (evq_jobs_due).
+BACKLOG = """
+SELECT queue, count(*), min(run_at) FROM evq_jobs WHERE state = 'pending' AND run_at <= ?1
+GROUP BY queue ORDER BY queue
+"""
 JOB_STATES = tuple(state.value for state in JobState)
 LARGEST_POSITION = 2**63 - 1  # positions are 64-bit
 
