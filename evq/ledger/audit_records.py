@@ -178,14 +178,16 @@ class WorkerSeen:
 
 @attrs.frozen
 class Deployed:
-    """A deployed job definition: its settings as recorded, and its schedule's spec and
-    next fire (a stored epoch time, shown as it is) if it repeats."""
+    """A deployed job definition: its settings as recorded, and its schedule's spec, next
+    fire (a stored epoch time, shown as it is) and last fire (None before the first) if it
+    repeats."""
 
     name: str
     queue: str
     settings: dict[str, Any]
     schedule: str | None = None
     next_at: Any = None
+    last_at: float | None = None
 
 
 @attrs.frozen

@@ -130,6 +130,7 @@ async def test_a_schedule_fires_once_per_due_time(ledger: Ledger, other: Ledger,
     [fired] = await ledger.fire_schedules(local, {"n": first})
     assert (fired.name, fired.job_id, fired.next_at) == ("n", first.id, clock.now() + 60.0)
     assert await other.fire_schedules(local, {"n": new_job(clock)}) == []  # not due again
+    assert ledger.definitions()[1].last_at == pytest.approx(clock.now(), abs=1e-6)
     clock.advance(61)
     second = new_job(clock)
     [fired] = await other.fire_schedules(local, {"n": second})
@@ -137,7 +138,8 @@ async def test_a_schedule_fires_once_per_due_time(ledger: Ledger, other: Ledger,
     assert await state(ledger, first.id) == await state(ledger, second.id) == "pending"
     assert ledger.definitions() == [
         audit_records.Deployed("m", "q", {}),
-        audit_records.Deployed("n", "q", {"repeat": 60.0}, "every 60s", fired.next_at)]
+        audit_records.Deployed("n", "q", {"repeat": 60.0}, "every 60s", fired.next_at,
+                               pytest.approx(clock.now(), abs=1e-6))]
 
 
 async def test_cleanup_removes_finished_jobs_by_queue_state_and_age(

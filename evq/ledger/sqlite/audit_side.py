@@ -196,13 +196,14 @@ class AuditSide(EngineBase):
 
     def definitions(self) -> list[Deployed]:
         with self._checked() as conn:
-            schedules = {name: (spec, next_at) for name, spec, next_at in
-                         conn.execute(sql.LIST_SCHEDULES)}
+            schedules = {name: (spec, next_at, last_at) for name, spec, next_at, last_at
+                         in conn.execute(sql.LIST_SCHEDULES)}
             deployed = conn.execute(sql.LIST_DEFINITIONS).fetchall()
         found = []
         for name, queue, data in deployed:
-            spec, next_at = schedules.get(name, (None, None))
-            found.append(Deployed(name, queue, codec.stored_object(data) or {}, spec, next_at))
+            spec, next_at, last_at = schedules.get(name, (None, None, None))
+            found.append(Deployed(name, queue, codec.stored_object(data) or {}, spec, next_at,
+                                  last_at))
         return found
 
 

@@ -486,7 +486,13 @@ LIMIT ?
 GET_DEFINITION = "SELECT data FROM evq_definitions WHERE name = ?"
 LIST_DEFINITIONS = "SELECT name, queue, data FROM evq_definitions ORDER BY name"
 GET_SCHEDULE = "SELECT spec, next_at FROM evq_schedules WHERE name = ?"
-LIST_SCHEDULES = "SELECT name, spec, next_at FROM evq_schedules ORDER BY name"
+# Each schedule, its next fire, and its last (the time of the event that last set it, if
+# that was a fire).
+LIST_SCHEDULES = """
+SELECT s.name, s.spec, s.next_at, (SELECT e.at FROM evq_events AS e
+    WHERE e.position = s.updated_position AND e.kind = 'schedule')
+FROM evq_schedules AS s ORDER BY s.name
+"""
 CLEANUP_CANDIDATES = """
 SELECT id, queue, name, state FROM evq_jobs
 WHERE queue = ? AND state IN (SELECT value FROM json_each(?)) AND finished_at <= ?
