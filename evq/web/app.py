@@ -29,6 +29,7 @@ from ..ledger import Ledger, open_ledger
 from . import actions, bulk, health, live, metrics, pages
 from .guard import HEADERS, Auth, host_allowed, host_name, new_secret
 from .site import STATIC, Site
+from .travel import StillBuilding
 
 OPEN_PATHS = frozenset(("/healthz",))  # answered without credentials
 
@@ -71,7 +72,8 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         yield
         site.travels.close()  # the past ledgers' temporary folders
 
-    web = Starlette(routes=routes, exception_handlers={EvqError: _shown}, lifespan=lifespan)
+    web = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        EvqError: _shown, StillBuilding: _building})
     web.state.evq = site
     web.add_middleware(_Guard, auth=site.auth, allowed=site.allowed)
     return web
@@ -87,6 +89,14 @@ async def _shown(request: Request, exc: Exception) -> Response:
     if request.url.path.endswith(("/healthz", "/metrics")):
         return PlainTextResponse(f"{exc}\n", status_code=status)
     return pages.render(request, "error.html", status, title="Error", message=str(exc))
+
+
+async def _building(request: Request, exc: Exception) -> Response:
+    """A page whose moment is still being built: how far it has got; it reloads itself
+    (202: the page asked for is not there yet)."""
+    assert isinstance(exc, StillBuilding)
+    return pages.render(request, "building.html", 202, title="Travelling back",
+                        moment=exc.moment, done=exc.done, total=exc.total)
 
 
 class _Guard:

@@ -6,10 +6,11 @@ ledger itself, into a new SQLite ledger in a temporary folder: a SQLite ledger r
 its events up to that position (archived events' holes included) as `evq replay --to`
 does; a PostgreSQL one is exported up to there and imported, through the same
 transitions as the write path, as `evq export | evq import` does (which refuses a cut
-before an archive event: that archive's events are not in the prefix). The first page
-at a moment waits for that (seconds on a big ledger); a few moments are kept, and every
-page at one of them then reads that small ledger. Nothing is ever written to the real
-one."""
+before an archive event: that archive's events are not in the prefix). That takes
+seconds on a big ledger: a page at a moment being built waits a moment for it, then
+answers with how far the build has got (StillBuilding) and asks to be reloaded. A few
+moments are kept, and every page at one of them then reads that small ledger. Nothing
+is ever written to the real one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncio
 import itertools
 import tempfile
 import time
+from collections.abc import Callable
 
 import attrs
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +27,7 @@ from ..errors import InvalidInput
 from ..ledger import Ledger, open_ledger
 
 KEPT = 3  # moments kept built, beyond those in use
+WAIT = 0.1  # seconds a page waits for its moment's build before showing its progress
 IN_USE_FOR = 120.0  # seconds after its last page during which a moment is not removed
 
 
@@ -38,11 +41,32 @@ class Moment:
     time: float | None  # the time asked for (None: a position was)
 
 
+class StillBuilding(Exception):
+    """The ledger of a page's moment is still being built: `done` of `total` events
+    replayed so far (0 of 0 before the first report, or on an engine that gives none)."""
+
+    def __init__(self, moment: Moment, done: int, total: int) -> None:
+        super().__init__(f"building the ledger as it stood at {moment.asked}")
+        self.moment, self.done, self.total = moment, done, total
+
+
+@attrs.define
+class _Progress:
+    """How far a build has got: events replayed, of how many (set from its thread)."""
+
+    done: int = 0
+    total: int = 0
+
+    def report(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+
 @attrs.define
 class _Built:
     folder: tempfile.TemporaryDirectory[str]
     task: asyncio.Task[Ledger]
     used: float
+    progress: _Progress
 
 
 class Travels:
@@ -52,19 +76,25 @@ class Travels:
     def __init__(self) -> None:
         self._built: dict[int, _Built] = {}
 
-    async def at(self, source: Ledger, moment: Moment) -> Ledger:
-        """The ledger as it stood at `moment` (built now if it is not kept)."""
+    async def at(self, source: Ledger, moment: Moment, wait: float | None = None) -> Ledger:
+        """The ledger as it stood at `moment`, built now if it is not kept; StillBuilding
+        if the build takes longer than `wait` seconds (WAIT by default) from here. A page
+        that goes away does not stop a build: it goes on for the next page to find."""
         built = self._built.get(moment.position)
         if built is None:
             folder = tempfile.TemporaryDirectory(prefix="evq-web-travel-")
-            task = asyncio.get_running_loop().create_task(
-                run_in_threadpool(_build, source, moment.position, folder.name))
-            built = self._built[moment.position] = _Built(folder, task, time.monotonic())
+            progress = _Progress()
+            task = asyncio.get_running_loop().create_task(run_in_threadpool(
+                _build, source, moment.position, folder.name, progress.report))
+            built = self._built[moment.position] = _Built(folder, task, time.monotonic(),
+                                                          progress)
             self._evict()
         built.used = time.monotonic()
+        finished, _ = await asyncio.wait({built.task}, timeout=WAIT if wait is None else wait)
+        if not finished:
+            raise StillBuilding(moment, built.progress.done, built.progress.total)
         try:
-            # Shielded: a page that goes away does not stop a build others wait for.
-            return await asyncio.shield(built.task)
+            return built.task.result()
         except Exception:
             if self._built.get(moment.position) is built:
                 del self._built[moment.position]
@@ -87,12 +117,13 @@ class Travels:
         self._built.clear()
 
 
-def _build(source: Ledger, position: int, folder: str) -> Ledger:
+def _build(source: Ledger, position: int, folder: str,
+           progress: Callable[[int, int], None]) -> Ledger:
     if position < 1:
         raise InvalidInput("the ledger held no event yet at that moment: pick a later one")
     past = open_ledger(f"{folder}/at-{position}.db")
     try:
-        source.replay_into(past, position)
+        source.replay_into(past, position, progress=progress)
         return past
     except InvalidInput:  # another engine: replay writes only its own kind
         pass

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from starlette.routing import Mount
 
 import evq
 import evq.web
+from evq.web import travel
 from evq.web.guard import Auth, csrf_token
 
 HOSTILE = {"to": "<script>alert(1)</script>", "colour": "\x1b[31mred", "flip": "a\u202eb"}
@@ -485,6 +487,38 @@ async def test_any_job_id_gets_a_working_link_and_bad_input_a_400(db: Path) -> N
             for path in ("/actions/explode", "/bulk/explode", "/queues/explode"):
                 unknown = await http.post(path, data={})
                 assert unknown.status_code == 404 and 'role="alert"' in unknown.text, path
+
+
+async def test_a_moment_still_being_built_shows_how_far_it_has_got(
+        filled: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first page at a moment on a big ledger would wait seconds for its build: it
+    # answers at once with the build's progress and reloads itself until it is ready.
+    ctx, jobs = filled
+    monkeypatch.setattr(travel, "WAIT", 0.0)
+    reported, release = threading.Event(), threading.Event()
+    real = travel._build
+
+    def slow(source: Any, position: int, folder: str, progress: Any) -> Any:
+        progress(40, 100)
+        reported.set()
+        release.wait(30)
+        return real(source, position, folder, progress)
+
+    monkeypatch.setattr(travel, "_build", slow)
+    head = (await ctx.events(limit=10_000, seals=True))[-1].position
+    async with client(evq.web.app(ctx)) as http:
+        await http.get("/", params={"upto": str(head)})  # starts the build
+        await asyncio.to_thread(reported.wait, 30)
+        building = await http.get(f"/jobs/{jobs['failed']}", params={"upto": str(head)})
+        assert building.status_code == 202
+        assert '<meta http-equiv="refresh" content="1">' in building.text
+        assert "40 of 100 replayed (40%)" in building.text
+        assert '<progress value="40" max="100">' in building.text
+        assert f"(position {head})" in building.text  # the banner says where
+        release.set()
+        monkeypatch.setattr(travel, "WAIT", 60.0)
+        ready = await http.get(f"/jobs/{jobs['failed']}", params={"upto": str(head)})
+    assert ready.status_code == 200 and "state-expired" in ready.text
 
 
 async def test_travelling_back_shows_the_ledger_as_it_stood_then(filled: Any) -> None:
