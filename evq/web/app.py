@@ -22,6 +22,7 @@ from ..errors import (
     InvalidInput,
     JobStateConflict,
     LedgerNotFound,
+    LedgerSchemaError,
     LedgerUnavailable,
     UnknownJob,
 )
@@ -81,7 +82,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
 
 _STATUS = ((UnknownJob, 404), (pages.NotFound, 404), (InvalidInput, 400),
            (pages.Forbidden, 403), (JobStateConflict, 409), (DuplicateJob, 409),
-           (LedgerNotFound, 503), (LedgerUnavailable, 503))
+           (LedgerNotFound, 503), (LedgerSchemaError, 503), (LedgerUnavailable, 503))
 
 
 async def _shown(request: Request, exc: Exception) -> Response:

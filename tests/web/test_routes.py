@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -276,6 +277,22 @@ async def test_a_ledger_that_is_not_there_is_a_page_not_a_traceback(tmp_path: Pa
     assert page.status_code == 503 and 'role="alert"' in page.text
     assert "Traceback" not in page.text and health.status_code == 503
     assert not (tmp_path / "missing.db").exists()
+
+
+async def test_a_ledger_of_an_older_schema_says_to_migrate_it(db: Path) -> None:
+    # A ledger an older evq made (version 4, before the jobs-by-state index): the
+    # dashboard reads nothing until it is upgraded, and says how; then it serves.
+    async with evq.Context(db) as ctx:
+        await ctx.enqueue(ctx.define("mail", None), {"to": "ada"})
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX evq_jobs_by_state")
+        conn.execute("UPDATE evq_meta SET value = '4' WHERE key = 'schema_version'")
+    async with client(evq.web.app(db)) as http:
+        page = await http.get("/jobs")
+        assert page.status_code == 503 and "Traceback" not in page.text
+        assert "run `evq migrate --db" in page.text
+        assert evq.migrate(db) == (4, 5)
+        assert (await http.get("/jobs")).status_code == 200
 
 
 def evq_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
