@@ -16,6 +16,7 @@ from .clock import Clock
 from .durable import Subscription
 from .errors import ContextClosed
 from .ledger import Ledger, records
+from .queues import Queue
 from .registry import Registry
 from .subscribers import Dispatcher
 from .watch import CommitWatcher
@@ -28,13 +29,17 @@ class Stoppable(Protocol):
     def stop(self) -> object: ...  # asks it to stop (what it returns is not awaited)
 
 
-def settings_of(definition: Any) -> dict[str, Any]:
-    """What `deploy` records of a definition: what other processes need to know."""
-    return {
+def settings_of(definition: Any, queue: Queue | None = None) -> dict[str, Any]:
+    """What `deploy` records of a definition: what other processes need to know (and
+    the dashboard shows), with its queue's concurrency limit when this process set one."""
+    settings = {
         "queue": definition.queue, "max_attempts": definition.max_attempts,
         "lease": definition.lease, "priority": definition.priority,
         "repeat": definition.repeat, "cron": definition.cron,
     }
+    if queue is not None and queue.concurrency is not None:
+        settings["queue_concurrency"] = queue.concurrency
+    return settings
 
 
 class Runtime:
@@ -94,7 +99,8 @@ class Runtime:
 
     async def deploy(self) -> list[str]:
         """Record this process's definitions whose settings changed (`deploy` events)."""
-        found = {name: records.Deployment(d.queue, settings_of(d))
+        queues = self.registry.queues
+        found = {name: records.Deployment(d.queue, settings_of(d, queues.get(d.queue)))
                  for name, d in self.registry.definitions.items()}
         return await self.ledger.deploy(found)
 

@@ -393,6 +393,7 @@ async def test_live_pages_hear_of_a_commit_made_by_another_process(filled: Any,
 
 async def test_queues_show_depth_and_schedules_and_subscribers_their_lag(db: Path) -> None:
     async with evq.Context(db) as ctx:
+        ctx.queue("mail", concurrency=2)
         ctx.define("digest", None, queue="mail", repeat=3600, max_attempts=7)
         ctx.define("send", None, queue="mail")
         await ctx.deploy()
@@ -410,6 +411,7 @@ async def test_queues_show_depth_and_schedules_and_subscribers_their_lag(db: Pat
             subscribers = (await http.get("/subscribers")).text
         stop()
     assert 'href="/jobs?queue=mail&amp;state=pending">2 pending</a>' in queues
+    assert "Concurrency limit: 2 running at once across every process." in queues
     digest = queues.split(">digest</a>")[1].split("</tr>")[0]
     assert "<td>7</td>" in digest and "3600" in digest  # its settings and schedule
     times = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z", digest)
