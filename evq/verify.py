@@ -11,7 +11,7 @@ that were not given) and `OK` (everything was checked)."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import attrs
@@ -34,10 +34,12 @@ class Report:
 
 
 def verify_ledger(ledger: Ledger, expect_head: str | None = None,
-                  archives: Iterable[str | Path] = ()) -> Report:
-    """Check `ledger` (see the module docstring)."""
+                  archives: Iterable[str | Path] = (),
+                  progress: Callable[[str, int, int], None] | None = None) -> Report:
+    """Check `ledger` (see the module docstring); `progress(stage, done, total)` hears how
+    far it has got (see `Ledger.verify`)."""
     files = archiving.read_files(archives)
-    checked = ledger.verify(expect_head, files)
+    checked = ledger.verify(expect_head, files, progress=progress)
     if checked.damage or checked.chain is None or checked.replay is None:
         return _damaged(checked)
     found, rebuilt = checked.chain, checked.replay

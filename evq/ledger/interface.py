@@ -299,10 +299,16 @@ class Ledger(Protocol):
         """The deployed job definitions by name, with their schedules."""
 
     def verify(self, expect_head: str | None = None,
-               archives: Sequence[audit_records.ArchiveFile] = ()) -> audit_records.LedgerCheck:
+               archives: Sequence[audit_records.ArchiveFile] = (), *,
+               progress: Callable[[str, int, int], None] | None = None
+               ) -> audit_records.LedgerCheck:
         """Check the storage, the append-only rules, the hash chain (with the archive
         files given; `expect_head`: a head printed earlier, which must still be a seal)
-        and that replaying the events gives the stored state."""
+        and that replaying the events gives the stored state. `progress(stage, done,
+        total)` hears now and then (every few thousand events, a few times a second at
+        most) how far it has got, in events up to the head position, on the calling
+        thread: stage "storage", "hash chain" or "replay" (an engine may skip a stage).
+        What it raises ends verify and propagates."""
 
     def check_replay(self) -> audit_records.ReplayCheck:
         """Replay every event apart and compare with the stored state."""

@@ -13,7 +13,7 @@ from ..audit_records import ArchiveFile, Exported, LedgerCheck, ReplayCheck, Sto
 from ..interface import Ledger
 from ..sqlite import chain
 from ..sqlite import sql as named
-from ..sqlite.admin_side import _GUARDS, AdminSide
+from ..sqlite.admin_side import _GUARDS, AdminSide, VerifyProgress, stage
 from . import connection, replay, schema, sql
 from .base import PgBase
 from .producer_side import write_locked
@@ -31,18 +31,22 @@ class PgAdminSide(AdminSide, PgBase):
     last_position: Callable[..., int]
     export: Callable[[], Iterator[Exported]]
 
-    def verify(self, expect_head: str | None = None, archives: Sequence[ArchiveFile] = ()
-               ) -> LedgerCheck:
+    def verify(self, expect_head: str | None = None, archives: Sequence[ArchiveFile] = (),
+               *, progress: VerifyProgress | None = None) -> LedgerCheck:
         with self._checked("verifying") as conn:
             guards = {row[0] for row in conn.execute(named.GUARD_TRIGGERS)}
-            found = chain.check(conn, expect_head, archives)  # type: ignore[arg-type]
+            found = chain.check(conn, expect_head, archives,  # type: ignore[arg-type]
+                                stage(progress, "hash chain"))
         rules_off = tuple(sorted(set(_GUARDS) - guards))
         return LedgerCheck(_CHECKED_BY, rules_off=rules_off, chain=found,
-                           replay=self.check_replay())
+                           replay=self._replayed(stage(progress, "replay")))
 
     def check_replay(self) -> ReplayCheck:
+        return self._replayed(None)
+
+    def _replayed(self, progress: Callable[[int, int], None] | None) -> ReplayCheck:
         with self._checked("replaying") as conn:
-            return replay.check(conn, self.target.schema)
+            return replay.check(conn, self.target.schema, progress)
 
     def replay_into(self, target: Ledger, upto: int | None = None,
                     progress: Callable[[int, int], None] | None = None,

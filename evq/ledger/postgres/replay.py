@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -53,8 +54,10 @@ _SCRATCH_KEY = int.from_bytes(hashlib.sha256(b"evq:scratch-replay").digest()[:8]
                               signed=True)
 
 
-def check(conn: Dialect, source: str) -> ReplayCheck:
-    """Replay every event of the ledger in schema `source` and compare projections."""
+def check(conn: Dialect, source: str,
+          progress: Callable[[int, int], None] | None = None) -> ReplayCheck:
+    """Replay every event of the ledger in schema `source` and compare projections;
+    `progress(replayed up to, head)` hears after each chunk, before the comparison."""
     raw = conn.raw
     _make_scratch(conn)
     raw.execute(sql.BEGIN_SNAPSHOT)
@@ -76,6 +79,8 @@ def check(conn: Dialect, source: str) -> ReplayCheck:
                     raise
                 return ReplayCheck(0, [], [], refused_position(exc), refused)
             done = upper
+            if progress is not None:
+                progress(done, head)
         raw.execute(pgsql.SQL(sql.COPY_KEPT_HASHES_FROM).format(source=src), (last,))
         rebuilt_only: list[tuple[Any, ...]] = []
         stored_only: list[tuple[Any, ...]] = []

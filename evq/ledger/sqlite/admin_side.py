@@ -1,7 +1,10 @@
 """The looking-after side of the SQLite engine: verify a file (SQLite's integrity check,
 the append-only triggers, the hash chain, replay), replay into a new file, create or
 upgrade the schema, and the operator's actions (retry, cancel, delete), each in one
-transaction of its own without the runtime's writer."""
+transaction of its own without the runtime's writer.
+
+Verify's progress is told on the thread that called it, stage after stage; the replay,
+which runs beside the chain walk, only leaves its latest figures for that thread."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any, TypeVar
 
 from ...errors import InvalidInput, LedgerCorrupt, LedgerError, LedgerFull
@@ -23,7 +27,9 @@ from .failures import ledger_error
 from .tx import Tx
 
 T = TypeVar("T")
+VerifyProgress = Callable[[str, int, int], None]
 _CHECKED_BY = "SQLite's integrity check"
+_TELL_EVERY = 0.25  # seconds between the replay's figures told while verify waits for it
 _GUARDS = ("evq_archived_no_delete", "evq_archived_no_update", "evq_events_no_delete",
            "evq_events_no_update")
 
@@ -32,8 +38,8 @@ class AdminSide(EngineBase):
     """Verify, replay, migrate, and the operator's writes."""
 
     # --- verify and replay -----------------------------------------------------------------
-    def verify(self, expect_head: str | None = None, archives: Sequence[ArchiveFile] = ()
-               ) -> LedgerCheck:
+    def verify(self, expect_head: str | None = None, archives: Sequence[ArchiveFile] = (),
+               *, progress: VerifyProgress | None = None) -> LedgerCheck:
         try:
             conn = connection.connect(self.path, read_only=True,
                                       busy_timeout_ms=self.busy_timeout_ms)
@@ -46,37 +52,50 @@ class AdminSide(EngineBase):
             if _is_damage(exc):
                 return LedgerCheck(_CHECKED_BY, damage=(str(exc.__cause__ or exc),))
             raise
-        stop = threading.Event()  # set when the chain walk ends any other way
+        stop = threading.Event()  # set as verify ends: a replay still going stops
         with ThreadPoolExecutor(1, thread_name_prefix="evq-verify") as beside:
-            walked = False
             try:
-                damage = _integrity(conn)
-                if damage:
-                    return LedgerCheck(_CHECKED_BY, tuple(damage), _damaged_tables(conn))
-                # The replay runs in SQLite (which lets go of the GIL) while this thread
-                # walks the chain in Python: on two cores, the two take turns less.
-                replayed = beside.submit(self._check_replay, stop)
-                guards = {row[0] for row in conn.execute(sql.GUARD_TRIGGERS)}
-                found = chain.check(conn, expect_head, archives)
-                walked = True
-            except sqlite3.DatabaseError as exc:
-                if _is_damage(exc):
-                    return LedgerCheck(_CHECKED_BY, (str(exc),), _damaged_tables(conn))
-                raise ledger_error(exc, self.path, "verifying", self.busy_timeout) from exc
-            finally:
-                conn.close()
-                if not walked:  # damage, an error, Ctrl-C: the replay stops at its next chunk
-                    stop.set()
-            rules_off = tuple(sorted(set(_GUARDS) - guards))
-            return LedgerCheck(_CHECKED_BY, rules_off=rules_off, chain=found,
-                               replay=replayed.result())
+                return self._verify(conn, expect_head, archives, progress, beside, stop)
+            finally:  # damage, an error, Ctrl-C: the replay stops at its next chunk
+                stop.set()
+
+    def _verify(self, conn: sqlite3.Connection, expect_head: str | None,
+                archives: Sequence[ArchiveFile], progress: VerifyProgress | None,
+                beside: ThreadPoolExecutor, stop: threading.Event) -> LedgerCheck:
+        latest = _Latest()
+        try:
+            head = 0
+            if progress is not None:
+                head = _head(conn)
+                progress("storage", 0, head)
+            damage = _integrity(conn)
+            if damage:
+                return LedgerCheck(_CHECKED_BY, tuple(damage), _damaged_tables(conn))
+            if progress is not None:
+                progress("storage", head, head)
+            # The replay runs in SQLite (which lets go of the GIL) while this thread
+            # walks the chain in Python: on two cores, the two take turns less.
+            replayed = beside.submit(self._check_replay, stop,
+                                     None if progress is None else latest)
+            guards = {row[0] for row in conn.execute(sql.GUARD_TRIGGERS)}
+            found = chain.check(conn, expect_head, archives, stage(progress, "hash chain"))
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                return LedgerCheck(_CHECKED_BY, (str(exc),), _damaged_tables(conn))
+            raise ledger_error(exc, self.path, "verifying", self.busy_timeout) from exc
+        finally:
+            conn.close()
+        rules_off = tuple(sorted(set(_GUARDS) - guards))
+        return LedgerCheck(_CHECKED_BY, rules_off=rules_off, chain=found,
+                           replay=_replay_told(replayed, latest, progress))
 
     def check_replay(self) -> ReplayCheck:
         return self._check_replay(None)
 
-    def _check_replay(self, stop: threading.Event | None) -> ReplayCheck:
+    def _check_replay(self, stop: threading.Event | None,
+                      progress: replay.Progress | None = None) -> ReplayCheck:
         try:
-            return replay.check(self.path, stop)
+            return replay.check(self.path, stop, progress)
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
                 # Only the scratch file is written: the ledger is read, never changed.
@@ -134,6 +153,46 @@ class AdminSide(EngineBase):
             result = op(tx)
             tx.seal()
         return result
+
+
+def stage(progress: VerifyProgress | None, name: str) -> Callable[[int, int], None] | None:
+    """`progress` for one stage of verify: told (done, total) of the stage `name`."""
+    return None if progress is None else partial(progress, name)
+
+
+class _Latest:
+    """The replay's latest (done, total), left by its thread for verify's to tell."""
+
+    figures: tuple[int, int] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.figures = (done, total)
+
+
+def _replay_told(replayed: Future[ReplayCheck], latest: _Latest,
+                 progress: VerifyProgress | None) -> ReplayCheck:
+    """The replay check's result, once it is done, telling `progress` how far it has got
+    now and then as it goes (on this thread, where the callback was given)."""
+    if progress is None:
+        return replayed.result()
+    told = None
+    while True:
+        finished = not wait([replayed], _TELL_EVERY).not_done
+        figures = latest.figures
+        if figures is not None and figures != told:
+            progress("replay", *figures)
+            told = figures
+        if finished:
+            return replayed.result()
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    """The newest position, for progress (0 when the file cannot say: the integrity check
+    that follows says why)."""
+    try:
+        return int(conn.execute(sql.HEAD_POSITION).fetchone()[0])
+    except sqlite3.DatabaseError:
+        return 0
 
 
 def _integrity(conn: sqlite3.Connection) -> list[str]:

@@ -19,7 +19,7 @@ import bisect
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..audit_records import ArchiveFile, ChainCheck, Claim
@@ -68,14 +68,17 @@ def read_claims(rows: Iterable[tuple[int, str]]) -> list[Claim]:
 
 
 def check(conn: sqlite3.Connection, expect_head: str | None = None,
-          files: Sequence[ArchiveFile] = ()) -> ChainCheck:
+          files: Sequence[ArchiveFile] = (),
+          progress: Callable[[int, int], None] | None = None) -> ChainCheck:
     """Recompute the chain over every event, in order, reading in short chunks.
 
     `expect_head`: a seal hash exported earlier (the head `evq verify` printed then). It
     must still be a seal of the chain: whoever rewrote the ledger before it, or cut it
     short after it, cannot bring it back; events appended since then are fine.
-    `files`: archive files whose events are checked against the hashes kept of them."""
-    walk = _Walk(conn, expect_head, files)
+    `files`: archive files whose events are checked against the hashes kept of them.
+    `progress(position reached, head position)` hears after each chunk, last with the two
+    equal when the walk gets to the end."""
+    walk = _Walk(conn, expect_head, files, progress)
     try:
         walk.run()
     except ChainError as exc:
@@ -87,8 +90,9 @@ class _Walk:
     """The state of one pass over the chain."""
 
     def __init__(self, conn: sqlite3.Connection, expect_head: str | None,
-                 files: Sequence[ArchiveFile]) -> None:
-        self.conn, self.expect_head = conn, expect_head
+                 files: Sequence[ArchiveFile],
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.conn, self.expect_head, self.progress = conn, expect_head, progress
         self.files = {file.sha256: file for file in files}
         self.events = self.seals = self.checked = 0
         self.previous = seals.GENESIS
@@ -152,18 +156,28 @@ class _Walk:
                 "truncated or rewritten, or the hash is from another ledger", None)
 
     def _event_rows(self) -> Iterator[tuple[Any, ...]]:
-        return self._paged(sql.EVENTS_AFTER)
+        progress = self.progress
+        if progress is None:
+            return self._paged(sql.EVENTS_AFTER)
+        head = int(self.conn.execute(sql.HEAD_POSITION).fetchone()[0])
+        # Events committed while the walk goes on are walked too: the head moves with it.
+        return self._paged(sql.EVENTS_AFTER,
+                           lambda reached: progress(reached, max(reached, head)))
 
     def _kept_rows(self) -> Iterator[tuple[int, str, int]]:
         return self._paged(sql.KEPT_HASHES_AFTER)
 
-    def _paged(self, query: str) -> Iterator[Any]:
+    def _paged(self, query: str, reached: Callable[[int], None] | None = None
+               ) -> Iterator[Any]:
         """The rows of `query` (position > ? ... LIMIT ?, position first), in batches, so
-        memory stays bounded whatever the ledger's size."""
+        memory stays bounded whatever the ledger's size; `reached(position)` hears once
+        each batch's rows have been taken."""
         after = 0
         while True:
             chunk = self.conn.execute(query, (after, _BATCH)).fetchall()
             yield from chunk
+            if reached is not None and chunk:
+                reached(chunk[-1][0])
             if len(chunk) < _BATCH:
                 return
             after = chunk[-1][0]

@@ -188,25 +188,29 @@ class Stopped(Exception):
     """A replay check asked to stop (its caller gave up: see `check`)."""
 
 
-def check(source: str | Path, stop: threading.Event | None = None) -> ReplayCheck:
+def check(source: str | Path, stop: threading.Event | None = None,
+          progress: Progress | None = None) -> ReplayCheck:
     """Replay every event of `source` into a scratch file and compare with its stored
     projection. The scratch file (as big as the ledger) is in a private temporary
     directory, removed afterwards; written without a journal or syncs, with a small
     cache, so memory stays small whatever the ledger's size. Setting `stop` ends it at
-    its next chunk (raising Stopped)."""
+    its next chunk (raising Stopped); `progress(replayed up to, head)` hears after each
+    chunk, before the comparison."""
     with tempfile.TemporaryDirectory(prefix="evq-verify-") as scratch:
         conn = sqlite3.connect(Path(scratch) / "replayed.db", isolation_level=None)
         try:
             for pragma in sql.SCRATCH_PRAGMAS:
                 conn.execute(pragma)
             return _replay(conn, source, None, compare=True,
-                           progress=None if stop is None else _until(stop))
+                           progress=progress if stop is None else _until(stop, progress))
         finally:
             conn.close()
 
 
-def _until(stop: threading.Event) -> Progress:
+def _until(stop: threading.Event, then: Progress | None) -> Progress:
     def progress(done: int, total: int) -> None:
         if stop.is_set():
             raise Stopped(f"stopped after {done} of {total} events")
+        if then is not None:
+            then(done, total)
     return progress
