@@ -43,6 +43,13 @@ def cancel(ledger: Ledger | str | Path, job_id: str, reason: str | None,
     return _ledger(ledger, busy_timeout_ms).cancel_job(job_id, reason)
 
 
+def run_now(ledger: Ledger | str | Path, job_id: str, reason: str | None,
+            busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> float:
+    """Make a pending job that waits for a later time due now (a `run_now` event);
+    returns its new run_at (a job already due keeps its own)."""
+    return _ledger(ledger, busy_timeout_ms).run_now_job(job_id, reason)
+
+
 def delete(ledger: Ledger | str | Path, job_id: str, reason: str | None,
            busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> list[Stopped]:
     """Remove a job that is not running from the current state (its events stay); the

@@ -182,6 +182,12 @@ def _describe(event: Event) -> str:
         return text + (f" ({error.get('type')}: {error.get('message')})" if error else "")
     if kind == "ready":
         return "all children settled"
+    if kind == "run_now":
+        was = data.get("was")
+        early = (f" ({was - data['run_at']:.3f}s early)"
+                 if isinstance(was, (int, float)) and isinstance(data.get("run_at"), (int, float))
+                 else "")
+        return f"made due now{early} reason={data.get('reason')}"
     if kind in ("expire", "fail", "cancel", "delete", "requeue"):
         text = f"reason={data.get('reason')}"
         if data.get("child"):

@@ -1,8 +1,8 @@
 """The `evq` command: look into an evq ledger, run its jobs, and look after it.
 
 Commands: demo, web, worker, events, history, tree, jobs, stats, definitions, subscribers,
-retry, cancel, delete, replay, export, import, verify, archive, schema, migrate (the
-reading ones are in evq/cli_read.py). Every command takes `--db PATH` (a ledger file, or
+retry, cancel, delete, run-now, replay, export, import, verify, archive, schema, migrate
+(the reading ones are in evq/cli_read.py). Every command takes `--db PATH` (a ledger file, or
 sqlite:///PATH; or the EVQ_DB environment variable).
 
 Exit codes, stable for scripts:
@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import admin, audit, demo, files, transfer
@@ -256,6 +257,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run_now(args: argparse.Namespace) -> int:
+    ledger, job_id = _job_action(args)
+    due = admin.run_now(ledger, job_id, args.reason)
+    _out(audit.printable(f"{job_id} is due now")
+         + f" (run_at {audit.fmt_time(datetime.fromtimestamp(due, UTC))})")
+    return EXIT_OK
+
+
 def _say_descendants(descendants: list[Stopped]) -> None:
     """Name the flow descendants that a cancel or delete took along, if any."""
     if descendants:
@@ -414,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, text in (
             ("retry", cmd_retry, "run a failed, expired or cancelled job again, as a new job"),
             ("cancel", cmd_cancel, "cancel a pending or running job"),
-            ("delete", cmd_delete, "remove a job that is not running from the current state")):
+            ("delete", cmd_delete, "remove a job that is not running from the current state"),
+            ("run-now", cmd_run_now, "make a pending job that waits for a later time due now")):
         p = command(name, run, text)
         p.add_argument("job_id", help="a job id, its short form, or a unique prefix")
         p.add_argument("--reason", help="recorded in the event")

@@ -408,6 +408,13 @@ class Context:
         payload and settings; returns the new job's id (see `ops.retry`)."""
         return await self.ledger.retry(job_id, enqueueing.new_job_id(), reason)
 
+    async def run_now(self, job_id: str, reason: str | None = None) -> None:
+        """Make a pending job that waits for a later time (a delay, a run_at, a retry's
+        backoff) due now: a `run_now` event; it keeps its priority and place otherwise.
+        A job already due keeps its time. Raises JobStateConflict for a job that is not
+        pending (running or ended), UnknownJob for none."""
+        await self.ledger.run_now(job_id, reason)
+
     async def delete(self, job_id: str, reason: str | None = None) -> None:
         """Remove a job that is not running from the current state; its events stay. A
         flow's parent cancels its descendants that have not ended."""

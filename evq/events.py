@@ -48,6 +48,8 @@ class EventKind(enum.StrEnum):
     """A child of a waiting parent settled: data {child, outcome, result or error}."""
     READY = "ready"
     """Nothing is left for a parent to wait for: it is pending from data.run_at."""
+    RUN_NOW = "run_now"
+    """An operator made a pending job due now: data {run_at, was, reason}."""
     ARCHIVE = "archive"
     """Events of deleted jobs were moved to an archive file (see evq/archive.py)."""
 

@@ -22,7 +22,8 @@ from .subscribers import Dispatcher
 from .watch import CommitWatcher
 
 # Commits after which a job may have become claimable.
-_WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue", "ready"})
+_WAKING_KINDS = frozenset({"enqueue", "requeue", "defer", "error", "rescue", "ready",
+                           "run_now"})
 
 
 class Stoppable(Protocol):

@@ -36,6 +36,16 @@ def cancel_data(reason: str | None, state: str | None, worker: str | None
     return data
 
 
+def check_run_now(job_id: str, state: str | None) -> None:
+    """Refuse (typed) making a job due now unless it is pending (delayed, or due)."""
+    if state is None:
+        raise UnknownJob(f"no job {job_id} in the current state; see `evq history {job_id}`")
+    if state != "pending":
+        raise JobStateConflict(
+            f"job {job_id} is {state}: only a pending job (one waiting for its time) can "
+            "be made to run now")
+
+
 def check_retry(job_id: str, state: str | None, children: int) -> None:
     """Refuse (typed) a retry of a job that is not in the current state (`state` None),
     has not ended badly, or waited for children."""

@@ -77,6 +77,10 @@ class Ledger(Protocol):
     async def retry(self, job_id: str, new_id: str, reason: str | None) -> str:
         """Enqueue a job that ended badly again, as `new_id`."""
 
+    async def run_now(self, job_id: str, reason: str | None) -> float:
+        """Make a pending job due now (a `run_now` event); its new run_at. UnknownJob, or
+        JobStateConflict for a job that is not pending."""
+
     async def delete(self, job_id: str, reason: str | None) -> list[records.Stopped]:
         """Remove a job that is not running from the current state (its events stay)."""
 
@@ -356,3 +360,7 @@ class Ledger(Protocol):
 
     def delete_job(self, job_id: str, reason: str | None) -> list[records.Stopped]:
         """`delete` for the operator (see retry_job)."""
+
+    def run_now_job(self, job_id: str, reason: str | None) -> float:
+        """Make a pending job due now, in a transaction of its own (a `run_now` event);
+        its new run_at. UnknownJob, or JobStateConflict for a job that is not pending."""

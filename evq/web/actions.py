@@ -1,4 +1,5 @@
-"""What an operator does from the dashboard (cancel, retry, delete a job): each one
+"""What an operator does from the dashboard (cancel, retry, delete a job, run a delayed
+one now): each one
 confirmed on a page of its own first, checked against the form's CSRF token and the
 request's origin, and written through the same ledger operations as `evq cancel` and the
 rest, so each is an event like any other transition."""
@@ -17,8 +18,10 @@ from .pages import Forbidden, NotFound, render, site_of, text_of
 from .site import job_path
 
 ACTIONS: dict[str, Callable[..., Any]] = {
-    "cancel": admin.cancel, "retry": admin.retry, "delete": admin.delete}
-WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete"}
+    "cancel": admin.cancel, "retry": admin.retry, "delete": admin.delete,
+    "run_now": admin.run_now}
+WHAT = {"cancel": "Cancel", "retry": "Retry (as a new job)", "delete": "Delete",
+        "run_now": "Run now (a delayed job)"}
 DEFAULT_REASON = "from the dashboard"
 
 

@@ -228,7 +228,8 @@ async def job(request: Request) -> Response:
                   live=travel is None, moment=travel, job_id=job_id, job=record,
                   events=events, flow=flow,
                   payload=None if enqueued is None else enqueued.data.get("payload"),
-                  actions=not site.read_only and record is not None and travel is None)
+                  actions=not site.read_only and record is not None and travel is None,
+                  delayed=record is not None and record.scheduled())
 
 
 async def queues(request: Request) -> Response:

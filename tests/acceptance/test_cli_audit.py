@@ -92,9 +92,17 @@ def test_retry_cancel_and_delete_from_the_command_line(demo_db: Path, tmp_path: 
     assert new_events[0]["data"]["payload"] == {"warehouse": "north"}
     again = evq_cli("retry", new_id, "--db", str(db))
     assert again.returncode == 2 and "only failed, expired or cancelled" in again.stderr
+    due = evq_cli("run-now", new_id, "--db", str(db), "--reason", "now please")
+    assert due.returncode == 0 and f"{new_id} is due now (run_at " in due.stdout
+    run_now = json.loads(evq_cli("history", new_id, "--db", str(db), "--json")
+                         .stdout.splitlines()[-1])
+    assert (run_now["kind"], run_now["data"]["reason"]) == ("run_now", "now please")
     cancelled = evq_cli("cancel", new_id, "--db", str(db))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     assert evq_cli("cancel", new_id, "--db", str(db)).returncode == 2  # already ended
+    refused = evq_cli("run-now", new_id, "--db", str(db))
+    assert refused.returncode == 2 and "only a pending job" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert evq_cli("delete", new_id, "--db", str(db)).returncode == 0
     jobs = evq_cli("jobs", "--db", str(db)).stdout
     assert new_id not in jobs

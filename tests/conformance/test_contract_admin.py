@@ -3,6 +3,8 @@ refusal names the job and changes nothing."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from ledger_kit import claim, failure, job_kinds, new_job, state, success
 
@@ -126,3 +128,41 @@ async def test_a_deleted_job_cannot_be_retried(ledger: Ledger, clock: evq.FakeCl
     await ledger.delete(job_id, None)
     with pytest.raises(evq.UnknownJob, match=job_id):
         await ledger.retry(job_id, "again-3", None)
+
+
+async def test_run_now_makes_a_delayed_job_due_and_refuses_any_other(
+        ledger: Ledger, clock: evq.FakeClock) -> None:
+    # The operator's actions run on the wall clock: "later" is an hour after it.
+    later = new_job(clock, delay=time.time() - clock.now() + 3600)
+    due, ended = new_job(clock), await ended_job(ledger, clock, "succeeded")
+    await ledger.enqueue([later, due])
+    before = time.time()
+    when = ledger.run_now_job(later.id, "the customer is waiting")
+    assert before <= when <= time.time()
+    event = (await ledger.history(later.id))[-1]
+    assert (event.kind, event.data["reason"]) == ("run_now", "the customer is waiting")
+    assert event.data["was"] == pytest.approx(later.run_at)
+    record = await ledger.get_job(later.id)
+    assert record is not None and record.run_at.timestamp() == pytest.approx(when)
+    assert ledger.run_now_job(due.id, None) == pytest.approx(due.run_at)  # keeps its time
+    clock.set(time.time())
+    running = {attempt.job_id for attempt in await claim(ledger, limit=10)}
+    assert running == {later.id, due.id}
+    head, jobs = await ledger.head(), await ledger.jobs()
+    for job_id, error, says in ((later.id, evq.JobStateConflict, "is running"),
+                                (ended, evq.JobStateConflict, "is succeeded"),
+                                ("no-such-job", evq.UnknownJob, "no job no-such-job")):
+        with pytest.raises(error, match=says):
+            ledger.run_now_job(job_id, None)
+    assert (await ledger.head(), await ledger.jobs()) == (head, jobs)
+
+
+async def test_run_now_from_a_process_uses_its_clock(ledger: Ledger, clock: evq.FakeClock
+                                                     ) -> None:
+    later = new_job(clock, delay=600.0)
+    await ledger.enqueue([later])
+    assert await claim(ledger) == []
+    assert await ledger.run_now(later.id, None) == clock.now()
+    assert [attempt.job_id for attempt in await claim(ledger)] == [later.id]
+    with pytest.raises(evq.JobStateConflict, match="is running"):
+        await ledger.run_now(later.id, None)

@@ -314,6 +314,20 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
+    def run_now(self, data: st.DataObject) -> None:
+        """An operator makes a job due now: a pending one only, whatever its time."""
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        if self.jobs[job_id]["state"] != "pending":
+            with pytest.raises(EvqError):
+                self.write(lambda tx: ops.run_now(tx, job_id, "test"))
+            return
+        due = self.write(lambda tx: ops.run_now(tx, job_id, "test"))
+        (run_at,) = self.conn.execute("SELECT run_at FROM evq_jobs WHERE id = ?",
+                                      (job_id,)).fetchone()
+        assert due == run_at <= self.now
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
     def admin_delete(self, data: st.DataObject) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.jobs)))
         model = self.jobs[job_id]

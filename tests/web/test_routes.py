@@ -190,6 +190,32 @@ async def test_cancel_is_confirmed_and_refused_without_the_forms_token(filled: A
     assert record is not None and record.state == evq.JobState.CANCELLED
 
 
+async def test_run_now_makes_a_delayed_job_due_from_its_page(filled: Any) -> None:
+    # "Run now" shows on a job that waits for a later time, is confirmed, and writes a
+    # run_now event; the job is then due (no button any more).
+    ctx, jobs = filled
+    delayed = await ctx.enqueue("later", {"n": "tomorrow"}, delay=86400)
+    async with client(evq.web.app(ctx)) as http:
+        page = (await http.get(f"/jobs/{delayed}")).text
+        assert 'value="run_now"' in page
+        assert 'value="run_now"' not in (await http.get(f"/jobs/{jobs['pending'][0]}")).text
+        token = form_token(page)
+        asked = await http.post("/actions/run_now", data={"job_id": delayed, "csrf": token})
+        assert asked.status_code == 200 and "Run now (a delayed job)" in asked.text
+        done = await http.post("/actions/run_now", data={
+            "job_id": delayed, "csrf": token, "confirm": "yes", "reason": "needed today"})
+        assert done.status_code == 303
+        shown = (await http.get(done.headers["location"])).text
+        assert 'class="kind-run_now"' in shown and 'value="run_now"' not in shown
+        refused = await http.post("/actions/run_now", data={
+            "job_id": jobs["failed"], "csrf": token, "confirm": "yes"})
+        assert refused.status_code == 409 and "only a pending job" in refused.text
+    event = (await ctx.history(delayed))[-1]
+    assert (event.kind, event.data["reason"]) == ("run_now", "needed today")
+    record = await ctx.get_job(delayed)
+    assert record is not None and not record.scheduled()
+
+
 async def test_retry_makes_a_new_job_and_a_refused_action_says_why(filled: Any) -> None:
     ctx, jobs = filled
     async with client(evq.web.app(ctx)) as http:

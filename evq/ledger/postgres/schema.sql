@@ -440,6 +440,18 @@ BEGIN
               AND (state = 'open' OR state = 'failed'));
         IF NOT FOUND THEN RAISE EXCEPTION 'evq:stale'; END IF;
 
+    -- Run now: an operator makes a pending job (a delayed one) due at once.
+    WHEN 'run_now' THEN
+        UPDATE evq_jobs SET run_at = (d ->> 'run_at')::double precision,
+            updated_position = NEW.position
+        WHERE id = NEW.job_id AND state = 'pending';
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT FROM evq_jobs WHERE id = NEW.job_id) THEN
+                RAISE EXCEPTION 'evq:not_pending';
+            END IF;
+            RAISE EXCEPTION 'evq:unknown_job';
+        END IF;
+
     -- A repeating job fires once per due time (the one the ledger expects, or the
     -- schedule is new); its next due time.
     WHEN 'schedule', 'schedule_orphan' THEN

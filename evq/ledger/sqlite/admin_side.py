@@ -139,6 +139,9 @@ class AdminSide(EngineBase):
         ended = self._act(lambda tx: ops.delete(tx, job_id, reason))
         return [Stopped(job, running) for job, running in ended]
 
+    def run_now_job(self, job_id: str, reason: str | None) -> float:
+        return self._act(lambda tx: ops.run_now(tx, job_id, reason))
+
     def pause_queue(self, queue: str, paused: bool, reason: str | None) -> None:
         self._act(lambda tx: ops.set_paused(tx, queue=queue, paused=paused, reason=reason))
 

@@ -295,6 +295,19 @@ def cancel(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
     return cancelled
 
 
+def run_now(tx: Tx, job_id: str, reason: str | None) -> float:
+    """Make a pending job due now (an operator's "run now" for a delayed one): a
+    `run_now` event with its new run_at and the one it had (`was`); a job already due
+    keeps its time, and so its place. Returns the new run_at."""
+    row = tx.one(sql.GET_JOB, (job_id,))
+    transitions.check_run_now(job_id, None if row is None else row[_STATE])
+    was = float(row[sql.JOB_FIELD["run_at"]])
+    due = min(was, tx.now)
+    tx.append("run_now", job_id, row[1], row[2],
+              data={"reason": reason, "run_at": due, "was": was})
+    return due
+
+
 def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
     """Run a job that ended badly again, as a new job with the same payload and settings
     (a job ends once: the old one keeps its history). A `retry` event on the old job

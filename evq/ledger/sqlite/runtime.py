@@ -113,6 +113,10 @@ class RuntimeSide(EngineBase):
         return await self.writer.run(functools.partial(
             ops.retry, job_id=job_id, new_id=new_id, reason=reason))
 
+    async def run_now(self, job_id: str, reason: str | None) -> float:
+        return await self.writer.run(functools.partial(ops.run_now, job_id=job_id,
+                                                       reason=reason))
+
     async def delete(self, job_id: str, reason: str | None) -> list[records.Stopped]:
         ended = await self.writer.run(functools.partial(ops.delete, job_id=job_id,
                                                         reason=reason))

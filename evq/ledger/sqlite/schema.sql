@@ -276,8 +276,12 @@ BEGIN
     -- then refused). Delete: by the handler holding the attempt, or by anyone when the
     -- job is not running.
     SELECT RAISE(ABORT, 'evq:unknown_job')
-    WHERE (NEW.kind = 'cancel' OR NEW.kind = 'delete')
+    WHERE (NEW.kind = 'cancel' OR NEW.kind = 'delete' OR NEW.kind = 'run_now')
       AND NOT EXISTS (SELECT 1 FROM evq_jobs WHERE id = NEW.job_id);
+    -- Run now: an operator makes a pending job (a delayed one) due at once.
+    SELECT RAISE(ABORT, 'evq:not_pending')
+    WHERE NEW.kind = 'run_now' AND NOT EXISTS (
+        SELECT 1 FROM evq_jobs WHERE id = NEW.job_id AND state = 'pending');
     SELECT RAISE(ABORT, 'evq:not_pending')
     WHERE NEW.kind = 'cancel' AND NOT EXISTS (
         SELECT 1 FROM evq_jobs WHERE id = NEW.job_id
@@ -338,12 +342,13 @@ END;
 -- - hook: started, then renewed (the runner extends its lease while the hook runs, so a
 --   slow hook is not started twice), then done or failed.
 -- - ready: a waiting parent whose children are all settled becomes pending.
+-- - run_now: a pending job's run_at moves to now (an operator's "run now").
 CREATE TRIGGER evq_fold_job AFTER INSERT ON evq_events
 WHEN (NEW.kind = 'dequeue' OR NEW.kind = 'heartbeat' OR NEW.kind = 'success'
       OR NEW.kind = 'error' OR NEW.kind = 'rescue' OR NEW.kind = 'requeue'
       OR NEW.kind = 'defer' OR NEW.kind = 'expire' OR NEW.kind = 'fail'
       OR NEW.kind = 'cancel' OR NEW.kind = 'hook' OR NEW.kind = 'orphan'
-      OR NEW.kind = 'ready')
+      OR NEW.kind = 'ready' OR NEW.kind = 'run_now')
 BEGIN
     UPDATE evq_jobs SET
         state = CASE NEW.kind
@@ -369,6 +374,7 @@ BEGIN
             WHEN 'hook' THEN json_extract(NEW.data, '$.lease_until')
             WHEN 'orphan' THEN lease_until
             WHEN 'ready' THEN lease_until
+            WHEN 'run_now' THEN lease_until
             ELSE NULL END,
         started_at = iif(NEW.kind = 'dequeue', NEW.at, started_at),
         orphaned_at = CASE NEW.kind WHEN 'dequeue' THEN NULL WHEN 'orphan' THEN NEW.at
@@ -388,6 +394,7 @@ BEGIN
             WHEN 'requeue' THEN json_extract(NEW.data, '$.run_at')
             WHEN 'defer' THEN json_extract(NEW.data, '$.run_at')
             WHEN 'ready' THEN json_extract(NEW.data, '$.run_at')
+            WHEN 'run_now' THEN json_extract(NEW.data, '$.run_at')
             ELSE run_at END,
         finished_at = iif((NEW.kind = 'success' OR NEW.kind = 'expire' OR NEW.kind = 'fail'
                            OR NEW.kind = 'cancel'), NEW.at, finished_at),
