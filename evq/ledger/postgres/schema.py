@@ -11,21 +11,13 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from .. import shipped
+
 SCHEMA_VERSION_KEY = "schema_version"
 
 _FILES = resources.files("evq.ledger.postgres")
 
 
-def _migrations() -> tuple[str, ...]:
-    """The migration scripts in order, checked to be numbered 0001 to N without a gap
-    (a missing file would otherwise shift every version after it)."""
-    names = sorted(entry.name for entry in (_FILES / "migrations").iterdir()
-                   if re.fullmatch(r"\d{4}\.sql", entry.name))
-    expected = [f"{number:04d}.sql" for number in range(1, len(names) + 1)]
-    if names != expected:
-        raise RuntimeError(f"evq's PostgreSQL migrations are damaged: found {names}, "
-                           f"expected {expected}; reinstall evq")
-    return tuple((_FILES / "migrations" / name).read_text("utf-8") for name in names)
 
 
 # The current schema; it ends by stamping LATEST_VERSION (tests check they agree).
@@ -33,7 +25,7 @@ SCHEMA = (_FILES / "schema.sql").read_text("utf-8")
 
 # Entry i upgrades a ledger from version i to version i + 1 (entry 0 makes version 1 from
 # nothing; a new ledger gets schema.sql instead); never edit one that shipped.
-MIGRATIONS: tuple[str, ...] = _migrations()
+MIGRATIONS: tuple[str, ...] = shipped.migrations("evq.ledger.postgres")
 
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from .. import shipped
+
 SCHEMA_VERSION_KEY = "schema_version"
 
 # Error texts raised by the triggers; the ledger maps them to typed errors.
@@ -23,23 +25,13 @@ FLOW = "evq:flow"
 _FILES = resources.files("evq.ledger.sqlite")
 
 
-def _migrations() -> tuple[str, ...]:
-    """The migration scripts in order, checked to be numbered 0001 to N without a gap
-    (a missing file would otherwise shift every version after it)."""
-    names = sorted(entry.name for entry in (_FILES / "migrations").iterdir()
-                   if re.fullmatch(r"\d{4}\.sql", entry.name))
-    expected = [f"{number:04d}.sql" for number in range(1, len(names) + 1)]
-    if names != expected:
-        raise RuntimeError(f"evq's migrations are damaged: found {names}, expected "
-                           f"{expected}; reinstall evq")
-    return tuple((_FILES / "migrations" / name).read_text("utf-8") for name in names)
 
 
 # The current schema; it ends by stamping LATEST_VERSION (tests check they agree).
 SCHEMA = (_FILES / "schema.sql").read_text("utf-8")
 
 # Entry i upgrades a ledger from version i to version i + 1; never edit one that shipped.
-MIGRATIONS: tuple[str, ...] = _migrations()
+MIGRATIONS: tuple[str, ...] = shipped.migrations("evq.ledger.sqlite")
 
 LATEST_VERSION = len(MIGRATIONS)
 
