@@ -10,7 +10,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,7 +74,7 @@ def app(source: Context | Ledger | str | Path, *, read_only: bool = False,
         site.travels.close()  # the past ledgers' temporary folders
 
     web = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        EvqError: _shown, StillBuilding: _building})
+        EvqError: _shown, StillBuilding: _building, pages.Relocated: _relocated})
     web.state.evq = site
     web.add_middleware(_Guard, auth=site.auth, allowed=site.allowed)
     return web
@@ -90,6 +90,11 @@ async def _shown(request: Request, exc: Exception) -> Response:
     if request.url.path.endswith(("/healthz", "/metrics")):
         return PlainTextResponse(f"{exc}\n", status_code=status)
     return pages.render(request, "error.html", status, title="Error", message=str(exc))
+
+
+async def _relocated(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, pages.Relocated)
+    return RedirectResponse(exc.url, status_code=303)
 
 
 async def _building(request: Request, exc: Exception) -> Response:

@@ -55,6 +55,8 @@ async def bulk(request: Request) -> Response:
         filters = {name: value for name in _FILTERS if (value := text_of(form, name))}
         query = attrs.evolve(job_query(QueryParams(filters)), limit=MOST)
         found = (await site.read(site.ledger.job_page, query)).jobs
+        if action == "run_now":  # only those waiting for a later time: the rest are due
+            found = [job for job in found if job.scheduled()]
         key = secrets.token_urlsafe(16)
         selections[key] = Selection(action, filters, [job.id for job in found], time.time())
         return render(request, "bulk.html", title=f"{WHAT[action]}: every job matching",

@@ -25,7 +25,8 @@ class Bar:
 @attrs.frozen
 class Chart:
     bars: list[Bar]
-    failure_line: str  # SVG polyline points of the failure rate (0 at the bottom, 100% top)
+    failure_lines: list[str]  # SVG polyline points of the failure rate (0 at the bottom,
+    # 100% at the top), one line per run of minutes in which something finished
     most: int  # the tallest bar's jobs, the scale's top
     total: int
     failed: int
@@ -46,7 +47,8 @@ def finished_chart(rows: Sequence[tuple[int, str, int]], start: float, step: flo
     most = max((sum(by_state.values()) for by_state in counts), default=0)
     scale = (HEIGHT - 2) / most if most else 0.0
     width = WIDTH / slots
-    bars, points = [], []
+    bars: list[Bar] = []
+    lines: list[list[str]] = [[]]
     for slot, by_state in enumerate(counts):
         y = float(HEIGHT)
         parts = []
@@ -62,11 +64,14 @@ def finished_chart(rows: Sequence[tuple[int, str, int]], start: float, step: flo
         bars.append(Bar(round(slot * width, 2), round(width * 0.85, 2), parts,
                         f"{at}: {figures or 'nothing finished'}"))
         if done:
-            points.append(f"{round((slot + 0.42) * width, 2)},"
-                          f"{round(HEIGHT - bad / done * (HEIGHT - 2), 2)}")
+            lines[-1].append(f"{round((slot + 0.42) * width, 2)},"
+                             f"{round(HEIGHT - bad / done * (HEIGHT - 2), 2)}")
+        elif lines[-1]:  # a minute with nothing finished: the line stops there
+            lines.append([])
     total = sum(sum(by_state.values()) for by_state in counts)
     failed = sum(by_state["failed"] + by_state["expired"] for by_state in counts)
-    return Chart(bars, " ".join(points), most, total, failed, _clock(start),
+    return Chart(bars, [" ".join(line) for line in lines if line], most, total, failed,
+                 _clock(start),
                  _clock(start + slots * step))
 
 

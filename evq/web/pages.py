@@ -108,12 +108,23 @@ async def moment_of(request: Request) -> Moment | None:
 
 
 
+class Relocated(Exception):
+    """The page is at another URL: this one's time said how long ago, and the page is
+    sent to the moment that meant (so reloads and links stay on that one moment)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 async def ledger_of(request: Request) -> tuple[Ledger, Moment | None]:
     """The ledger a page reads: the real one, or the one built for its moment."""
     site = site_of(request)
     travel = await moment_of(request)
     if travel is None:
         return site.ledger, None
+    if travel.key == "at" and travel.asked != text_of(request.query_params, "at"):
+        raise Relocated(_path_and_query(request.url.include_query_params(at=travel.asked)))
     return await site.travels.at(site.ledger, travel), travel
 
 

@@ -23,10 +23,11 @@ from collections.abc import Callable
 import attrs
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import InvalidInput
+from ..errors import EvqError, InvalidInput, LedgerError, LedgerUnavailable
 from ..ledger import Ledger, open_ledger
 
 KEPT = 3  # moments kept built, beyond those in use
+BUILDING_AT_ONCE = 2  # builds running at once, at most (each a thread and a copy)
 WAIT = 0.1  # seconds a page waits for its moment's build before showing its progress
 IN_USE_FOR = 120.0  # seconds after its last page during which a moment is not removed
 
@@ -82,6 +83,11 @@ class Travels:
         that goes away does not stop a build: it goes on for the next page to find."""
         built = self._built.get(moment.position)
         if built is None:
+            building = sum(not each.task.done() for each in self._built.values())
+            if building >= BUILDING_AT_ONCE:
+                raise LedgerUnavailable(
+                    f"{building} past moments are being built already: open this one "
+                    "again once one of them is ready")
             folder = tempfile.TemporaryDirectory(prefix="evq-web-travel-")
             progress = _Progress()
             task = asyncio.get_running_loop().create_task(run_in_threadpool(
@@ -95,11 +101,14 @@ class Travels:
             raise StillBuilding(moment, built.progress.done, built.progress.total)
         try:
             return built.task.result()
-        except Exception:
+        except Exception as exc:
             if self._built.get(moment.position) is built:
                 del self._built[moment.position]
                 built.folder.cleanup()
-            raise
+            if isinstance(exc, EvqError):
+                raise
+            raise LedgerError(f"building the ledger as it stood at {moment.asked} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     def _evict(self) -> None:
         """Remove the moments beyond KEPT, least recently used first, but never one a

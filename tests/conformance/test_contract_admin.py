@@ -144,7 +144,9 @@ async def test_run_now_makes_a_delayed_job_due_and_refuses_any_other(
     assert event.data["was"] == pytest.approx(later.run_at)
     record = await ledger.get_job(later.id)
     assert record is not None and record.run_at.timestamp() == pytest.approx(when)
+    head = await ledger.head()
     assert ledger.run_now_job(due.id, None) == pytest.approx(due.run_at)  # keeps its time
+    assert await ledger.head() == head  # and nothing is written for it
     clock.set(time.time())
     running = {attempt.job_id for attempt in await claim(ledger, limit=10)}
     assert running == {later.id, due.id}

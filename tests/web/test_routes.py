@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -566,6 +567,40 @@ async def test_a_moment_still_being_built_shows_how_far_it_has_got(
     assert ready.status_code == 200 and "state-expired" in ready.text
 
 
+async def test_builds_of_the_past_are_bounded_and_their_failures_shown(
+        filled: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At most BUILDING_AT_ONCE moments are built at a time (each is a thread and a copy
+    # of the ledger): another moment waits its turn with a 503 that says so. A build that
+    # fails for a reason of its own (a full disk) is an error page, not a bare 500.
+    ctx, _ = filled
+    monkeypatch.setattr(travel, "WAIT", 0.0)
+    monkeypatch.setattr(travel, "BUILDING_AT_ONCE", 1)
+    started, release = threading.Event(), threading.Event()
+    real = travel._build
+
+    def slow(source: Any, position: int, folder: str, progress: Any) -> Any:
+        started.set()
+        release.wait(30)
+        if position == seals[0]:
+            raise OSError(28, "No space left on device")
+        return real(source, position, folder, progress)
+
+    monkeypatch.setattr(travel, "_build", slow)
+    seals = [e.position for e in await ctx.events(limit=10_000, seals=True)
+             if e.kind == "seal"]
+    async with client(evq.web.app(ctx)) as http:
+        assert (await http.get("/", params={"upto": str(seals[-1])})).status_code == 202
+        await asyncio.to_thread(started.wait, 30)
+        other = await http.get("/", params={"upto": str(seals[0])})
+        assert other.status_code == 503 and "being built already" in other.text
+        release.set()
+        monkeypatch.setattr(travel, "WAIT", 60.0)
+        assert (await http.get("/", params={"upto": str(seals[-1])})).status_code == 200
+        failed = await http.get("/", params={"upto": str(seals[0])})
+    assert failed.status_code == 500 and "No space left on device" in failed.text
+    assert "failed: OSError" in failed.text and "content-security-policy" in failed.headers
+
+
 async def test_travelling_back_shows_the_ledger_as_it_stood_then(filled: Any) -> None:
     ctx, jobs = filled
     target = jobs["pending"][0]
@@ -699,6 +734,26 @@ async def test_a_queue_is_paused_and_resumed_from_its_page(filled: Any) -> None:
     assert bad.status_code == 400 and "queue" in bad.text
 
 
+async def test_run_now_on_a_filter_takes_only_the_jobs_waiting_for_their_time(
+        filled: Any) -> None:
+    ctx, jobs = filled
+    delayed = [await ctx.enqueue("later", {"n": n}, delay=3600) for n in range(2)]
+    async with client(evq.web.app(ctx)) as http:
+        token = form_token((await http.get("/jobs", params={"state": "pending"})).text)
+        asked = await http.post("/bulk/run_now", data={"csrf": token, "state": "pending"})
+        assert asked.status_code == 200 and "<strong>2</strong> jobs" in asked.text
+        key = re.search(r'name="key" value="([^"]+)"', asked.text)
+        assert key is not None
+        done = await http.post("/bulk/run_now", data={
+            "csrf": token, "confirm": "yes", "key": key.group(1)})
+        shown = (await http.get(done.headers["location"])).text
+    assert "2 jobs done" in shown
+    run_now = [e.job_id for e in await ctx.events(limit=10_000) if e.kind == "run_now"]
+    assert sorted(run_now) == sorted(delayed)  # the due ones got no event
+    assert not any(r.scheduled() for r in await ctx.jobs())
+    assert jobs["pending"][0] not in run_now
+
+
 async def test_cancel_every_job_of_a_filter_after_seeing_how_many(filled: Any) -> None:
     ctx, jobs = filled
     async with client(evq.web.app(ctx)) as http:
@@ -761,9 +816,16 @@ async def test_travel_keeps_a_relative_time_fixed_and_crosses_archives(db: Path,
             past = await http.get("/jobs", params={"upto": str(before_archive)})
             assert past.status_code == 200, past.text
             assert ids_in(past.text) == [kept] and gone not in past.text
-            # "0s" (how long ago) is read once: the links carry the time it stood for.
-            page = (await http.get("/jobs", params={"at": "0s", "queue": "q"})).text
+            # "0s" (how long ago) is read once: the page is sent to the time it stood
+            # for, so that a reload, its links and "Search older jobs" stay there.
+            sent = await http.get("/jobs", params={"at": "0s", "queue": "q"})
+            assert sent.status_code == 303
+            fixed = sent.headers["location"]
+            assert "at=0s" not in fixed and "queue=q" in fixed
+            assert re.search(r"at=20\d\d-", unquote(fixed))
+            page = (await http.get(fixed)).text
             assert "at=0s" not in page and re.search(r"at=20\d\d-", page)
+            assert (await http.get(fixed)).status_code == 200  # a fixed time stays put
             travelled = re.search(r'Back to now</a>', page)
             assert travelled is not None
             back = re.search(r'href="([^"]*)">Back to now', page)

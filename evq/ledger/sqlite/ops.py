@@ -297,15 +297,16 @@ def cancel(tx: Tx, job_id: str, reason: str | None) -> list[tuple[str, bool]]:
 
 def run_now(tx: Tx, job_id: str, reason: str | None) -> float:
     """Make a pending job due now (an operator's "run now" for a delayed one): a
-    `run_now` event with its new run_at and the one it had (`was`); a job already due
-    keeps its time, and so its place. Returns the new run_at."""
+    `run_now` event with its new run_at and the one it had (`was`). A job already due
+    keeps its time, and so its place: nothing is written. Returns the run_at."""
     row = tx.one(sql.GET_JOB, (job_id,))
     transitions.check_run_now(job_id, None if row is None else row[_STATE])
     was = float(row[sql.JOB_FIELD["run_at"]])
-    due = min(was, tx.now)
+    if was <= tx.now:
+        return was
     tx.append("run_now", job_id, row[1], row[2],
-              data={"reason": reason, "run_at": due, "was": was})
-    return due
+              data={"reason": reason, "run_at": tx.now, "was": was})
+    return tx.now
 
 
 def retry(tx: Tx, job_id: str, new_id: str, reason: str | None) -> str:
