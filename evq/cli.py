@@ -25,6 +25,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,9 +260,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_run_now(args: argparse.Namespace) -> int:
     ledger, job_id = _job_action(args)
+    asked = time.time()
     due = admin.run_now(ledger, job_id, args.reason)
-    _out(audit.printable(f"{job_id} is due now")
-         + f" (run_at {audit.fmt_time(datetime.fromtimestamp(due, UTC))})")
+    shown = audit.fmt_time(datetime.fromtimestamp(due, UTC))
+    if due < asked:
+        _out(audit.printable(f"{job_id} was already due (run_at {shown}): nothing written"))
+    else:
+        _out(audit.printable(f"{job_id} is due now (run_at {shown})"))
     return EXIT_OK
 
 

@@ -74,6 +74,8 @@ def compute(ledger: Ledger, since: float | None, until: float | None,
             break
         if event.kind == "enqueue" and event.job_id:
             ready[event.job_id] = _ready_at(event)
+        elif event.kind == "run_now" and event.job_id in ready:  # due sooner than it was
+            ready[event.job_id] = min(ready[event.job_id], event.timestamp)
         if since is not None and at < since:
             continue  # (a ledger whose older writers' clocks disagreed)
         if event.queue is None or event.job_id is None:

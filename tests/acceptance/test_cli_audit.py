@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import evq
+
 
 def evq_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "evq", *args], capture_output=True,
@@ -93,8 +95,16 @@ def test_retry_cancel_and_delete_from_the_command_line(demo_db: Path, tmp_path: 
     again = evq_cli("retry", new_id, "--db", str(db))
     assert again.returncode == 2 and "only failed, expired or cancelled" in again.stderr
     due = evq_cli("run-now", new_id, "--db", str(db), "--reason", "now please")
-    assert due.returncode == 0 and f"{new_id} is due now (run_at " in due.stdout
-    run_now = json.loads(evq_cli("history", new_id, "--db", str(db), "--json")
+    assert due.returncode == 0 and f"{new_id} was already due (run_at " in due.stdout
+    assert "nothing written" in due.stdout
+    assert "run_now" not in evq_cli("history", new_id, "--db", str(db)).stdout
+    producer = evq.Context(db)
+    producer.define("tomorrow", None)
+    with producer.sync() as sync:
+        later = sync.enqueue("tomorrow", {"n": 1}, delay=86400)
+    made_due = evq_cli("run-now", later, "--db", str(db), "--reason", "now please")
+    assert made_due.returncode == 0 and f"{later} is due now (run_at " in made_due.stdout
+    run_now = json.loads(evq_cli("history", later, "--db", str(db), "--json")
                          .stdout.splitlines()[-1])
     assert (run_now["kind"], run_now["data"]["reason"]) == ("run_now", "now please")
     cancelled = evq_cli("cancel", new_id, "--db", str(db))

@@ -321,6 +321,24 @@ async def test_a_page_of_jobs_is_what_filtering_every_job_gives(ledger: Ledger,
     assert found == geo
     assert ledger.job_page(audit_records.JobQuery(queue="geo", scan=1000)).searched_to is None
     assert ledger.job_page(audit_records.JobQuery(state="failed", scan=1)).searched_to is None
+    # A bound as big as the page is still a bound; one that reaches the oldest job
+    # exactly leaves nothing unexamined.
+    first_geo = min(j.enqueue_position for j in everyone if j.queue == "geo")
+    older = [j for j in everyone if j.enqueue_position < first_geo]
+    assert older  # some_history's jobs came first
+    short = ledger.job_page(audit_records.JobQuery(queue="geo", scan=2, limit=2,
+                                                   before=first_geo + 1))
+    assert [j.id for j in short.jobs] == geo[-1:]
+    assert short.searched_to == older[0].enqueue_position
+    tail = ledger.job_page(audit_records.JobQuery(queue="geo", scan=len(older), limit=5,
+                                                  before=first_geo))
+    assert (tail.jobs, tail.searched_to) == ([], None)
+    cut = ledger.job_page(audit_records.JobQuery(queue="geo", scan=len(older) - 1,
+                                                 limit=5, before=first_geo))
+    assert (cut.jobs, cut.searched_to) == ([], older[-2].enqueue_position)
+    for bad in ({"state": "done"}, {"queue": "geo", "scan": 0}):
+        with pytest.raises(evq.InvalidInput):
+            ledger.job_page(audit_records.JobQuery(**bad))  # type: ignore[arg-type]
     counts = ledger.job_counts()
     expected: dict[tuple[str, str], int] = {}
     for job in everyone:

@@ -14,7 +14,7 @@ import evq
 from evq.ledger import Ledger, audit_records, records
 from evq.outcomes import RetryPolicy, after_failure
 from evq.retry import Fixed
-from evq.schedules import Every
+from evq.schedules import Cron, Every
 
 
 def announce(*names: str, chosen: str | None = None, restart: tuple[str, ...] = (),
@@ -131,12 +131,19 @@ async def test_a_schedule_fires_once_per_due_time(ledger: Ledger, other: Ledger,
     assert (fired.name, fired.job_id, fired.next_at) == ("n", first.id, clock.now() + 60.0)
     assert await other.fire_schedules(local, {"n": new_job(clock)}) == []  # not due again
     assert ledger.definitions()[1].last_at == pytest.approx(clock.now(), abs=1e-6)
+    # A schedule that only registered (a cron whose first time is ahead) has not fired.
+    nightly = {"c": ("q", Cron("0 3 * * *"))}
+    await ledger.deploy({"c": ("q", {"cron": "0 3 * * *"})})
+    [registers] = await ledger.fire_schedules(nightly, {"c": new_job(clock)})
+    assert (registers.kind, registers.job_id) == ("registered", None)
+    registered = [d for d in ledger.definitions() if d.name == "c"]
+    assert registered[0].next_at is not None and registered[0].last_at is None
     clock.advance(61)
     second = new_job(clock)
     [fired] = await other.fire_schedules(local, {"n": second})
     assert fired.job_id == second.id
     assert await state(ledger, first.id) == await state(ledger, second.id) == "pending"
-    assert ledger.definitions() == [
+    assert [d for d in ledger.definitions() if d.name != "c"] == [
         audit_records.Deployed("m", "q", {}),
         audit_records.Deployed("n", "q", {"repeat": 60.0}, "every 60s", fired.next_at,
                                pytest.approx(clock.now(), abs=1e-6))]

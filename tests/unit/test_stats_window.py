@@ -30,3 +30,17 @@ async def test_at_most_the_newest_events_of_a_window_are_read(db: Path) -> None:
     assert 0 < found["q"].succeeded < 10
     untouched, window = stats.compute(ledger, end - 100, end, most=len(events))
     assert untouched["q"].succeeded == 10 and window == 100
+
+
+async def test_a_job_made_due_now_waits_from_then(db: Path) -> None:
+    clock = evq.FakeClock()
+    async with evq.Context(db, clock=clock) as ctx:
+        report = ctx.define("report", lambda p: None, queue="q")
+        job_id = await report.enqueue(None, delay=3600)
+        clock.advance(10)
+        await ctx.run_now(job_id)
+        clock.advance(1.5)
+        await ctx.drain()
+    found, _ = stats.compute(open_ledger(db), None, None)
+    wait = found["q"].as_dict(1.0)["wait_ms"]
+    assert wait is not None and wait["p50"] == 1500.0  # from run now, not from its delay

@@ -162,8 +162,10 @@ CREATE UNIQUE INDEX evq_jobs_live_key ON evq_jobs (idempotency_key)
 -- Hooks to run (due, or their runner's lease ran out).
 CREATE INDEX evq_jobs_hooks ON evq_jobs (lease_until)
     WHERE hook_state = 'due' OR hook_state = 'running';
--- The jobs of a state newest first: the dashboard's lists.
-CREATE INDEX evq_jobs_by_state ON evq_jobs (state, enqueue_position);
+-- The jobs of a state newest first: the dashboard's lists. On lower(state), which only
+-- the dashboard's queries name, so that the runtime's `state = ...` queries keep their
+-- partial indexes whatever the planner's statistics say.
+CREATE INDEX evq_jobs_by_state ON evq_jobs (lower(state), enqueue_position);
 
 -- Flows: one row per parent -> child edge (states: open, succeeded, failed, ignored,
 -- removed, replaced), with the child's result or error.

@@ -337,22 +337,32 @@ _JOB_WINDOW = (
 def _newest(states: tuple[str, ...]) -> str:
     arms = " UNION ALL ".join(
         "(SELECT id AS candidate, enqueue_position AS candidate_at FROM evq_jobs, w "
-        f"WHERE state = '{state}' AND enqueue_position < w_before "
+        f"WHERE lower(state) = '{state}' AND enqueue_position < w_before "
         "ORDER BY enqueue_position DESC LIMIT (SELECT w_most FROM w))" for state in states)
     return (f"SELECT * FROM ({arms}) AS arms "
             "ORDER BY candidate_at DESC LIMIT (SELECT w_most FROM w)")
 
 
+_JOB_CHECKS = (
+    "(w_queue IS NULL OR j.queue = w_queue) AND (w_name IS NULL OR j.name = w_name) "
+    "AND (w_since IS NULL OR j.enqueued_at >= w_since) "
+    "AND (w_until IS NULL OR j.enqueued_at <= w_until) "
+    "AND (w_text IS NULL OR EXISTS (SELECT 1 FROM evq_events AS e "
+    "WHERE e.position = j.enqueue_position AND strpos(e.data, w_text) > 0))"
+)
+
+
 def _job_page(states: tuple[str, ...]) -> str:
     return (f"{_JOB_WINDOW} SELECT {JOB_COLUMNS} FROM ({_newest(states)}) AS n "
-            "JOIN evq_jobs AS j ON j.id = n.candidate CROSS JOIN w "
-            "WHERE (w_queue IS NULL OR j.queue = w_queue) "
-            "AND (w_name IS NULL OR j.name = w_name) "
-            "AND (w_since IS NULL OR j.enqueued_at >= w_since) "
-            "AND (w_until IS NULL OR j.enqueued_at <= w_until) "
-            "AND (w_text IS NULL OR EXISTS (SELECT 1 FROM evq_events AS e "
-            "WHERE e.position = j.enqueue_position AND strpos(e.data, w_text) > 0)) "
+            f"JOIN evq_jobs AS j ON j.id = n.candidate CROSS JOIN w WHERE {_JOB_CHECKS} "
             "ORDER BY n.candidate_at DESC LIMIT (SELECT w_limit FROM w)")
+
+
+def _job_search(state: str | None) -> str:
+    where = "" if state is None else f"lower(j.state) = '{state}' AND "
+    return (f"{_JOB_WINDOW} SELECT {JOB_COLUMNS} FROM evq_jobs AS j CROSS JOIN w "
+            f"WHERE {where}j.enqueue_position < w_before AND {_JOB_CHECKS} "
+            "ORDER BY j.enqueue_position DESC LIMIT (SELECT w_limit FROM w)")
 
 
 def _candidates(states: tuple[str, ...]) -> str:
@@ -364,6 +374,7 @@ JOB_PAGES = {state: _job_page((state,)) for state in _sqlite.JOB_STATES} | {
     None: _job_page(_sqlite.JOB_STATES)}
 JOB_CANDIDATES = {state: _candidates((state,)) for state in _sqlite.JOB_STATES} | {
     None: _candidates(_sqlite.JOB_STATES)}
+JOB_SEARCHES = {state: _job_search(state) for state in (*_sqlite.JOB_STATES, None)}
 
 EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > %s ORDER BY position {_LIMIT}"
@@ -534,10 +545,11 @@ GET_DEFINITION = "SELECT data FROM evq_definitions WHERE name = %s"
 LIST_DEFINITIONS = "SELECT name, queue, data FROM evq_definitions ORDER BY name"
 GET_SCHEDULE = "SELECT spec, next_at FROM evq_schedules WHERE name = %s"
 # Each schedule, its next fire, and its last (the time of the event that last set it, if
-# that was a fire).
+# that was a fire: not a registration, which a new or changed spec writes).
 LIST_SCHEDULES = """
 SELECT s.name, s.spec, s.next_at, (SELECT e.at FROM evq_events AS e
-    WHERE e.position = s.updated_position AND e.kind = 'schedule')
+    WHERE e.position = s.updated_position AND e.kind = 'schedule'
+      AND (evq_nul_back(e.data)::json ->> 'reason') IS DISTINCT FROM 'registered')
 FROM evq_schedules AS s ORDER BY s.name
 """
 CLEANUP_CANDIDATES = f"""

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ... import codec
-from ...errors import EvqError
+from ...errors import EvqError, InvalidInput
 from ...events import Event, event_from_row
 from ...jobs import Child, JobRecord
 from ..audit_records import (
@@ -136,18 +136,36 @@ class AuditSide(EngineBase):
             return [JobRecord.from_row(tuple(row)) for row in rows]
 
     def job_page(self, query: JobQuery) -> JobPage:
+        if query.state is not None and query.state not in sql.JOB_STATES:
+            raise InvalidInput(f"state must be one of {', '.join(sql.JOB_STATES)}, "
+                               f"not {query.state!r}")
+        if query.scan is not None and query.scan < 1:
+            raise InvalidInput(f"scan must be at least 1 job, not {query.scan}")
         checked = (query.queue, query.name, query.since, query.until, query.text)
-        # With nothing to check, the candidates are the page.
-        most = (query.limit if checked == (None,) * 5 else
-                -1 if query.scan is None else query.scan)
-        window = (sql.LARGEST_POSITION if query.before is None else query.before, most)
+        before = sql.LARGEST_POSITION if query.before is None else query.before
+        if checked == (None,) * 5:  # the state's index alone: the candidates are the page
+            statement, most, bounded = sql.JOB_PAGES[query.state], query.limit, False
+        elif query.scan is None:  # every job checked, streaming down the index
+            statement, most, bounded = sql.JOB_SEARCHES[query.state], -1, False
+        else:
+            statement, most, bounded = sql.JOB_PAGES[query.state], query.scan, True
         with self._checked() as conn:
-            rows = conn.execute(sql.JOB_PAGES[query.state], (*window, *checked, query.limit))
-            found = [JobRecord.from_row(tuple(row)) for row in rows]
-            if most in (-1, query.limit) or len(found) == query.limit:
-                return JobPage(found)
-            looked, oldest = conn.execute(sql.JOB_CANDIDATES[query.state], window).fetchone()
-        return JobPage(found, int(oldest) if looked == query.scan else None)
+            conn.execute(sql.BEGIN)  # one snapshot: the page and where its search stopped
+            try:
+                rows = conn.execute(statement, (before, most, *checked, query.limit))
+                found = [JobRecord.from_row(tuple(row)) for row in rows]
+                if not bounded or len(found) == query.limit:
+                    return JobPage(found)
+                # Stopped short: say where, unless no job was left unexamined.
+                more, _ = conn.execute(sql.JOB_CANDIDATES[query.state],
+                                       (before, most + 1)).fetchone()
+                if more <= most:
+                    return JobPage(found)
+                _, oldest = conn.execute(sql.JOB_CANDIDATES[query.state],
+                                         (before, most)).fetchone()
+                return JobPage(found, int(oldest))
+            finally:
+                conn.execute(sql.ROLLBACK)
 
     def workers(self) -> list[WorkerSeen]:
         with self._checked() as conn:

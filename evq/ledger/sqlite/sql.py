@@ -321,6 +321,18 @@ JOB_CANDIDATES = {state: f"SELECT count(*), min(p) FROM ({_newest((state,))})"
     None: f"SELECT count(*), min(p) FROM ({_newest(JOB_STATES)})"}
 
 
+# Every job checked (no bound; ?2 unused): down the state's index, or (any state) every
+# job sorted, at most ?8. What a bulk action over every match reads.
+def _job_search(state: str | None) -> str:
+    where = "" if state is None else f"j.state = '{state}' COLLATE NOCASE AND "
+    return (f"SELECT {JOB_COLUMNS} FROM evq_jobs AS j WHERE {where}"
+            f"j.enqueue_position < ?1 AND {_JOB_CHECKS} "
+            "ORDER BY j.enqueue_position DESC LIMIT ?8")
+
+
+JOB_SEARCHES = {state: _job_search(state) for state in (*JOB_STATES, None)}
+
+
 EVENT_COLUMNS = "position, at, kind, job_id, queue, job, attempt, worker, data, v"
 EVENTS_AFTER = (
     f"SELECT {EVENT_COLUMNS} FROM evq_events WHERE position > ? ORDER BY position LIMIT ?"
@@ -487,10 +499,11 @@ GET_DEFINITION = "SELECT data FROM evq_definitions WHERE name = ?"
 LIST_DEFINITIONS = "SELECT name, queue, data FROM evq_definitions ORDER BY name"
 GET_SCHEDULE = "SELECT spec, next_at FROM evq_schedules WHERE name = ?"
 # Each schedule, its next fire, and its last (the time of the event that last set it, if
-# that was a fire).
+# that was a fire: not a registration, which a new or changed spec writes).
 LIST_SCHEDULES = """
 SELECT s.name, s.spec, s.next_at, (SELECT e.at FROM evq_events AS e
-    WHERE e.position = s.updated_position AND e.kind = 'schedule')
+    WHERE e.position = s.updated_position AND e.kind = 'schedule'
+      AND json_extract(e.data, '$.reason') IS NOT 'registered')
 FROM evq_schedules AS s ORDER BY s.name
 """
 CLEANUP_CANDIDATES = """
