@@ -129,7 +129,8 @@ class JobQuery:
     `text`: the enqueue event's data (the payload and options, as stored JSON) holds this
     text. `scan`: look at no more than this many of the newest jobs in the state (or of
     any state) before `before` (None: at all of them), so that criteria no index serves
-    (queue, name, times, text) take a bounded time; the page says where it stopped."""
+    (queue, name, times, text) take a bounded time; the page says where it stopped. A
+    query with no such criterion reads its state's index alone and needs no bound."""
 
     state: str | None = None
     queue: str | None = None

@@ -6,6 +6,7 @@ replaces the last report). Always the ledger as it is now."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import attrs
@@ -15,10 +16,9 @@ from starlette.responses import RedirectResponse, Response
 
 from .. import verify as verifying
 from ..errors import EvqError
-from ..events import EventKind
 from ..ledger import Ledger
 from .actions import checked_form
-from .pages import render, site_of
+from .pages import newest_seal, render, site_of
 
 
 @attrs.define
@@ -64,9 +64,8 @@ async def start_verify(request: Request) -> Response:
 
 async def _verify(ledger: Ledger, run: VerifyRun) -> None:
     try:
-        # No expected head, no archive files; its progress to the run, from its thread.
-        run.report = await run_in_threadpool(verifying.verify_ledger, ledger, None, (),
-                                             run.heard)
+        run.report = await run_in_threadpool(
+            functools.partial(verifying.verify_ledger, ledger, progress=run.heard))
     except EvqError as exc:
         run.error = str(exc)
     except Exception as exc:  # shown on the page rather than lost in a task
@@ -78,8 +77,6 @@ async def _verify(ledger: Ledger, run: VerifyRun) -> None:
 def _seal_hash(ledger: Ledger, head: int) -> str | None:
     """The hash of the newest seal at or before `head` (the head hash `evq verify`
     prints), or None before the first commit."""
-    for event in ledger.read_events_back(head + 1):
-        if event.kind == EventKind.SEAL:
-            found = event.data.get("hash")
-            return None if found is None else str(found)
-    return None
+    seal = newest_seal(ledger, head)
+    found = None if seal is None else seal.data.get("hash")
+    return None if found is None else str(found)

@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from .. import audit, stats
 from ..errors import EvqError, InvalidInput, UnknownJob
-from ..events import TIME_STEP, EventKind
+from ..events import TIME_STEP, Event, EventKind
 from ..jobs import JobState
 from ..ledger import Ledger
 from ..ledger.audit_records import JobFilter, JobQuery
@@ -156,13 +156,18 @@ async def overview(request: Request) -> Response:
                   chart=charts.finished_chart(finished, first, CHART_STEP, CHART_SLOTS))
 
 
+def newest_seal(ledger: Ledger, position: int) -> Event | None:
+    """The seal of the newest commit that ended at or before `position` (None: before
+    the first)."""
+    return next((event for event in ledger.read_events_back(position + 1)
+                 if event.kind == EventKind.SEAL), None)
+
+
 def _last_seal_upto(ledger: Ledger, position: int) -> int:
     """The newest commit's end at or before `position` (its seal): the ledger stood
     there between commits (0: before the first)."""
-    for event in ledger.read_events_back(position + 1):
-        if event.kind == EventKind.SEAL:
-            return event.position
-    return 0
+    seal = newest_seal(ledger, position)
+    return 0 if seal is None else seal.position
 
 
 def _time_at(ledger: Ledger, position: int) -> float | None:
@@ -193,9 +198,7 @@ async def jobs(request: Request) -> Response:
     the newest SCANNED jobs at most, so a page takes a bounded time on any ledger; when
     they stop short, the page says so and links to the search's next stretch."""
     site = site_of(request)
-    query = job_query(request.query_params)
-    if (query.queue, query.name, query.text, query.since, query.until) != (None,) * 5:
-        query = attrs.evolve(query, scan=SCANNED)
+    query = attrs.evolve(job_query(request.query_params), scan=SCANNED)
     ledger, travel = await ledger_of(request)
     found = await site.read(ledger.job_page, query)
     older = None

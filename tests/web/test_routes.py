@@ -837,7 +837,7 @@ async def test_a_verify_that_cannot_run_says_why_on_the_health_page(
         filled: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from evq import verify
 
-    def no_room(*args: Any) -> Any:
+    def no_room(*args: Any, **kwargs: Any) -> Any:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(verify, "verify_ledger", no_room)

@@ -366,8 +366,9 @@ def _job_search(state: str | None) -> str:
 
 
 def _candidates(states: tuple[str, ...]) -> str:
-    return (f"{_CANDIDATE_WINDOW}) SELECT count(*), min(candidate_at) "
-            f"FROM ({_newest(states)}) AS candidates")
+    return (f"{_CANDIDATE_WINDOW}), candidates AS ({_newest(states)}) SELECT count(*), "
+            "(SELECT candidate_at FROM candidates ORDER BY candidate_at LIMIT 1 OFFSET 1) "
+            "FROM candidates")
 
 
 JOB_PAGES = {state: _job_page((state,)) for state in _sqlite.JOB_STATES} | {

@@ -156,14 +156,11 @@ class AuditSide(EngineBase):
                 found = [JobRecord.from_row(tuple(row)) for row in rows]
                 if not bounded or len(found) == query.limit:
                     return JobPage(found)
-                # Stopped short: say where, unless no job was left unexamined.
-                more, _ = conn.execute(sql.JOB_CANDIDATES[query.state],
-                                       (before, most + 1)).fetchone()
-                if more <= most:
-                    return JobPage(found)
-                _, oldest = conn.execute(sql.JOB_CANDIDATES[query.state],
-                                         (before, most)).fetchone()
-                return JobPage(found, int(oldest))
+                # Stopped short: say where, unless no job was left unexamined (one
+                # candidate past the bound tells).
+                looked, oldest = conn.execute(sql.JOB_CANDIDATES[query.state],
+                                              (before, most + 1)).fetchone()
+                return JobPage(found, None if looked <= most else int(oldest))
             finally:
                 conn.execute(sql.ROLLBACK)
 

@@ -313,12 +313,17 @@ def _job_page(states: tuple[str, ...]) -> str:
 
 
 # By state (None: any state). A page: the candidates that pass the checks, newest
-# first, at most ?8. The candidates (?1, ?2 only): how many, and the oldest's position.
+# first, at most ?8. The candidates (?1, ?2 only; ?2 one more than the bound): how many,
+# and the second oldest's position (with ?2 candidates, the oldest the bound let in).
 JOB_PAGES = {state: _job_page((state,)) for state in JOB_STATES} | {
     None: _job_page(JOB_STATES)}
-JOB_CANDIDATES = {state: f"SELECT count(*), min(p) FROM ({_newest((state,))})"
-                  for state in JOB_STATES} | {
-    None: f"SELECT count(*), min(p) FROM ({_newest(JOB_STATES)})"}
+def _candidates(states: tuple[str, ...]) -> str:
+    return (f"SELECT count(*), (SELECT p FROM ({_newest(states)}) ORDER BY p LIMIT 1 "
+            f"OFFSET 1) FROM ({_newest(states)})")
+
+
+JOB_CANDIDATES = {state: _candidates((state,)) for state in JOB_STATES} | {
+    None: _candidates(JOB_STATES)}
 
 
 # Every job checked (no bound; ?2 unused): down the state's index, or (any state) every
